@@ -1,9 +1,265 @@
 //! kiln's storage layer: content-addressed blobs, immutable filesystem
 //! snapshots stacked with overlayfs, and the metadata database that records
-//! cache results.
+//! cache results. One process owns a state directory at a time (an
+//! exclusive lock on `lock`).
 
 pub mod blobs;
+pub mod copy;
+pub mod db;
 pub mod digest;
+pub mod filter;
+pub mod host;
+pub mod merged;
+pub mod snapshots;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use blobs::{BlobError, BlobStore, BlobWriter};
+pub use copy::{CopyError, CopyOptions, CopyStats, copy_tree};
+pub use db::{CacheRecord, Db, SnapshotRecord};
 pub use digest::Digest;
+pub use filter::{FilterError, PathFilter};
+pub use merged::MergedView;
+pub use snapshots::{SnapshotId, Staged};
+
+/// Chains deeper than this are flattened into one layer before mounting
+/// (overlayfs limits the number of lower layers and the mount option size).
+pub const MAX_MOUNT_DEPTH: u32 = 100;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state directory {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "state directory {} is in use by another kiln process; stop it or use another --state-dir",
+        .0.display()
+    )]
+    Locked(PathBuf),
+    #[error("metadata database ({op}): {message}")]
+    Db { op: &'static str, message: String },
+    #[error("metadata database holds a corrupt record ({0}); remove the state directory to start afresh")]
+    Corrupt(String),
+    #[error("snapshot {0} is not in the metadata database")]
+    MissingSnapshot(SnapshotId),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error(transparent)]
+    Copy(#[from] CopyError),
+}
+
+impl StoreError {
+    pub(crate) fn db(op: &'static str, e: impl Into<redb::Error>) -> Self {
+        StoreError::Db { op, message: e.into().to_string() }
+    }
+
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// An opened state directory.
+pub struct Store {
+    root: PathBuf,
+    blobs: BlobStore,
+    db: Db,
+    next_id: AtomicU64,
+    records: Mutex<HashMap<SnapshotId, SnapshotRecord>>,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the state directory `root`, takes its lock,
+    /// and cleans what an interrupted process left behind.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        for sub in ["s", "tmp", "empty", "run"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(StoreError::io(&p))?;
+        }
+        let lock_path = root.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(StoreError::io(&lock_path))?;
+        rustix::fs::flock(lock.as_fd(), rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| StoreError::Locked(root.clone()))?;
+
+        // Anything staged by a previous process is garbage now.
+        let tmp = root.join("tmp");
+        fs::remove_dir_all(&tmp).map_err(StoreError::io(&tmp))?;
+        fs::create_dir(&tmp).map_err(StoreError::io(&tmp))?;
+
+        let blobs = BlobStore::open(root.join("blobs"), root.join("tmp/blobs"))?;
+        let db = Db::open(&root.join("db"))?;
+        let known: std::collections::HashSet<u64> = db.snapshot_ids()?.into_iter().map(|s| s.0).collect();
+        let mut max = known.iter().copied().max().unwrap_or(0);
+        let sdir = root.join("s");
+        for item in fs::read_dir(&sdir).map_err(StoreError::io(&sdir))? {
+            let item = item.map_err(StoreError::io(&sdir))?;
+            let id = item.file_name().to_str().and_then(|s| s.parse::<u64>().ok());
+            match id {
+                Some(id) if known.contains(&id) => {}
+                _ => {
+                    tracing::info!(path = %item.path().display(), "removing orphaned snapshot");
+                    let p = item.path();
+                    fs::remove_dir_all(&p).map_err(StoreError::io(&p))?;
+                    if let Some(id) = id {
+                        max = max.max(id);
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            root,
+            blobs,
+            db,
+            next_id: AtomicU64::new(max + 1),
+            records: Mutex::new(HashMap::new()),
+            _lock: lock,
+        })
+    }
+
+    /// The state directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// The metadata database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// A directory for per-exec runtime state (bundles, runtime root).
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    /// An always-empty directory (the lower layer of an empty tree).
+    pub fn empty_dir(&self) -> PathBuf {
+        self.root.join("empty")
+    }
+
+    /// The directory of a committed snapshot.
+    pub fn layer_dir(&self, id: SnapshotId) -> PathBuf {
+        self.root.join("s").join(id.to_string())
+    }
+
+    /// Starts a new snapshot on top of `parent`.
+    pub fn stage(&self, parent: Option<SnapshotId>) -> Result<Staged, StoreError> {
+        let id = SnapshotId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let dir = self.root.join("tmp").join(id.to_string());
+        for sub in ["diff", "work"] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).map_err(StoreError::io(&p))?;
+        }
+        Ok(Staged { id, parent, dir })
+    }
+
+    /// Makes staged snapshots permanent and, in the same transaction,
+    /// records a cache entry pointing at them.
+    pub fn commit(
+        &self,
+        staged: Vec<Staged>,
+        cache: Option<(&[u8; 32], &CacheRecord)>,
+    ) -> Result<(), StoreError> {
+        let mut records = Vec::with_capacity(staged.len());
+        for s in &staged {
+            let depth = match s.parent {
+                Some(p) => self.record(p)?.depth + 1,
+                None => 1,
+            };
+            let dest = self.layer_dir(s.id);
+            fs::rename(s.diff(), &dest).map_err(StoreError::io(&dest))?;
+            records.push((s.id, SnapshotRecord { parent: s.parent, depth, created: now_secs() }));
+        }
+        self.db.commit(&records, cache)?;
+        let mut cached = self.records.lock().expect("records lock");
+        for (id, rec) in records {
+            cached.insert(id, rec);
+        }
+        Ok(())
+    }
+
+    /// The db record of a snapshot (memoized: snapshots never change).
+    pub fn record(&self, id: SnapshotId) -> Result<SnapshotRecord, StoreError> {
+        if let Some(r) = self.records.lock().expect("records lock").get(&id) {
+            return Ok(r.clone());
+        }
+        let r = self.db.snapshot(id)?.ok_or(StoreError::MissingSnapshot(id))?;
+        self.records.lock().expect("records lock").insert(id, r.clone());
+        Ok(r)
+    }
+
+    /// The layer directories of the tree whose top is `top`, top-most first.
+    pub fn chain(&self, top: Option<SnapshotId>) -> Result<Vec<PathBuf>, StoreError> {
+        let mut out = Vec::new();
+        let mut cur = top;
+        while let Some(id) = cur {
+            out.push(self.layer_dir(id));
+            cur = self.record(id)?.parent;
+        }
+        Ok(out)
+    }
+
+    /// A user-space merged view of a tree.
+    pub fn view(&self, top: Option<SnapshotId>) -> Result<MergedView, StoreError> {
+        Ok(MergedView::new(self.chain(top)?))
+    }
+
+    /// The layers to mount for a tree: its chain, or a flattened single
+    /// layer when the chain is deeper than [`MAX_MOUNT_DEPTH`].
+    pub fn mount_layers(&self, top: Option<SnapshotId>) -> Result<Vec<PathBuf>, StoreError> {
+        let Some(id) = top else { return Ok(vec![self.empty_dir()]) };
+        if self.record(id)?.depth <= MAX_MOUNT_DEPTH {
+            return self.chain(top);
+        }
+        let key = flatten_key(id);
+        if let Some(rec) = self.db.cache_get(&key)?
+            && let Some(Some(flat)) = rec.outputs.first()
+        {
+            return Ok(vec![self.layer_dir(*flat)]);
+        }
+        let staged = self.stage(None)?;
+        let view = self.view(top)?;
+        let filter = PathFilter::default();
+        let opts = CopyOptions { filter: &filter, owner: None, file_mode: None, hardlink: true };
+        copy_tree(&view, Path::new("/"), &staged.diff(), &opts)?;
+        let flat = staged.id;
+        let record = CacheRecord {
+            outputs: vec![Some(flat)],
+            meta: serde_json::Value::Null,
+            description: format!("flatten {id}"),
+            created: now_secs(),
+            duration_ms: 0,
+        };
+        self.commit(vec![staged], Some((&key, &record)))?;
+        Ok(vec![self.layer_dir(flat)])
+    }
+}
+
+fn flatten_key(id: SnapshotId) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(b"flatten:");
+    key[8..16].copy_from_slice(&id.0.to_le_bytes());
+    key
+}

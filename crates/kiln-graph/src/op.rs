@@ -1,0 +1,260 @@
+//! Operation definitions. Every op produces one or more filesystem trees
+//! ("outputs"); output 0 is the main one.
+
+use serde::{Deserialize, Serialize};
+
+/// One operation of the graph. Encoded canonically (serde JSON, fields in
+/// declaration order, no maps) for digests: changing a field's name or order
+/// changes every key, so bump the domain version in `node.rs` when doing so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// An empty tree.
+    Scratch,
+    /// The root filesystem of a registry image, pinned to its manifest
+    /// digest (the API resolves tags before building the node).
+    Image {
+        /// The reference as the user wrote it, normalized (for display).
+        reference: String,
+        /// Digest of the platform-specific manifest.
+        manifest_digest: String,
+        /// `os/arch[/variant]`.
+        platform: String,
+    },
+    /// The root filesystem of an image loaded from an OCI layout directory or
+    /// an OCI/docker-archive tarball on the host, pinned to its manifest digest.
+    ImageImport {
+        /// Host path of the layout or tarball.
+        path: String,
+        /// Tag to select, when the layout holds several images.
+        tag: Option<String>,
+        /// Digest of the platform-specific manifest.
+        manifest_digest: String,
+        /// `os/arch[/variant]`.
+        platform: String,
+    },
+    /// A directory of the host, filtered by include/exclude patterns. Keyed by
+    /// the content of the files it selects, never by its path or mtimes.
+    HostDir {
+        /// Absolute host path.
+        path: String,
+        /// Glob patterns of paths to keep (empty: everything).
+        include: Vec<String>,
+        /// Glob patterns of paths to drop.
+        exclude: Vec<String>,
+    },
+    /// Runs a process in a container whose rootfs is input 0.
+    Exec(Exec),
+    /// Copies `src_path` of input 1 to `dest_path` of input 0.
+    Copy {
+        /// Path in the source tree (a file or a directory).
+        src_path: String,
+        /// Destination path in input 0's tree.
+        dest_path: String,
+        /// When `src_path` is a directory: copy its contents (true) or the
+        /// directory itself under `dest_path` (false).
+        contents_only: bool,
+        /// Glob patterns (relative to `src_path`) to keep.
+        include: Vec<String>,
+        /// Glob patterns (relative to `src_path`) to drop.
+        exclude: Vec<String>,
+        /// New owner of everything copied.
+        owner: Option<Owner>,
+        /// New permission bits of copied files.
+        mode: Option<u32>,
+    },
+    /// Writes a file into input 0's tree.
+    MkFile {
+        /// Absolute path of the file.
+        path: String,
+        /// Its contents.
+        contents: String,
+        /// Permission bits.
+        mode: u32,
+        /// Owner (root when absent).
+        owner: Option<Owner>,
+    },
+    /// Creates a directory (and its parents) in input 0's tree.
+    MkDir {
+        /// Absolute path of the directory.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+        /// Owner (root when absent).
+        owner: Option<Owner>,
+    },
+    /// Removes a path from input 0's tree.
+    Rm {
+        /// Absolute path to remove.
+        path: String,
+        /// Succeed when the path does not exist.
+        allow_not_found: bool,
+    },
+}
+
+/// A user and group, as numbers or names to resolve in the target tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// User name or numeric uid.
+    pub user: String,
+    /// Group name or numeric gid (the user's primary group when absent).
+    pub group: Option<String>,
+}
+
+/// What exit status an exec must have to succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitExpectation {
+    /// Exit code 0.
+    #[default]
+    Success,
+    /// Any non-zero exit code.
+    Failure,
+    /// Any exit code.
+    Any,
+}
+
+impl ExitExpectation {
+    /// Whether `code` satisfies the expectation.
+    pub fn accepts(self, code: i32) -> bool {
+        match self {
+            ExitExpectation::Success => code == 0,
+            ExitExpectation::Failure => code != 0,
+            ExitExpectation::Any => true,
+        }
+    }
+}
+
+/// A process to run in a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exec {
+    /// argv; `args[0]` is looked up in `PATH` of `env` when not absolute.
+    pub args: Vec<String>,
+    /// Environment, `KEY=VALUE`, in order.
+    pub env: Vec<String>,
+    /// Working directory (created if missing).
+    pub cwd: String,
+    /// `user`, `uid`, `user:group` or `uid:gid`; empty means root.
+    pub user: String,
+    /// Extra mounts, applied in order over the rootfs.
+    pub mounts: Vec<Mount>,
+    /// Data written to the process's stdin (none: stdin is /dev/null).
+    pub stdin: Option<String>,
+    /// Which exit codes count as success.
+    pub expect: ExitExpectation,
+}
+
+/// A mount in an exec's container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mount {
+    /// A tree from one of the node's inputs. Writable mounts produce an extra
+    /// output of the exec (outputs 1.. in the order of the writable mounts).
+    Tree {
+        /// Absolute path in the container.
+        target: String,
+        /// Index into the node's inputs.
+        input: usize,
+        /// Subdirectory (or file) of the input tree to mount.
+        source_path: String,
+        /// Mount read-only.
+        readonly: bool,
+    },
+    /// An empty tmpfs, discarded after the exec.
+    Tmpfs {
+        /// Absolute path in the container.
+        target: String,
+    },
+}
+
+/// How the solver obtains a source op's cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourcePolicy {
+    /// The key follows from the definition alone.
+    Definition,
+    /// The key is derived from content read at solve time (host files).
+    Content,
+}
+
+impl Op {
+    /// A short human name for progress output, e.g. `exec sh -c make`.
+    pub fn describe(&self) -> String {
+        match self {
+            Op::Scratch => "scratch".into(),
+            Op::Image { reference, .. } => format!("pull {reference}"),
+            Op::ImageImport { path, .. } => format!("import {path}"),
+            Op::HostDir { path, .. } => format!("upload {path}"),
+            Op::Exec(e) => format!("exec {}", shell_words(&e.args)),
+            Op::Copy { src_path, dest_path, .. } => format!("copy {src_path} {dest_path}"),
+            Op::MkFile { path, .. } => format!("write {path}"),
+            Op::MkDir { path, .. } => format!("mkdir {path}"),
+            Op::Rm { path, .. } => format!("rm {path}"),
+        }
+    }
+
+    /// How this op's cache key is obtained.
+    pub fn source_policy(&self) -> SourcePolicy {
+        match self {
+            Op::HostDir { .. } => SourcePolicy::Content,
+            _ => SourcePolicy::Definition,
+        }
+    }
+
+    /// How many outputs the op produces.
+    pub fn output_count(&self) -> usize {
+        match self {
+            Op::Exec(e) => 1 + e.writable_mounts().count(),
+            _ => 1,
+        }
+    }
+}
+
+impl Exec {
+    /// The writable tree mounts, in output order (output `1 + i`).
+    pub fn writable_mounts(&self) -> impl Iterator<Item = &Mount> {
+        self.mounts
+            .iter()
+            .filter(|m| matches!(m, Mount::Tree { readonly: false, .. }))
+    }
+}
+
+fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_exec_with_quoting() {
+        let op = Op::Exec(Exec {
+            args: vec!["sh".into(), "-c".into(), "echo 'hi'".into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            mounts: vec![],
+            stdin: None,
+            expect: ExitExpectation::Success,
+        });
+        assert_eq!(op.describe(), r#"exec sh -c 'echo '\''hi'\'''"#);
+    }
+
+    #[test]
+    fn expectations() {
+        assert!(ExitExpectation::Success.accepts(0));
+        assert!(!ExitExpectation::Success.accepts(1));
+        assert!(ExitExpectation::Failure.accepts(2));
+        assert!(!ExitExpectation::Failure.accepts(0));
+        assert!(ExitExpectation::Any.accepts(7));
+    }
+}

@@ -1,0 +1,130 @@
+//! Include/exclude path patterns, with `.dockerignore`-like semantics: a
+//! pattern matches a path or any of its parent directories, `*` stays within
+//! one path component, `**` spans any number, and `!pattern` re-includes.
+
+use std::path::Path;
+
+use globset::{Glob, GlobBuilder, GlobMatcher};
+
+/// A pattern that is not a valid glob.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid path pattern {pattern:?}: {reason}")]
+pub struct FilterError {
+    /// The pattern as given.
+    pub pattern: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Compiled include and exclude patterns.
+#[derive(Debug, Clone, Default)]
+pub struct PathFilter {
+    include: Vec<GlobMatcher>,
+    exclude: Vec<(GlobMatcher, bool)>,
+    has_negation: bool,
+}
+
+fn compile(pattern: &str) -> Result<GlobMatcher, FilterError> {
+    let cleaned = pattern.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/');
+    let glob: Glob = GlobBuilder::new(cleaned)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| FilterError { pattern: pattern.to_string(), reason: e.kind().to_string() })?;
+    Ok(glob.compile_matcher())
+}
+
+fn self_or_ancestor(m: &GlobMatcher, rel: &Path) -> bool {
+    rel.ancestors().filter(|a| !a.as_os_str().is_empty()).any(|a| m.is_match(a))
+}
+
+impl PathFilter {
+    /// Compiles the patterns. Empty `include` means everything.
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, FilterError> {
+        let include = include.iter().map(|p| compile(p)).collect::<Result<_, _>>()?;
+        let mut has_negation = false;
+        let exclude = exclude
+            .iter()
+            .filter(|p| !p.trim().is_empty() && !p.starts_with('#'))
+            .map(|p| match p.strip_prefix('!') {
+                Some(rest) => {
+                    has_negation = true;
+                    Ok((compile(rest)?, true))
+                }
+                None => Ok((compile(p)?, false)),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { include, exclude, has_negation })
+    }
+
+    /// Whether the filter keeps everything.
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
+    /// Whether `rel` (or a parent of it) is excluded.
+    pub fn excluded(&self, rel: &Path) -> bool {
+        let mut excluded = false;
+        for (m, negated) in &self.exclude {
+            if self_or_ancestor(m, rel) {
+                excluded = !negated;
+            }
+        }
+        excluded
+    }
+
+    /// Whether an excluded directory can be skipped without looking inside
+    /// (no `!` pattern could re-include something in it).
+    pub fn prunes(&self, rel: &Path) -> bool {
+        !self.has_negation && self.excluded(rel)
+    }
+
+    /// Whether `rel` (or a parent of it) matches an include pattern.
+    pub fn included(&self, rel: &Path) -> bool {
+        self.include.is_empty() || self.include.iter().any(|m| self_or_ancestor(m, rel))
+    }
+
+    /// Whether `rel` is kept: included and not excluded.
+    pub fn keeps(&self, rel: &Path) -> bool {
+        self.included(rel) && !self.excluded(rel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(inc: &[&str], exc: &[&str]) -> PathFilter {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        PathFilter::new(&s(inc), &s(exc)).unwrap()
+    }
+
+    #[test]
+    fn excludes_match_parents_and_respect_separators() {
+        let p = f(&[], &["node_modules", "*.log", "**/target"]);
+        assert!(p.excluded(Path::new("node_modules/x/y.js")));
+        assert!(!p.excluded(Path::new("src/node_modules")));
+        assert!(p.excluded(Path::new("a.log")));
+        assert!(!p.excluded(Path::new("logs/a.log")));
+        assert!(p.excluded(Path::new("deep/er/target/debug")));
+        assert!(p.prunes(Path::new("node_modules")));
+    }
+
+    #[test]
+    fn negation_reincludes_and_disables_pruning() {
+        let p = f(&[], &["docs", "!docs/keep.md"]);
+        assert!(p.excluded(Path::new("docs/other.md")));
+        assert!(!p.excluded(Path::new("docs/keep.md")));
+        assert!(!p.prunes(Path::new("docs")));
+    }
+
+    #[test]
+    fn includes_select_subtrees() {
+        let p = f(&["src", "*.toml"], &["src/gen"]);
+        assert!(p.keeps(Path::new("src/main.rs")));
+        assert!(p.keeps(Path::new("Cargo.toml")));
+        assert!(!p.keeps(Path::new("README.md")));
+        assert!(!p.keeps(Path::new("src/gen/x.rs")));
+        assert!(PathFilter::new(&["[".into()], &[]).is_err());
+    }
+}
