@@ -1,1 +1,14 @@
-//! kiln-exec
+//! Running processes in containers: OCI runtime specs, crun/runc, overlayfs
+//! rootfs and tree mounts in a private mount namespace, stdio capture, and
+//! resolution of users against the image's `/etc/passwd`.
+
+pub mod host;
+pub mod mounts;
+pub mod runtime;
+pub mod spec;
+pub mod user;
+
+pub use mounts::Overlay;
+pub use runtime::{ExecError, ExecOutput, RunSpec, Runtime, RuntimeKind, TreeMount};
+pub use spec::ProcessSpec;
+pub use user::{Identity, UserError};

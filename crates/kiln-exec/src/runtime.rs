@@ -1,0 +1,257 @@
+//! Running containers through an OCI runtime binary (crun or runc).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use crate::host::{CgroupLayout, cgroup_layout, find_executable};
+use crate::mounts::{MountPlan, Overlay};
+use crate::spec::{self, ContainerMount, ProcessSpec};
+
+/// Which OCI runtime implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// crun (preferred: fastest start).
+    Crun,
+    /// runc.
+    Runc,
+}
+
+/// Errors from running containers.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// No usable runtime binary.
+    #[error(
+        "no OCI runtime found: install crun (preferred) or runc (e.g. `apt-get install crun`), or set `runtime` in the kiln config"
+    )]
+    NoRuntime,
+    /// The configured runtime is not there.
+    #[error("OCI runtime {0:?} not found or not executable")]
+    RuntimeNotFound(String),
+    /// Preparing the container failed.
+    #[error("container {id}: {action}: {source}")]
+    Setup { id: String, action: &'static str, source: std::io::Error },
+    /// The runtime spec could not be built.
+    #[error("container {id}: building the runtime spec: {source}")]
+    Spec { id: String, source: oci_spec::OciSpecError },
+}
+
+/// Bytes kept of each output stream; beyond this the middle is dropped.
+pub const OUTPUT_LIMIT: usize = 16 << 20;
+
+/// The OCI runtime kiln uses.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    kind: RuntimeKind,
+    binary: PathBuf,
+    /// The runtime's own state directory (`--root`).
+    state: PathBuf,
+    hide_cgroup_v2: bool,
+}
+
+/// A container to run.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Unique container id.
+    pub id: String,
+    /// Directory for the bundle (config.json, mount points); removed after.
+    pub bundle: PathBuf,
+    /// The root filesystem stack (writable: its upper dir gets the changes).
+    pub rootfs: Overlay,
+    /// Tree mounts: overlay stacks mounted at the given container path,
+    /// optionally only a subpath of the stack.
+    pub trees: Vec<TreeMount>,
+    /// tmpfs mounts.
+    pub tmpfs: Vec<String>,
+    /// The process.
+    pub process: ProcessSpec,
+    /// Bytes for the process's stdin.
+    pub stdin: Option<Vec<u8>>,
+}
+
+/// An overlay stack mounted into the container.
+#[derive(Debug, Clone)]
+pub struct TreeMount {
+    /// The stack.
+    pub overlay: Overlay,
+    /// Subpath of the stack to mount (relative; empty for all of it).
+    pub subpath: PathBuf,
+    /// Path in the container.
+    pub target: String,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit code (128+N when killed by signal N).
+    pub exit_code: i32,
+    /// Captured stdout.
+    pub stdout: Vec<u8>,
+    /// Captured stderr (includes the runtime's own error messages).
+    pub stderr: Vec<u8>,
+}
+
+impl Runtime {
+    /// Picks the runtime: `preferred` (a name or path) if given, else crun,
+    /// else runc. `state` holds the runtime's container state.
+    pub fn detect(preferred: Option<&str>, state: PathBuf) -> Result<Self, ExecError> {
+        let binary = match preferred {
+            Some(p) => find_executable(p).ok_or_else(|| ExecError::RuntimeNotFound(p.to_string()))?,
+            None => find_executable("crun").or_else(|| find_executable("runc")).ok_or(ExecError::NoRuntime)?,
+        };
+        let name = binary.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let kind = if name.contains("runc") { RuntimeKind::Runc } else { RuntimeKind::Crun };
+        let hide_cgroup_v2 = cgroup_layout() == CgroupLayout::Hybrid;
+        Ok(Self { kind, binary, state, hide_cgroup_v2 })
+    }
+
+    /// Which runtime this is.
+    pub fn kind(&self) -> RuntimeKind {
+        self.kind
+    }
+
+    /// The runtime binary.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    fn command(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.binary);
+        c.arg("--root").arg(&self.state);
+        c
+    }
+
+    /// Kills and deletes containers left behind by a process that died
+    /// (kill -9) while they ran. Call at start, while holding the state lock.
+    pub fn remove_stale(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.state) else { return Vec::new() };
+        let mut removed = Vec::new();
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if !id.starts_with("kiln-") {
+                continue;
+            }
+            let _ = self.command().args(["kill", &id, "KILL"]).stderr(Stdio::null()).status();
+            let _ = self.command().args(["delete", "--force", &id]).stderr(Stdio::null()).status();
+            let _ = fs::remove_dir_all(e.path());
+            removed.push(id);
+        }
+        removed
+    }
+
+    /// Runs a container to completion and returns its exit code and output.
+    /// Dropping the future kills the container.
+    pub async fn run(&self, spec: &RunSpec) -> Result<ExecOutput, ExecError> {
+        let setup = |action| {
+            let id = spec.id.clone();
+            move |source| ExecError::Setup { id, action, source }
+        };
+        let rootfs = spec.bundle.join("rootfs");
+        fs::create_dir_all(&rootfs).map_err(setup("creating the bundle"))?;
+        fs::create_dir_all(&self.state).map_err(setup("creating the runtime state dir"))?;
+        let _bundle = RemoveOnDrop(spec.bundle.clone());
+
+        let mut plan = MountPlan::new(self.hide_cgroup_v2);
+        plan.overlay(&spec.rootfs, &rootfs).map_err(setup("planning the rootfs mount"))?;
+        let mut mounts = Vec::new();
+        for (i, tree) in spec.trees.iter().enumerate() {
+            let at = spec.bundle.join(format!("m{i}"));
+            fs::create_dir_all(&at).map_err(setup("creating a mount point"))?;
+            plan.overlay(&tree.overlay, &at).map_err(setup("planning a tree mount"))?;
+            mounts.push(ContainerMount::Bind {
+                source: at.join(&tree.subpath),
+                target: tree.target.clone(),
+                readonly: tree.overlay.upper.is_none(),
+            });
+        }
+        for target in &spec.tmpfs {
+            mounts.push(ContainerMount::Tmpfs { target: target.clone() });
+        }
+        let oci = spec::build(rootfs, &spec.process, &mounts, "kiln")
+            .map_err(|source| ExecError::Spec { id: spec.id.clone(), source })?;
+        oci.save(spec.bundle.join("config.json"))
+            .map_err(|e| setup("writing config.json")(std::io::Error::other(e)))?;
+
+        let mut cmd = Command::from(self.command());
+        cmd.arg("run").arg("--bundle").arg(&spec.bundle).arg(&spec.id);
+        cmd.stdin(if spec.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: the closure only makes system calls (see MountPlan::apply).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                plan.apply()
+            });
+        }
+        let mut child = cmd.spawn().map_err(setup("starting the runtime (mounting the container filesystems)"))?;
+        let guard = KillOnDrop { runtime: self.clone(), id: spec.id.clone(), armed: true };
+        if let (Some(mut stdin), Some(data)) = (child.stdin.take(), spec.stdin.clone()) {
+            tokio::spawn(async move {
+                // A process that does not read its stdin is not an error.
+                let _ = stdin.write_all(&data).await;
+            });
+        }
+        let stdout = read_limited(child.stdout.take().expect("piped"));
+        let stderr = read_limited(child.stderr.take().expect("piped"));
+        let (status, stdout, stderr) = tokio::join!(child.wait(), stdout, stderr);
+        let status = status.map_err(setup("waiting for the runtime"))?;
+        let mut guard = guard;
+        guard.armed = false;
+        use std::os::unix::process::ExitStatusExt;
+        let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        Ok(ExecOutput { exit_code, stdout, stderr })
+    }
+}
+
+async fn read_limited(mut r: impl AsyncRead + Unpin) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut dropped = 0usize;
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if out.len() + n > OUTPUT_LIMIT {
+                    dropped += n;
+                } else {
+                    out.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+    }
+    if dropped > 0 {
+        out.extend_from_slice(format!("\n[kiln: {dropped} more bytes of output not kept]\n").as_bytes());
+    }
+    out
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kills and deletes the container if `run` is abandoned midway.
+struct KillOnDrop {
+    runtime: Runtime,
+    id: String,
+    armed: bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.runtime.command().args(["kill", &self.id, "KILL"]).stderr(Stdio::null()).status();
+            let _ = self.runtime.command().args(["delete", "--force", &self.id]).stderr(Stdio::null()).status();
+        }
+    }
+}
