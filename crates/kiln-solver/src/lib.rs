@@ -1,1 +1,18 @@
-//! kiln-solver
+//! Evaluation of kiln's operation graph.
+//!
+//! An [`Engine`] owns the store, the OCI runtime and the registry client.
+//! A [`Session`] solves nodes: inputs first (independent branches run in
+//! parallel), then a cache lookup by the node's cache key, and only on a
+//! miss the operation itself, whose result is recorded. The same work
+//! requested twice at once (in one session or across sessions) runs once.
+
+mod engine;
+mod error;
+mod events;
+mod ops;
+mod result;
+
+pub use engine::{Engine, EngineConfig, Session, Stats};
+pub use error::SolveError;
+pub use events::{Event, EventKind, Events};
+pub use result::{ExecMeta, Solved};

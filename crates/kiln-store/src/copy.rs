@@ -246,3 +246,39 @@ mod tests {
         assert_eq!(m.mode() & 0o777, 0o600);
     }
 }
+
+/// Creates, inside the new layer `diff`, the directories leading to `rel`
+/// (exclusive) that do not exist there yet, copying their mode, owner and
+/// times from the tree below (`view`) so that the layer does not change them.
+pub fn prepare_parents(view: &MergedView, diff: &Path, rel: &Path) -> Result<(), CopyError> {
+    let rel = crate::merged::clean(rel);
+    let Some(parent) = rel.parent() else { return Ok(()) };
+    let mut cur = PathBuf::new();
+    for c in parent.components() {
+        cur.push(c);
+        let target = diff.join(&cur);
+        if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        match view.lookup(&cur).map_err(ctx("inspect", &cur))? {
+            Some(e) if e.is_dir() => {
+                fs::create_dir(&target).map_err(ctx("create directory", &target))?;
+                lchown(&target, Some(e.meta.uid()), Some(e.meta.gid())).map_err(ctx("chown", &target))?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(e.meta.mode() & 0o7777))
+                    .map_err(ctx("chmod", &target))?;
+                set_times(&target, &e.meta)?;
+            }
+            _ => ensure_dirs(diff, &target)?,
+        }
+    }
+    Ok(())
+}
+
+/// Marks `rel` as deleted in the layer `diff` (an overlayfs whiteout).
+pub fn whiteout(view: &MergedView, diff: &Path, rel: &Path) -> Result<(), CopyError> {
+    prepare_parents(view, diff, rel)?;
+    let target = diff.join(crate::merged::clean(rel));
+    clear(&target, false)?;
+    mknodat(CWD, &target, FileType::CharacterDevice, Mode::empty(), 0)
+        .map_err(|e| ctx("create whiteout", &target)(e.into()))
+}

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use blobs::{BlobError, BlobStore, BlobWriter};
-pub use copy::{CopyError, CopyOptions, CopyStats, copy_tree};
+pub use copy::{CopyError, CopyOptions, CopyStats, copy_tree, prepare_parents, whiteout};
 pub use db::{CacheRecord, Db, SnapshotRecord};
 pub use digest::Digest;
 pub use filter::{FilterError, PathFilter};

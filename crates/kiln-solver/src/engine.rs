@@ -1,0 +1,247 @@
+//! The engine (store + runtime + registry) and sessions that solve nodes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared, try_join_all};
+use kiln_exec::Runtime;
+use kiln_graph::{Key, Node, Op, SourcePolicy, cache_key};
+use kiln_oci::{Registry, RegistryConfig};
+use kiln_store::{CacheRecord, Store, now_secs};
+use tokio::sync::Semaphore;
+
+use crate::events::{EventKind, Events};
+use crate::ops::{self, OpOutput, Prepared};
+use crate::{SolveError, Solved};
+
+type SharedSolve = Shared<BoxFuture<'static, Result<Arc<Solved>, SolveError>>>;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The state directory (store, db, runtime state).
+    pub state_dir: PathBuf,
+    /// OCI runtime name or path (`None`: crun, else runc).
+    pub runtime: Option<String>,
+    /// Registry mirrors, insecure registries.
+    pub registry: RegistryConfig,
+    /// How many execs may run at once.
+    pub parallelism: usize,
+}
+
+/// Counters of what the engine did since it started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Operations that ran.
+    pub ran: u64,
+    /// Operations answered from the cache.
+    pub cached: u64,
+    /// Containers started.
+    pub execs: u64,
+    /// Operations that failed.
+    pub failed: u64,
+    /// Milliseconds the cached operations took when they ran.
+    pub saved_ms: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    ran: AtomicU64,
+    cached: AtomicU64,
+    execs: AtomicU64,
+    failed: AtomicU64,
+    saved_ms: AtomicU64,
+}
+
+/// The evaluation engine of one state directory.
+pub struct Engine {
+    pub(crate) store: Arc<Store>,
+    pub(crate) runtime: Runtime,
+    pub(crate) registry: Registry,
+    pub(crate) exec_slots: Semaphore,
+    events: Events,
+    inflight: Mutex<HashMap<Key, SharedSolve>>,
+    counters: Counters,
+}
+
+impl Engine {
+    /// Opens the state directory, detects the runtime and removes what a
+    /// killed predecessor left behind.
+    pub fn open(config: EngineConfig) -> Result<Arc<Self>, SolveError> {
+        let store = Store::open(&config.state_dir).map_err(|e| SolveError::op("open state", e))?;
+        let runtime = Runtime::detect(config.runtime.as_deref(), store.run_dir().join("runtime"))
+            .map_err(|e| SolveError::op("detect runtime", e))?;
+        for id in runtime.remove_stale() {
+            tracing::info!(container = %id, "removed a container left by an interrupted run");
+        }
+        let registry = Registry::new(config.registry.clone());
+        Ok(Arc::new(Self {
+            store: Arc::new(store),
+            runtime,
+            registry,
+            exec_slots: Semaphore::new(config.parallelism.max(1)),
+            events: Events::default(),
+            inflight: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        }))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The OCI runtime in use.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The registry client.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Progress events.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// What the engine did so far.
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        Stats {
+            ran: c.ran.load(Ordering::Relaxed),
+            cached: c.cached.load(Ordering::Relaxed),
+            execs: c.execs.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            saved_ms: c.saved_ms.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn count_exec(&self) {
+        self.counters.execs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A new session: a memo of the nodes it solved.
+    pub fn session(self: &Arc<Self>) -> Session {
+        Session { engine: self.clone(), memo: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// Runs `node` under `key` unless it is cached or already running, in
+    /// which case the running computation is joined.
+    fn solve_keyed(self: &Arc<Self>, node: Arc<Node>, key: Key, prepared: Prepared, inputs: Vec<Arc<Solved>>) -> SharedSolve {
+        let mut inflight = self.inflight.lock().expect("inflight lock");
+        if let Some(running) = inflight.get(&key) {
+            return running.clone();
+        }
+        let engine = self.clone();
+        let fut = async move {
+            let result = engine.lookup_or_run(&node, key, prepared, inputs).await;
+            engine.inflight.lock().expect("inflight lock").remove(&key);
+            result
+        }
+        .boxed()
+        .shared();
+        inflight.insert(key, fut.clone());
+        fut
+    }
+
+    async fn lookup_or_run(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        key: Key,
+        prepared: Prepared,
+        inputs: Vec<Arc<Solved>>,
+    ) -> Result<Arc<Solved>, SolveError> {
+        let description = node.op().describe();
+        if let Some(record) = self.store.db().cache_get(key.as_bytes()).map_err(|e| SolveError::op(&description, e))? {
+            self.counters.cached.fetch_add(1, Ordering::Relaxed);
+            self.counters.saved_ms.fetch_add(record.duration_ms, Ordering::Relaxed);
+            self.events.emit(node.digest(), &description, EventKind::Cached);
+            return Ok(Arc::new(Solved { key, outputs: record.outputs, meta: record.meta, cached: true }));
+        }
+        self.events.emit(node.digest(), &description, EventKind::Started);
+        let started = Instant::now();
+        let result = ops::run(self, node, prepared, &inputs).await;
+        let duration = started.elapsed();
+        let OpOutput { staged, outputs, meta } = match result {
+            Ok(out) => out,
+            Err(e) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                self.events.emit(node.digest(), &description, EventKind::Failed { message: e.to_string() });
+                return Err(e);
+            }
+        };
+        let record = CacheRecord {
+            outputs,
+            meta,
+            description: description.clone(),
+            created: now_secs(),
+            duration_ms: duration.as_millis() as u64,
+        };
+        let store = self.store.clone();
+        let rec = record.clone();
+        tokio::task::spawn_blocking(move || store.commit(staged, Some((key.as_bytes(), &rec))))
+            .await
+            .map_err(|e| SolveError::op(&description, e))?
+            .map_err(|e| SolveError::op(&description, e))?;
+        self.counters.ran.fetch_add(1, Ordering::Relaxed);
+        self.events.emit(node.digest(), &description, EventKind::Done { duration });
+        Ok(Arc::new(Solved { key, outputs: record.outputs, meta: record.meta, cached: false }))
+    }
+}
+
+/// Solves nodes for one client. Nodes are memoized by definition digest,
+/// so a node shared by several branches is solved once.
+#[derive(Clone)]
+pub struct Session {
+    engine: Arc<Engine>,
+    memo: Arc<Mutex<HashMap<Key, SharedSolve>>>,
+}
+
+impl Session {
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Solves `node` and everything it depends on.
+    pub fn solve(&self, node: &Arc<Node>) -> BoxFuture<'static, Result<Arc<Solved>, SolveError>> {
+        let mut memo = self.memo.lock().expect("memo lock");
+        if let Some(f) = memo.get(&node.digest()) {
+            return f.clone().boxed();
+        }
+        let session = self.clone();
+        let digest = node.digest();
+        let node = node.clone();
+        let fut = async move { session.solve_uncached(node).await }.boxed().shared();
+        memo.insert(digest, fut.clone());
+        fut.boxed()
+    }
+
+    async fn solve_uncached(&self, node: Arc<Node>) -> Result<Arc<Solved>, SolveError> {
+        node.validate().map_err(|e| SolveError::op(node.op().describe(), e))?;
+        let inputs = try_join_all(node.inputs().iter().map(|i| self.solve(&i.node))).await?;
+        if matches!(node.op(), Op::Scratch) {
+            return Ok(Arc::new(Solved {
+                key: cache_key(node.op(), &[], None),
+                outputs: vec![None],
+                meta: serde_json::Value::Null,
+                cached: true,
+            }));
+        }
+        let prepared = ops::prepare(&self.engine, &node).await?;
+        let content = match node.op().source_policy() {
+            SourcePolicy::Content => prepared.content_key(),
+            SourcePolicy::Definition => None,
+        };
+        let input_keys: Vec<(Key, usize)> =
+            node.inputs().iter().zip(&inputs).map(|(i, s)| (s.key, i.output)).collect();
+        let key = cache_key(node.op(), &input_keys, content.as_ref());
+        self.engine.solve_keyed(node, key, prepared, inputs).await
+    }
+}

@@ -1,0 +1,128 @@
+//! File operations: copy between trees, new files and directories, removal.
+//! Each writes one new layer on top of the destination tree.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, lchown};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln_graph::{Op, Owner};
+use kiln_store::merged::clean;
+use kiln_store::{CopyOptions, MergedView, PathFilter, SnapshotId, Store, copy_tree, prepare_parents, whiteout};
+
+use super::{OpOutput, blocking};
+use crate::SolveError;
+use crate::engine::Engine;
+
+/// Reads a small text file of a tree (`/etc/passwd`), empty when absent.
+pub(crate) fn read_text(view: &MergedView, path: &str) -> String {
+    view.resolve(path, true)
+        .ok()
+        .and_then(|p| view.lookup(p).ok().flatten())
+        .filter(|e| e.meta.is_file())
+        .and_then(|e| fs::read_to_string(e.real).ok())
+        .unwrap_or_default()
+}
+
+/// Resolves an owner against the tree's `/etc/passwd` and `/etc/group`.
+pub(crate) fn resolve_owner(view: &MergedView, owner: &Owner) -> Result<(u32, u32), String> {
+    let spec = match &owner.group {
+        Some(g) => format!("{}:{g}", owner.user),
+        None => owner.user.clone(),
+    };
+    let id = kiln_exec::user::resolve(&spec, &read_text(view, "/etc/passwd"), &read_text(view, "/etc/group"))
+        .map_err(|e| e.to_string())?;
+    Ok((id.uid, id.gid))
+}
+
+pub(crate) async fn run(
+    engine: &Arc<Engine>,
+    desc: &str,
+    op: Op,
+    dest: Option<SnapshotId>,
+    src: Option<SnapshotId>,
+) -> Result<OpOutput, SolveError> {
+    blocking(engine.store(), desc, move |store| apply(store, &op, dest, src)).await
+}
+
+fn apply(store: &Store, op: &Op, dest: Option<SnapshotId>, src: Option<SnapshotId>) -> Result<OpOutput, String> {
+    let view = store.view(dest).map_err(|e| e.to_string())?;
+    let staged = store.stage(dest).map_err(|e| e.to_string())?;
+    let diff = staged.diff();
+    // Paths are resolved in the destination tree, so that a symlinked
+    // parent (e.g. /var/run -> /run) leads where it leads in a container.
+    let target = |path: &str| -> Result<PathBuf, String> {
+        let parent = Path::new(path).parent().unwrap_or(Path::new("/"));
+        let name = Path::new(path).file_name();
+        let dir = view.resolve(parent, true).map_err(|e| e.to_string())?;
+        Ok(match name {
+            Some(n) => dir.join(n),
+            None => dir,
+        })
+    };
+    match op {
+        Op::Copy { src_path, dest_path, contents_only, include, exclude, owner, mode } => {
+            let src_view = store.view(src).map_err(|e| e.to_string())?;
+            let src_rel = src_view.resolve(src_path, true).map_err(|e| e.to_string())?;
+            let entry = src_view
+                .lookup(&src_rel)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{src_path}: no such file or directory in the source"))?;
+            let mut rel = target(dest_path)?;
+            if entry.is_dir() && !contents_only {
+                if let Some(name) = src_rel.file_name() {
+                    rel = rel.join(name);
+                }
+            }
+            let filter = PathFilter::new(include, exclude).map_err(|e| e.to_string())?;
+            let owner = owner.as_ref().map(|o| resolve_owner(&view, o)).transpose()?;
+            prepare_parents(&view, &diff, &rel).map_err(|e| e.to_string())?;
+            let opts = CopyOptions { filter: &filter, owner, file_mode: *mode, hardlink: true };
+            copy_tree(&src_view, &src_rel, &diff.join(&rel), &opts).map_err(|e| e.to_string())?;
+        }
+        Op::MkFile { path, contents, mode, owner } => {
+            let rel = target(path)?;
+            if view.lookup(&rel).map_err(|e| e.to_string())?.is_some_and(|e| e.is_dir()) {
+                return Err(format!("{path} is a directory"));
+            }
+            prepare_parents(&view, &diff, &rel).map_err(|e| e.to_string())?;
+            let file = diff.join(&rel);
+            fs::write(&file, contents).map_err(|e| format!("{path}: {e}"))?;
+            set_meta(&view, &file, *mode, owner.as_ref())?;
+        }
+        Op::MkDir { path, mode, owner } => {
+            let rel = clean(target(path)?);
+            let mut cur = PathBuf::new();
+            for c in rel.components() {
+                cur.push(c);
+                match view.lookup(&cur).map_err(|e| e.to_string())? {
+                    Some(e) if e.is_dir() => {}
+                    Some(_) => return Err(format!("{path}: {} exists and is not a directory", cur.display())),
+                    None => {
+                        prepare_parents(&view, &diff, &cur).map_err(|e| e.to_string())?;
+                        fs::create_dir(diff.join(&cur)).map_err(|e| format!("{path}: {e}"))?;
+                        set_meta(&view, &diff.join(&cur), *mode, owner.as_ref())?;
+                    }
+                }
+            }
+        }
+        Op::Rm { path, allow_not_found } => {
+            let rel = target(path)?;
+            if view.lookup(&rel).map_err(|e| e.to_string())?.is_none() {
+                if *allow_not_found {
+                    return Ok(OpOutput { staged: vec![], outputs: vec![dest], meta: serde_json::Value::Null });
+                }
+                return Err(format!("{path}: no such file or directory"));
+            }
+            whiteout(&view, &diff, &rel).map_err(|e| e.to_string())?;
+        }
+        other => return Err(format!("{} is not a file operation", other.describe())),
+    }
+    Ok(OpOutput::single(staged))
+}
+
+fn set_meta(view: &MergedView, path: &Path, mode: u32, owner: Option<&Owner>) -> Result<(), String> {
+    let (uid, gid) = owner.map(|o| resolve_owner(view, o)).transpose()?.unwrap_or((0, 0));
+    lchown(path, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| format!("chmod {}: {e}", path.display()))
+}

@@ -1,0 +1,129 @@
+//! Image sources: resolved and pulled from registries or imported from
+//! layouts and archives, then unpacked layer by layer. Each layer snapshot
+//! is cached by its chain (parent chain + uncompressed diff digest), so
+//! images sharing base layers share their snapshots.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kiln_graph::{Key, KeyBuilder};
+use kiln_oci::{Platform, Reference, ResolvedImage};
+use kiln_store::{CacheRecord, Digest, SnapshotId, now_secs};
+
+use super::{OpOutput, blocking};
+use crate::SolveError;
+use crate::engine::Engine;
+use crate::result::ImageMeta;
+
+fn parse_platform(op: &str, platform: Option<&str>) -> Result<Platform, SolveError> {
+    match platform {
+        Some(p) if !p.is_empty() => Platform::parse(p).map_err(|e| SolveError::op(op, e)),
+        _ => Ok(Platform::host()),
+    }
+}
+
+impl Engine {
+    /// Resolves an image reference (a tag goes to the registry) to its
+    /// platform-specific manifest; the manifest and config are stored.
+    pub async fn resolve_image(&self, reference: &str, platform: Option<&str>) -> Result<ResolvedImage, SolveError> {
+        let op = format!("resolve {reference}");
+        let r = Reference::parse(reference).map_err(|e| SolveError::op(&op, e))?;
+        let p = parse_platform(&op, platform)?;
+        self.registry.resolve(&r, &p, self.store.blobs()).await.map_err(|e| SolveError::op(&op, e))
+    }
+
+    /// Loads an image from an OCI layout directory or an OCI/docker archive.
+    pub async fn load_image(
+        self: &Arc<Self>,
+        path: &str,
+        tag: Option<&str>,
+        platform: Option<&str>,
+    ) -> Result<ResolvedImage, SolveError> {
+        let op = format!("import {path}");
+        let p = parse_platform(&op, platform)?;
+        let (path, tag) = (path.to_string(), tag.map(str::to_string));
+        blocking(&self.store, &op, move |store| {
+            let path = Path::new(&path);
+            let result = if path.is_dir() {
+                kiln_oci::import_oci_layout(path, tag.as_deref(), &p, store.blobs())
+            } else {
+                kiln_oci::import_archive(path, tag.as_deref(), &p, store.blobs())
+            };
+            result.map_err(|e| e.to_string())
+        })
+        .await
+    }
+}
+
+pub(crate) async fn pull(
+    engine: &Arc<Engine>,
+    reference: &str,
+    manifest_digest: &str,
+    platform: &str,
+) -> Result<OpOutput, SolveError> {
+    let op = format!("pull {reference}");
+    let digest: Digest = manifest_digest.parse().map_err(|e| SolveError::op(&op, e))?;
+    let r = Reference::parse(reference).map_err(|e| SolveError::op(&op, e))?.with_digest(digest);
+    let image = engine.resolve_image(&r.to_string(), Some(platform)).await?;
+    engine.registry.fetch_layers(&image, engine.store.blobs()).await.map_err(|e| SolveError::op(&op, e))?;
+    unpack(engine, &op, image).await
+}
+
+pub(crate) async fn import(
+    engine: &Arc<Engine>,
+    path: &str,
+    tag: Option<&str>,
+    manifest_digest: &str,
+    platform: &str,
+) -> Result<OpOutput, SolveError> {
+    let op = format!("import {path}");
+    let image = engine.load_image(path, tag, Some(platform)).await?;
+    if image.manifest_digest.to_string() != manifest_digest {
+        return Err(SolveError::op(
+            &op,
+            format!(
+                "the image there is now {} but the pipeline was built with {manifest_digest}; load it again",
+                image.manifest_digest
+            ),
+        ));
+    }
+    unpack(engine, &op, image).await
+}
+
+async fn unpack(engine: &Arc<Engine>, op: &str, image: ResolvedImage) -> Result<OpOutput, SolveError> {
+    let meta = serde_json::json!({ "image": ImageMeta { config: image.config.clone() } });
+    let top = blocking(&engine.store, op, move |store| {
+        let mut parent: Option<SnapshotId> = None;
+        let mut chain = KeyBuilder::new("kiln/layer/v1").finish();
+        for layer in &image.layers {
+            chain = KeyBuilder::new("kiln/layer/v1").key(&chain).bytes(layer.diff_id.as_bytes()).finish();
+            if let Some(rec) = store.db().cache_get(chain.as_bytes()).map_err(|e| e.to_string())? {
+                parent = rec.outputs.first().copied().flatten();
+                continue;
+            }
+            parent = Some(apply(store, chain, parent, layer)?);
+        }
+        Ok(parent)
+    })
+    .await?;
+    Ok(OpOutput { staged: vec![], outputs: vec![top], meta })
+}
+
+fn apply(store: &kiln_store::Store, chain: Key, parent: Option<SnapshotId>, layer: &kiln_oci::LayerDesc) -> Result<SnapshotId, String> {
+    let staged = store.stage(parent).map_err(|e| e.to_string())?;
+    let lowers = store.chain(parent).map_err(|e| e.to_string())?;
+    let blob = store.blobs().open_blob(&layer.digest).map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    kiln_oci::apply_layer(std::io::BufReader::new(blob), &layer.media_type, &staged.diff(), &lowers)
+        .map_err(|e| format!("layer {}: {e}", layer.digest))?;
+    let id = staged.id();
+    let record = CacheRecord {
+        outputs: vec![Some(id)],
+        meta: serde_json::Value::Null,
+        description: format!("layer {}", layer.digest),
+        created: now_secs(),
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    store.commit(vec![staged], Some((chain.as_bytes(), &record))).map_err(|e| e.to_string())?;
+    Ok(id)
+}

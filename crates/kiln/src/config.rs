@@ -1,0 +1,96 @@
+//! The engine configuration file (TOML).
+//!
+//! ```toml
+//! state_dir = "/var/lib/kiln"   # default: /var/lib/kiln as root, else $XDG_DATA_HOME/kiln
+//! runtime = "crun"              # or "runc", or a path; default: crun, else runc
+//! parallelism = 4               # execs at once; default: number of CPUs
+//! [registry]
+//! insecure = ["registry.internal:5000"]
+//! [registry.mirrors]
+//! "docker.io" = ["127.0.0.1:5000"]
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use kiln_oci::RegistryConfig;
+use serde::Deserialize;
+
+/// Contents of a kiln config file. Every field is optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where kiln keeps its cache, snapshots and database.
+    pub state_dir: Option<PathBuf>,
+    /// OCI runtime name or path.
+    pub runtime: Option<String>,
+    /// How many containers may run at once.
+    pub parallelism: Option<usize>,
+    /// Registry mirrors, insecure registries, credentials.
+    pub registry: RegistryConfig,
+}
+
+/// Where the config is read from when no `--config` is given.
+pub fn default_path() -> PathBuf {
+    if is_root() {
+        PathBuf::from("/etc/kiln/kiln.toml")
+    } else {
+        dirs::config_dir().unwrap_or_else(|| PathBuf::from(".")).join("kiln/kiln.toml")
+    }
+}
+
+/// The state dir used when the config names none.
+pub fn default_state_dir() -> PathBuf {
+    if is_root() {
+        PathBuf::from("/var/lib/kiln")
+    } else {
+        dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("kiln")
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl Config {
+    /// Loads `path`; an explicitly given path must exist, the default one
+    /// may be absent.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (default_path(), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading config {}", path.display())),
+        };
+        toml::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_all_fields_and_rejects_unknown_ones() {
+        let c: Config = toml::from_str(
+            "state_dir = '/s'\nruntime = 'runc'\nparallelism = 3\n[registry]\ninsecure = ['r:5000']\n[registry.mirrors]\n'docker.io' = ['127.0.0.1:5000']\n",
+        )
+        .unwrap();
+        assert_eq!(c.state_dir.as_deref(), Some(Path::new("/s")));
+        assert_eq!(c.runtime.as_deref(), Some("runc"));
+        assert_eq!(c.parallelism, Some(3));
+        assert_eq!(c.registry.mirrors["docker.io"], ["127.0.0.1:5000"]);
+        let err = toml::from_str::<Config>("stat_dir = '/s'").unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn explicit_missing_config_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/kiln.toml"))).unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/kiln.toml"));
+    }
+}
