@@ -1,15 +1,33 @@
 //! The `kiln` command line.
 
 mod config;
+mod progress;
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
 
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use kiln_api::server::new_token;
+use kiln_api::{Api, Server};
+use kiln_solver::{Engine, EngineConfig};
 
-/// kiln: a programmable CI/CD engine that runs Dagger pipelines, without Docker.
+use crate::config::Config;
+use crate::progress::Progress;
+
+/// kiln runs Dagger pipelines: programs that build a graph of container
+/// operations with an official Dagger SDK. It runs containers itself
+/// (crun/runc, no Docker) and caches every operation by content.
+///
+/// Examples:
+///   kiln run -- python3 pipeline.py        run a pipeline, show progress
+///   _EXPERIMENTAL_DAGGER_CLI_BIN=$(command -v kiln) python3 pipeline.py
+///   echo '{ container { from(address: "busybox") { withExec(args: ["echo", "hi"]) { stdout } } } }' | kiln query
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about, long_about = None)]
+#[command(name = "kiln", version, verbatim_doc_comment)]
 struct Cli {
     /// Engine config file (TOML) [default: /etc/kiln/kiln.toml as root, else ~/.config/kiln/kiln.toml]
     #[arg(long, global = true, env = "KILN_CONFIG")]
@@ -20,22 +38,158 @@ struct Cli {
     /// OCI runtime to use (crun, runc, or a path); overrides the config
     #[arg(long, global = true, env = "KILN_RUNTIME")]
     runtime: Option<String>,
+    /// How to show progress on stderr
+    #[arg(long, global = true, value_enum, default_value = "plain", env = "KILN_PROGRESS")]
+    progress: Progress,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print kiln's version and the engine API version it speaks
+    /// Print kiln's version and the Dagger API version it serves
     Version,
+    /// Serve an engine session and run a pipeline program against it
+    ///
+    /// The program gets DAGGER_SESSION_PORT and DAGGER_SESSION_TOKEN, which
+    /// the Dagger SDKs use to connect. kiln exits with the program's exit code.
+    Run {
+        /// The program and its arguments (put `--` before them)
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Serve a session for an SDK that started kiln itself
+    ///
+    /// This is what `_EXPERIMENTAL_DAGGER_CLI_BIN=kiln` makes the SDKs run:
+    /// kiln prints one JSON line with the port and token, serves until its
+    /// stdin closes, then exits. SDK flags such as --label are accepted and
+    /// ignored.
+    Session {
+        /// Flags passed by the SDK (ignored)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        ignored: Vec<String>,
+    },
+    /// Run one GraphQL query (from FILE, or stdin) and print the JSON result
+    Query {
+        /// File holding the query; reads stdin when absent
+        file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Version => {
-            println!("kiln {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        .init();
+    if let Command::Version = cli.command {
+        println!("kiln {} (Dagger API {})", env!("CARGO_PKG_VERSION"), kiln_api::resolvers::API_VERSION);
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kiln: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kiln: {e:#}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn open_engine(cli: &Cli) -> anyhow::Result<Arc<Engine>> {
+    let config = Config::load(cli.config.as_deref())?;
+    let state_dir = cli.state_dir.clone().or(config.state_dir).unwrap_or_else(config::default_state_dir);
+    let engine = Engine::open(EngineConfig {
+        state_dir: state_dir.clone(),
+        runtime: cli.runtime.clone().or(config.runtime),
+        registry: config.registry,
+        parallelism: config.parallelism.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+    })
+    .with_context(|| format!("starting the engine on {}", state_dir.display()))?;
+    Ok(engine)
+}
+
+async fn serve(cli: &Cli) -> anyhow::Result<(Arc<Engine>, kiln_api::ServerHandle)> {
+    let engine = open_engine(cli)?;
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let api = Api::new(engine.clone(), cwd);
+    let server = Server::new(api, new_token().context("generating a session token")?).context("building the schema")?;
+    let handle = server.start(0).await.context("listening on 127.0.0.1")?;
+    Ok((engine, handle))
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Version => unreachable!("handled before the runtime starts"),
+        Command::Run { command } => {
+            let started = Instant::now();
+            let (engine, handle) = serve(&cli).await?;
+            let printer = progress::spawn(cli.progress, engine.events().subscribe());
+            let status = tokio::process::Command::new(&command[0])
+                .args(&command[1..])
+                .env("DAGGER_SESSION_PORT", handle.port.to_string())
+                .env("DAGGER_SESSION_TOKEN", &handle.token)
+                .status()
+                .await
+                .with_context(|| format!("running {:?}", command[0]))?;
+            handle.stop().await;
+            printer.abort();
+            if cli.progress != Progress::Quiet {
+                eprintln!("{}", progress::summary(&engine.stats(), started.elapsed()));
+            }
+            Ok(exit_code(status))
+        }
+        Command::Session { .. } => {
+            let (engine, handle) = serve(&cli).await?;
+            let printer = progress::spawn(cli.progress, engine.events().subscribe());
+            let line = serde_json::json!({ "port": handle.port, "session_token": handle.token });
+            let mut stdout = std::io::stdout();
+            writeln!(stdout, "{line}").and_then(|_| stdout.flush()).context("writing the session line")?;
+            // The SDK ends the session by closing our stdin.
+            tokio::task::spawn_blocking(|| {
+                let mut sink = Vec::new();
+                let _ = std::io::stdin().read_to_end(&mut sink);
+            })
+            .await?;
+            handle.stop().await;
+            printer.abort();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Query { file } => {
+            let query = match file {
+                Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+                None => {
+                    let mut q = String::new();
+                    std::io::stdin().read_to_string(&mut q).context("reading the query from stdin")?;
+                    q
+                }
+            };
+            if query.trim().is_empty() {
+                bail!("no query given (pass a file or pipe a query on stdin)");
+            }
+            let engine = open_engine(&cli)?;
+            let printer = progress::spawn(cli.progress, engine.events().subscribe());
+            let cwd = std::env::current_dir().context("reading the working directory")?;
+            let server = Server::new(Api::new(engine, cwd), String::new()).context("building the schema")?;
+            let response = server.execute(&query).await;
+            printer.abort();
+            let mut out = std::io::stdout().lock();
+            // A closed pipe (`kiln query | head`) is not an error worth reporting.
+            let _ = writeln!(out, "{}", serde_json::to_string_pretty(&response)?);
+            Ok(if response.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    ExitCode::from(code.clamp(0, 255) as u8)
 }

@@ -1,0 +1,184 @@
+//! `Directory`: building trees and reading them back.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_graphql::Value;
+use kiln_graph::{Op, Owner};
+use kiln_store::{CopyOptions, PathFilter, copy_tree};
+
+use crate::api::{Api, Output, Registry, directory, join_path};
+use crate::args::Args;
+use crate::error::ApiError;
+use crate::resolver;
+use crate::values::{Directory, File, Object, TreeRef};
+
+pub fn register(r: &mut Registry) {
+    r.add("Directory", "id", resolver!(id));
+    r.add("Directory", "sync", resolver!(sync));
+    r.add("Directory", "entries", resolver!(entries));
+    r.add("Directory", "file", resolver!(file));
+    r.add("Directory", "directory", resolver!(subdirectory));
+    r.add("Directory", "withNewFile", resolver!(with_new_file));
+    r.add("Directory", "withNewDirectory", resolver!(with_new_directory));
+    r.add("Directory", "withFile", resolver!(with_file));
+    r.add("Directory", "withDirectory", resolver!(with_directory));
+    r.add("Directory", "withoutFile", resolver!(without));
+    r.add("Directory", "withoutDirectory", resolver!(without));
+    r.add("Directory", "export", resolver!(export));
+}
+
+fn out(d: Directory) -> Result<Output, ApiError> {
+    Ok(Output::Object(Object::Directory(d)))
+}
+
+/// Checks that `d` exists and is a directory, then returns it.
+pub async fn checked_directory(api: &Api, d: Directory) -> Result<Output, ApiError> {
+    let view = api.view(d.tree).await?;
+    let rel = view.resolve(&d.path, true).map_err(ApiError::internal)?;
+    match view.lookup(&rel).map_err(ApiError::internal)? {
+        Some(e) if e.is_dir() => out(d),
+        Some(_) => Err(ApiError::invalid(format!("{} is a file, not a directory", d.path))),
+        None if rel.as_os_str().is_empty() => out(d),
+        None => Err(ApiError::invalid(format!("{}: no such file or directory", d.path))),
+    }
+}
+
+async fn id(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
+    api.id(&obj)
+}
+
+async fn sync(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
+    checked_directory(&api, directory(obj.clone())?).await?;
+    api.id(&obj)
+}
+
+async fn entries(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let d = directory(obj)?;
+    let path = join_path(&d.path, &args.opt_string("path").unwrap_or_default());
+    let view = api.view(d.tree).await?;
+    let rel = view.resolve(&path, true).map_err(ApiError::internal)?;
+    let listing = view
+        .read_dir(&rel)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::invalid(format!("{path}: no such directory")))?;
+    let names = listing
+        .into_iter()
+        .map(|(name, e)| {
+            let mut n = name.to_string_lossy().into_owned();
+            if e.is_dir() {
+                n.push('/');
+            }
+            Value::String(n)
+        })
+        .collect();
+    Ok(Output::Value(Value::List(names)))
+}
+
+async fn file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let d = directory(obj)?;
+    let path = join_path(&d.path, &args.string("path")?);
+    super::file::checked_file(&api, File { tree: d.tree, path }).await
+}
+
+async fn subdirectory(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let d = directory(obj)?;
+    let path = join_path(&d.path, &args.string("path")?);
+    checked_directory(&api, Directory { tree: d.tree, path }).await
+}
+
+/// Applies a file operation to the directory's tree.
+fn apply(api: &Api, d: Directory, op: Op, src: Option<Option<TreeRef>>) -> Result<Output, ApiError> {
+    let mut inputs = vec![api.nodes.input(d.tree)?];
+    if let Some(src) = src {
+        inputs.push(api.nodes.input(src)?);
+    }
+    let node = api.nodes.add(op, inputs);
+    out(Directory { tree: Some(TreeRef { node: node.digest(), output: 0 }), path: d.path })
+}
+
+fn owner(args: &Args) -> Option<Owner> {
+    args.opt_string("owner").map(|o| match o.split_once(':') {
+        Some((u, g)) => Owner { user: u.into(), group: Some(g.into()) },
+        None => Owner { user: o, group: None },
+    })
+}
+
+async fn with_new_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let d = directory(obj)?;
+    let op = Op::MkFile {
+        path: join_path(&d.path, &args.string("path")?),
+        contents: args.opt_string("contents").unwrap_or_default(),
+        mode: args.int("permissions").unwrap_or(0o644) as u32,
+        owner: None,
+    };
+    apply(&api, d, op, None)
+}
+
+async fn with_new_directory(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let d = directory(obj)?;
+    let op = Op::MkDir {
+        path: join_path(&d.path, &args.string("path")?),
+        mode: args.int("permissions").map(|p| p as u32).unwrap_or(0o755),
+        owner: None,
+    };
+    apply(&api, d, op, None)
+}
+
+async fn with_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let d = directory(obj)?;
+    let src = api.arg_file(&args, "source")?;
+    let op = Op::Copy {
+        src_path: src.path,
+        dest_path: join_path(&d.path, &args.string("path")?),
+        contents_only: true,
+        include: vec![],
+        exclude: vec![],
+        owner: owner(&args),
+        mode: args.int("permissions").map(|p| p as u32),
+    };
+    apply(&api, d, op, Some(src.tree))
+}
+
+async fn with_directory(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let d = directory(obj)?;
+    let src = api.arg_directory(&args, "source")?;
+    let op = Op::Copy {
+        src_path: src.path,
+        dest_path: join_path(&d.path, &args.string("path")?),
+        contents_only: true,
+        include: args.strings("include"),
+        exclude: args.strings("exclude"),
+        owner: owner(&args),
+        mode: args.int("permissions").map(|p| p as u32),
+    };
+    apply(&api, d, op, Some(src.tree))
+}
+
+async fn without(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let d = directory(obj)?;
+    let op = Op::Rm { path: join_path(&d.path, &args.string("path")?), allow_not_found: true };
+    apply(&api, d, op, None)
+}
+
+async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let d = directory(obj)?;
+    let target = api.host_path(&args.string("path")?);
+    let wipe = args.bool("wipe");
+    let view = api.view(d.tree).await?;
+    let src = d.path.clone();
+    let dest = target.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+        if wipe && dest.exists() {
+            std::fs::remove_dir_all(&dest).map_err(|e| ApiError::invalid(format!("export: wiping {}: {e}", dest.display())))?;
+        }
+        std::fs::create_dir_all(&dest).map_err(|e| ApiError::invalid(format!("export to {}: {e}", dest.display())))?;
+        let filter = PathFilter::default();
+        let opts = CopyOptions { filter: &filter, owner: None, file_mode: None, hardlink: false };
+        copy_tree(&view, Path::new(&src), &dest, &opts).map_err(|e| ApiError::invalid(format!("export to {}: {e}", dest.display())))?;
+        Ok(())
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(Output::string(target.display().to_string()))
+}

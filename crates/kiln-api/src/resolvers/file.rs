@@ -1,0 +1,112 @@
+//! `File`: reading files back and exporting them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_graphql::Value;
+use kiln_store::{CopyOptions, Digest, PathFilter, copy_tree};
+
+use crate::api::{Api, Output, Registry, file};
+use crate::args::Args;
+use crate::error::ApiError;
+use crate::resolver;
+use crate::values::{File, Object};
+
+pub fn register(r: &mut Registry) {
+    r.add("File", "id", resolver!(id));
+    r.add("File", "sync", resolver!(sync));
+    r.add("File", "contents", resolver!(contents));
+    r.add("File", "size", resolver!(size));
+    r.add("File", "name", resolver!(name));
+    r.add("File", "export", resolver!(export));
+}
+
+/// Reads a blob as text (exec output).
+pub fn read_blob(api: &Api, digest: &Digest) -> Result<String, ApiError> {
+    let bytes = api.engine.store().blobs().read(digest).map_err(ApiError::internal)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Solves the file's tree and finds the file (symlinks followed).
+async fn locate(api: &Api, f: &File) -> Result<kiln_store::merged::Entry, ApiError> {
+    let view = api.view(f.tree).await?;
+    let rel = view.resolve(&f.path, true).map_err(ApiError::internal)?;
+    match view.lookup(&rel).map_err(ApiError::internal)? {
+        Some(e) if e.meta.is_file() => Ok(e),
+        Some(_) => Err(ApiError::invalid(format!("{} is not a regular file", f.path))),
+        None => Err(ApiError::invalid(format!("{}: no such file or directory", f.path))),
+    }
+}
+
+/// Checks that `f` exists and is a file, then returns it.
+pub async fn checked_file(api: &Api, f: File) -> Result<Output, ApiError> {
+    locate(api, &f).await?;
+    Ok(Output::Object(Object::File(f)))
+}
+
+async fn id(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
+    api.id(&obj)
+}
+
+async fn sync(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
+    locate(&api, &file(obj.clone())?).await?;
+    api.id(&obj)
+}
+
+async fn contents(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let f = file(obj)?;
+    let entry = locate(&api, &f).await?;
+    let bytes = tokio::fs::read(&entry.real).await.map_err(ApiError::internal)?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let (offset, limit) = (args.int("offsetLines"), args.int("limitLines"));
+    if offset.is_none() && limit.is_none() {
+        return Ok(Output::string(text));
+    }
+    let lines = text.split_inclusive('\n').skip(offset.unwrap_or(0).max(0) as usize);
+    let selected: String = match limit {
+        Some(l) => lines.take(l.max(0) as usize).collect(),
+        None => lines.collect(),
+    };
+    Ok(Output::string(selected))
+}
+
+async fn size(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
+    let entry = locate(&api, &file(obj)?).await?;
+    Ok(Output::Value(Value::from(entry.meta.len())))
+}
+
+async fn name(_: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
+    let f = file(obj)?;
+    Ok(Output::string(Path::new(&f.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()))
+}
+
+async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let f = file(obj)?;
+    let target = api.host_path(&args.string("path")?);
+    let allow_parent = args.bool("allowParentDirPath");
+    if target.is_dir() && !allow_parent {
+        return Err(ApiError::invalid(format!(
+            "export: {} is a directory; give a file path (or set allowParentDirPath to export into it)",
+            target.display()
+        )));
+    }
+    let dest = if target.is_dir() {
+        target.join(Path::new(&f.path).file_name().unwrap_or_default())
+    } else {
+        target
+    };
+    let view = api.view(f.tree).await?;
+    let (src, to) = (f.path.clone(), dest.clone());
+    tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| ApiError::invalid(format!("export to {}: {e}", to.display())))?;
+        }
+        let filter = PathFilter::default();
+        let opts = CopyOptions { filter: &filter, owner: None, file_mode: None, hardlink: false };
+        copy_tree(&view, Path::new(&src), &to, &opts).map_err(|e| ApiError::invalid(format!("export to {}: {e}", to.display())))?;
+        Ok(())
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(Output::string(dest.display().to_string()))
+}

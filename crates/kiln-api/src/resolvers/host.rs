@@ -1,0 +1,70 @@
+//! `Host`: directories and files of the client's machine.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kiln_graph::Op;
+
+use crate::api::{Api, Output, Registry};
+use crate::args::Args;
+use crate::error::ApiError;
+use crate::resolver;
+use crate::values::{Directory, File, Object, TreeRef};
+
+pub fn register(r: &mut Registry) {
+    r.add("Host", "directory", resolver!(directory));
+    r.add("Host", "file", resolver!(file));
+}
+
+async fn directory(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
+    let path = api.host_path(&args.string("path")?);
+    if args.bool("gitignore") {
+        return Err(ApiError::NotImplemented("the gitignore argument of Host.directory".into()));
+    }
+    if !path.is_dir() {
+        return Err(ApiError::invalid(format!("host directory {}: no such directory", path.display())));
+    }
+    let node = api.nodes.add(
+        Op::HostDir {
+            path: path.display().to_string(),
+            include: args.strings("include"),
+            exclude: args.strings("exclude"),
+        },
+        vec![],
+    );
+    Ok(Output::Object(Object::Directory(Directory {
+        tree: Some(TreeRef { node: node.digest(), output: 0 }),
+        path: "/".into(),
+    })))
+}
+
+async fn file(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
+    let path = api.host_path(&args.string("path")?);
+    if !path.is_file() {
+        return Err(ApiError::invalid(format!("host file {}: no such file", path.display())));
+    }
+    let (parent, name) = (path.parent().unwrap_or(Path::new("/")), path.file_name().unwrap_or_default());
+    let name = name.to_string_lossy().into_owned();
+    let node = api.nodes.add(
+        Op::HostDir {
+            path: parent.display().to_string(),
+            include: vec![globset_escape(&name)],
+            exclude: vec![],
+        },
+        vec![],
+    );
+    Ok(Output::Object(Object::File(File {
+        tree: Some(TreeRef { node: node.digest(), output: 0 }),
+        path: format!("/{name}"),
+    })))
+}
+
+/// Escapes glob metacharacters so that a file name matches only itself.
+fn globset_escape(name: &str) -> String {
+    name.chars()
+        .flat_map(|c| match c {
+            '*' | '?' | '[' | ']' | '{' | '}' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect()
+}

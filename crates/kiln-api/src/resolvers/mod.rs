@@ -1,0 +1,21 @@
+//! Field resolvers, one module per GraphQL type family.
+
+mod container;
+mod directory;
+mod file;
+mod host;
+mod query;
+
+use crate::api::Registry;
+
+/// Registers every implemented field.
+pub fn register(r: &mut Registry) {
+    query::register(r);
+    container::register(r);
+    directory::register(r);
+    file::register(r);
+    host::register(r);
+}
+
+/// The Dagger API version kiln serves.
+pub const API_VERSION: &str = "v0.21.8";

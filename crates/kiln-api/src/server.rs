@@ -1,0 +1,147 @@
+//! The HTTP endpoint the SDKs talk to: `POST /query` on 127.0.0.1, HTTP
+//! Basic auth with the session token as user name, GraphQL JSON in and out.
+
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use async_graphql::dynamic::Schema;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use tokio::sync::oneshot;
+
+use crate::api::Api;
+
+/// Serves one API session.
+#[derive(Clone)]
+pub struct Server {
+    schema: Schema,
+    token: Arc<String>,
+}
+
+/// A running server.
+pub struct ServerHandle {
+    /// The loopback port it listens on.
+    pub port: u16,
+    /// The session token clients must present.
+    pub token: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Stops accepting requests and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// A fresh random session token.
+pub fn new_token() -> std::io::Result<String> {
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+
+/// Whether the `Authorization` header carries `token` as Basic user name
+/// (standard or URL-safe base64, padded or not: SDKs differ).
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
+    let Some(encoded) = value.strip_prefix("Basic ").map(str::trim) else { return false };
+    let decoded = [GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT), GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT)]
+        .iter()
+        .find_map(|engine| engine.decode(encoded).ok())
+        .or_else(|| STANDARD.decode(encoded).ok())
+        .or_else(|| URL_SAFE.decode(encoded).ok());
+    let Some(decoded) = decoded else { return false };
+    let user = decoded.split(|&b| b == b':').next().unwrap_or_default();
+    constant_time_eq(user, token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn query(State(server): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&headers, &server.token) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"kiln\"")],
+            "missing or wrong session token\n",
+        )
+            .into_response();
+    }
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let body = serde_json::json!({ "errors": [{ "message": format!("request body is not a GraphQL request: {e}") }] });
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+    };
+    let response = server.schema.execute(request).await;
+    axum::Json(response).into_response()
+}
+
+impl Server {
+    /// A server for `api`, accepting `token`.
+    pub fn new(api: Arc<Api>, token: String) -> Result<Self, async_graphql::dynamic::SchemaError> {
+        Ok(Self { schema: crate::schema::build(api)?, token: Arc::new(token) })
+    }
+
+    /// Runs one GraphQL request in-process (for `kiln query`).
+    pub async fn execute(&self, query: &str) -> async_graphql::Response {
+        self.schema.execute(async_graphql::Request::new(query)).await
+    }
+
+    /// Starts listening on 127.0.0.1 (port 0: any free port).
+    pub async fn start(self, port: u16) -> std::io::Result<ServerHandle> {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
+        let port = listener.local_addr()?.port();
+        let token = self.token.to_string();
+        let app = Router::new().route("/query", post(query)).with_state(self);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(ServerHandle { port, token, stop: Some(stop), task })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn accepts_the_token_in_any_base64_flavour_and_nothing_else() {
+        let token = "abc>>?";
+        for enc in [STANDARD.encode(format!("{token}:")), URL_SAFE.encode(format!("{token}:"))] {
+            assert!(authorized(&headers(&format!("Basic {enc}")), token), "{enc}");
+            assert!(authorized(&headers(&format!("Basic {}", enc.trim_end_matches('='))), token));
+        }
+        assert!(!authorized(&headers(&format!("Basic {}", STANDARD.encode("wrong:"))), token));
+        assert!(!authorized(&headers("Bearer abc"), token));
+        assert!(!authorized(&HeaderMap::new(), token));
+    }
+}

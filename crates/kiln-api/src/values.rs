@@ -1,0 +1,156 @@
+//! The values the API hands out (containers, directories, files, ...).
+//! They are plain data: operation graph nodes are referred to by definition
+//! digest and live in the [`crate::nodes::Nodes`] registry, so a value can be
+//! serialized into an ID and loaded back in a later session.
+
+use kiln_graph::Key;
+use serde::{Deserialize, Serialize};
+
+/// One output tree of a graph node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeRef {
+    /// Definition digest of the node.
+    pub node: Key,
+    /// Which of its outputs.
+    pub output: usize,
+}
+
+/// A tree (`None`: empty) and a path in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Directory {
+    /// The tree.
+    pub tree: Option<TreeRef>,
+    /// Absolute path of the directory in the tree.
+    pub path: String,
+}
+
+/// A file in a tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct File {
+    /// The tree.
+    pub tree: Option<TreeRef>,
+    /// Absolute path of the file in the tree.
+    pub path: String,
+}
+
+/// What is mounted at a container path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountSource {
+    /// A directory or file of a tree (writes produce a new tree).
+    Tree {
+        /// The tree.
+        tree: Option<TreeRef>,
+        /// Path in the tree.
+        path: String,
+        /// Mounted read-only.
+        readonly: bool,
+    },
+    /// A fresh tmpfs.
+    Temp,
+}
+
+/// A mount of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerMount {
+    /// Absolute path in the container.
+    pub target: String,
+    /// What is mounted.
+    pub source: MountSource,
+}
+
+/// A container: a rootfs, its image configuration and its mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// The root filesystem (`None`: empty).
+    pub rootfs: Option<TreeRef>,
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    /// Environment, in order.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub workdir: String,
+    /// User spec.
+    pub user: String,
+    /// Entrypoint.
+    pub entrypoint: Vec<String>,
+    /// Default arguments (the image's CMD).
+    pub default_args: Vec<String>,
+    /// Labels, in order.
+    pub labels: Vec<(String, String)>,
+    /// Mounts, in order.
+    pub mounts: Vec<ContainerMount>,
+    /// The last exec (for stdout, stderr, exit code).
+    pub last_exec: Option<Key>,
+    /// The image reference it was created from.
+    pub image_ref: Option<String>,
+}
+
+/// Every kind of object the API returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Object {
+    /// The root query object.
+    Query,
+    /// The client's host.
+    Host,
+    /// A container.
+    Container(Container),
+    /// A directory.
+    Directory(Directory),
+    /// A file.
+    File(File),
+    /// An environment variable of a container.
+    EnvVariable {
+        /// Its name.
+        name: String,
+        /// Its value.
+        value: String,
+    },
+    /// A label of a container.
+    Label {
+        /// Its name.
+        name: String,
+        /// Its value.
+        value: String,
+    },
+    /// A cache volume (by key).
+    CacheVolume {
+        /// The volume's key.
+        key: String,
+    },
+}
+
+impl Object {
+    /// The GraphQL type name of the object.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Object::Query => "Query",
+            Object::Host => "Host",
+            Object::Container(_) => "Container",
+            Object::Directory(_) => "Directory",
+            Object::File(_) => "File",
+            Object::EnvVariable { .. } => "EnvVariable",
+            Object::Label { .. } => "Label",
+            Object::CacheVolume { .. } => "CacheVolume",
+        }
+    }
+
+    /// The graph nodes the object refers to.
+    pub fn nodes(&self) -> Vec<Key> {
+        let trees = |t: &Option<TreeRef>| t.map(|t| t.node);
+        match self {
+            Object::Container(c) => c
+                .rootfs
+                .map(|t| t.node)
+                .into_iter()
+                .chain(c.mounts.iter().filter_map(|m| match &m.source {
+                    MountSource::Tree { tree, .. } => trees(tree),
+                    MountSource::Temp => None,
+                }))
+                .chain(c.last_exec)
+                .collect(),
+            Object::Directory(d) => trees(&d.tree).into_iter().collect(),
+            Object::File(f) => trees(&f.tree).into_iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+}
