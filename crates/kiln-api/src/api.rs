@@ -94,7 +94,13 @@ impl Api {
     }
 
     /// Resolves `ty.field` on `parent`.
-    pub async fn resolve(self: Arc<Self>, ty: &str, field: &str, parent: Object, args: Args) -> Result<Output, ApiError> {
+    pub async fn resolve(
+        self: Arc<Self>,
+        ty: &str,
+        field: &str,
+        parent: Object,
+        args: Args,
+    ) -> Result<Output, ApiError> {
         match self.resolvers.get(&(ty, field)) {
             Some(r) => r(self.clone(), parent, args).await,
             None => Err(ApiError::NotImplemented(format!("{ty}.{field}"))),
@@ -121,7 +127,10 @@ impl Api {
     pub fn arg_directory(&self, args: &Args, name: &str) -> Result<Directory, ApiError> {
         match self.arg_object(args, name)? {
             Object::Directory(d) => Ok(d),
-            other => Err(ApiError::invalid(format!("argument {name} must be a Directory ID, got a {}", other.type_name()))),
+            other => Err(ApiError::invalid(format!(
+                "argument {name} must be a Directory ID, got a {}",
+                other.type_name()
+            ))),
         }
     }
 
@@ -129,7 +138,10 @@ impl Api {
     pub fn arg_file(&self, args: &Args, name: &str) -> Result<File, ApiError> {
         match self.arg_object(args, name)? {
             Object::File(f) => Ok(f),
-            other => Err(ApiError::invalid(format!("argument {name} must be a File ID, got a {}", other.type_name()))),
+            other => Err(ApiError::invalid(format!(
+                "argument {name} must be a File ID, got a {}",
+                other.type_name()
+            ))),
         }
     }
 
@@ -149,7 +161,11 @@ impl Api {
     /// A host path as the client meant it (relative to its working dir).
     pub fn host_path(&self, path: &str) -> PathBuf {
         let p = Path::new(path);
-        if p.is_absolute() { p.to_path_buf() } else { self.cwd.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.cwd.join(p)
+        }
     }
 
     /// The ID of an object, as an output value.
@@ -160,7 +176,11 @@ impl Api {
 
 /// Joins `path` onto `base` unless absolute, and normalizes it.
 pub fn join_path(base: &str, path: &str) -> String {
-    let joined = if path.starts_with('/') { PathBuf::from(path) } else { Path::new(base).join(path) };
+    let joined = if path.starts_with('/') {
+        PathBuf::from(path)
+    } else {
+        Path::new(base).join(path)
+    };
     let clean = kiln_store::merged::clean(&joined);
     format!("/{}", clean.display())
 }
@@ -168,8 +188,11 @@ pub fn join_path(base: &str, path: &str) -> String {
 /// Unwraps a container parent.
 pub fn container(obj: Object) -> Result<Container, ApiError> {
     match obj {
-        Object::Container(c) => Ok(c),
-        other => Err(ApiError::internal(format!("expected a Container, got a {}", other.type_name()))),
+        Object::Container(c) => Ok(*c),
+        other => Err(ApiError::internal(format!(
+            "expected a Container, got a {}",
+            other.type_name()
+        ))),
     }
 }
 
@@ -177,7 +200,10 @@ pub fn container(obj: Object) -> Result<Container, ApiError> {
 pub fn directory(obj: Object) -> Result<Directory, ApiError> {
     match obj {
         Object::Directory(d) => Ok(d),
-        other => Err(ApiError::internal(format!("expected a Directory, got a {}", other.type_name()))),
+        other => Err(ApiError::internal(format!(
+            "expected a Directory, got a {}",
+            other.type_name()
+        ))),
     }
 }
 
@@ -185,7 +211,10 @@ pub fn directory(obj: Object) -> Result<Directory, ApiError> {
 pub fn file(obj: Object) -> Result<File, ApiError> {
     match obj {
         Object::File(f) => Ok(f),
-        other => Err(ApiError::internal(format!("expected a File, got a {}", other.type_name()))),
+        other => Err(ApiError::internal(format!(
+            "expected a File, got a {}",
+            other.type_name()
+        ))),
     }
 }
 

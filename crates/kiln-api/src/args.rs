@@ -21,7 +21,8 @@ impl Args {
 
     /// A required string (also IDs and enums).
     pub fn string(&self, name: &str) -> Result<String, ApiError> {
-        self.opt_string(name).ok_or_else(|| ApiError::invalid(format!("argument {name} is required")))
+        self.opt_string(name)
+            .ok_or_else(|| ApiError::invalid(format!("argument {name} is required")))
     }
 
     /// An optional string; empty strings count as absent.

@@ -36,9 +36,17 @@ impl ApiError {
     pub fn to_graphql(&self) -> async_graphql::Error {
         let err = async_graphql::Error::new(self.to_string());
         match self {
-            ApiError::Solve(SolveError::Exec { args, exit_code, stdout, stderr }) => err.extend_with(|_, e| {
+            ApiError::Solve(SolveError::Exec {
+                args,
+                exit_code,
+                stdout,
+                stderr,
+            }) => err.extend_with(|_, e| {
                 e.set("_type", "EXEC_ERROR");
-                e.set("cmd", Value::List(args.iter().map(|a| Value::String(a.clone())).collect()));
+                e.set(
+                    "cmd",
+                    Value::List(args.iter().map(|a| Value::String(a.clone())).collect()),
+                );
                 e.set("exitCode", *exit_code);
                 e.set("stdout", stdout.as_str());
                 e.set("stderr", stderr.as_str());

@@ -49,7 +49,12 @@ impl Nodes {
     /// Creates (or finds) the node for `op` over `inputs`.
     pub fn add(&self, op: Op, inputs: Vec<Input>) -> Arc<Node> {
         let node = Node::new(op, inputs);
-        self.nodes.lock().expect("nodes lock").entry(node.digest()).or_insert(node).clone()
+        self.nodes
+            .lock()
+            .expect("nodes lock")
+            .entry(node.digest())
+            .or_insert(node)
+            .clone()
     }
 
     /// The node with definition digest `key`.
@@ -68,11 +73,18 @@ impl Nodes {
         let inputs = stored
             .inputs
             .iter()
-            .map(|(k, output)| Ok(Input { node: self.get(k)?, output: *output }))
+            .map(|(k, output)| {
+                Ok(Input {
+                    node: self.get(k)?,
+                    output: *output,
+                })
+            })
             .collect::<Result<Vec<_>, ApiError>>()?;
         let node = Node::new(stored.op, inputs);
         if node.digest() != *key {
-            return Err(ApiError::internal(format!("stored operation {key} does not match its digest")));
+            return Err(ApiError::internal(format!(
+                "stored operation {key} does not match its digest"
+            )));
         }
         self.persisted.lock().expect("persisted lock").insert(*key);
         Ok(self.add(node.op().clone(), node.inputs().to_vec()))
@@ -81,7 +93,10 @@ impl Nodes {
     /// The input edge for a tree (`None`: an empty tree).
     pub fn input(&self, tree: Option<TreeRef>) -> Result<Input, ApiError> {
         match tree {
-            Some(t) => Ok(Input { node: self.get(&t.node)?, output: t.output }),
+            Some(t) => Ok(Input {
+                node: self.get(&t.node)?,
+                output: t.output,
+            }),
             None => Ok(self.add(Op::Scratch, vec![]).output(0)),
         }
     }
@@ -104,10 +119,17 @@ impl Nodes {
                     op: node.op().clone(),
                     inputs: node.inputs().iter().map(|i| (i.node.digest(), i.output)).collect(),
                 };
-                batch.push((*node_key(&k).as_bytes(), serde_json::to_vec(&stored).map_err(ApiError::internal)?));
+                batch.push((
+                    *node_key(&k).as_bytes(),
+                    serde_json::to_vec(&stored).map_err(ApiError::internal)?,
+                ));
                 todo.extend(node.inputs().iter().map(|i| i.node.digest()));
             }
-            self.engine.store().db().put_objects(&batch).map_err(ApiError::internal)?;
+            self.engine
+                .store()
+                .db()
+                .put_objects(&batch)
+                .map_err(ApiError::internal)?;
             self.objects.lock().expect("objects lock").insert(key, object.clone());
         }
         Ok(format!("{ID_PREFIX}{}", URL_SAFE_NO_PAD.encode(key.as_bytes())))
@@ -122,9 +144,17 @@ impl Nodes {
         if let Some(o) = self.objects.lock().expect("objects lock").get(&key) {
             return Ok(o.clone());
         }
-        let json = self.engine.store().db().get_object(key.as_bytes()).map_err(ApiError::internal)?.ok_or_else(|| {
-            ApiError::invalid(format!("unknown ID {id:?}: it was not issued by this engine (or its state was reset)"))
-        })?;
+        let json = self
+            .engine
+            .store()
+            .db()
+            .get_object(key.as_bytes())
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "unknown ID {id:?}: it was not issued by this engine (or its state was reset)"
+                ))
+            })?;
         let object: Object = serde_json::from_slice(&json).map_err(ApiError::internal)?;
         for k in object.nodes() {
             self.get(&k)?;

@@ -29,7 +29,11 @@ fn type_ref(ty: &Type) -> TypeRef {
         BaseType::Named(name) => TypeRef::Named(name.to_string().into()),
         BaseType::List(inner) => TypeRef::List(Box::new(type_ref(inner))),
     };
-    if ty.nullable { base } else { TypeRef::NonNull(Box::new(base)) }
+    if ty.nullable {
+        base
+    } else {
+        TypeRef::NonNull(Box::new(base))
+    }
 }
 
 fn deprecation(directives: &[async_graphql_parser::Positioned<ConstDirective>]) -> Option<Option<String>> {
@@ -54,9 +58,7 @@ fn node_types(doc: &[TypeSystemDefinition]) -> Vec<String> {
     doc.iter()
         .filter_map(|d| match d {
             TypeSystemDefinition::Type(t) => match &t.node.kind {
-                TypeKind::Object(o)
-                    if t.node.name.node != "Query" && o.implements.iter().any(|i| i.node == "Node") =>
-                {
+                TypeKind::Object(o) if t.node.name.node != "Query" && o.implements.iter().any(|i| i.node == "Node") => {
                     Some(t.node.name.node.to_string())
                 }
                 _ => None,
@@ -81,7 +83,11 @@ fn field(api: &Arc<Api>, type_name: &str, def: &FieldDefinition, interfaces: &Ha
     let api = api.clone();
     let mut f = Field::new(name.clone(), type_ref(&def.ty.node), move |ctx: ResolverContext<'_>| {
         let api = api.clone();
-        let parent = ctx.parent_value.downcast_ref::<ApiObject>().cloned().unwrap_or(ApiObject::Query);
+        let parent = ctx
+            .parent_value
+            .downcast_ref::<ApiObject>()
+            .cloned()
+            .unwrap_or(ApiObject::Query);
         let args = Args::new(ctx.args.as_index_map().clone());
         let (ty, name) = (ty.clone(), name.clone());
         FieldFuture::new(async move {
@@ -116,7 +122,9 @@ fn to_field_value(out: Output, tagged: bool) -> Option<FieldValue<'static>> {
 
 /// Builds the schema.
 pub fn build(api: Arc<Api>) -> Result<Schema, SchemaError> {
-    let doc = async_graphql_parser::parse_schema(SDL).expect("the embedded schema parses").definitions;
+    let doc = async_graphql_parser::parse_schema(SDL)
+        .expect("the embedded schema parses")
+        .definitions;
     let legacy = node_types(&doc);
     let interfaces: HashSet<String> = doc
         .iter()
@@ -195,21 +203,27 @@ pub fn build(api: Arc<Api>) -> Result<Schema, SchemaError> {
 fn legacy_loader(api: &Arc<Api>, ty: &str) -> Field {
     let api = api.clone();
     let expected = ty.to_string();
-    Field::new(format!("load{ty}FromID"), TypeRef::named_nn(ty), move |ctx: ResolverContext<'_>| {
-        let api = api.clone();
-        let expected = expected.clone();
-        let args = Args::new(ctx.args.as_index_map().clone());
-        FieldFuture::new(async move {
-            let out = api.load_id(&args, Some(&expected)).map_err(|e| e.to_graphql())?;
-            Ok(to_field_value(out, false))
-        })
-    })
+    Field::new(
+        format!("load{ty}FromID"),
+        TypeRef::named_nn(ty),
+        move |ctx: ResolverContext<'_>| {
+            let api = api.clone();
+            let expected = expected.clone();
+            let args = Args::new(ctx.args.as_index_map().clone());
+            FieldFuture::new(async move {
+                let out = api.load_id(&args, Some(&expected)).map_err(|e| e.to_graphql())?;
+                Ok(to_field_value(out, false))
+            })
+        },
+    )
     .argument(InputValue::new("id", TypeRef::named_nn(format!("{ty}ID"))))
 }
 
 /// Every `(type, field)` of the served schema, for the compatibility table.
 pub fn fields() -> Vec<(String, String)> {
-    let doc = async_graphql_parser::parse_schema(SDL).expect("the embedded schema parses").definitions;
+    let doc = async_graphql_parser::parse_schema(SDL)
+        .expect("the embedded schema parses")
+        .definitions;
     let mut out = Vec::new();
     for def in &doc {
         if let TypeSystemDefinition::Type(t) = def

@@ -53,18 +53,26 @@ pub fn new_token() -> std::io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+const LENIENT: GeneralPurposeConfig =
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
 
 /// Whether the `Authorization` header carries `token` as Basic user name
 /// (standard or URL-safe base64, padded or not: SDKs differ).
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
-    let Some(encoded) = value.strip_prefix("Basic ").map(str::trim) else { return false };
-    let decoded = [GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT), GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT)]
-        .iter()
-        .find_map(|engine| engine.decode(encoded).ok())
-        .or_else(|| STANDARD.decode(encoded).ok())
-        .or_else(|| URL_SAFE.decode(encoded).ok());
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(encoded) = value.strip_prefix("Basic ").map(str::trim) else {
+        return false;
+    };
+    let decoded = [
+        GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT),
+        GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT),
+    ]
+    .iter()
+    .find_map(|engine| engine.decode(encoded).ok())
+    .or_else(|| STANDARD.decode(encoded).ok())
+    .or_else(|| URL_SAFE.decode(encoded).ok());
     let Some(decoded) = decoded else { return false };
     let user = decoded.split(|&b| b == b':').next().unwrap_or_default();
     constant_time_eq(user, token.as_bytes())
@@ -86,7 +94,8 @@ async fn query(State(server): State<Server>, headers: HeaderMap, body: Bytes) ->
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            let body = serde_json::json!({ "errors": [{ "message": format!("request body is not a GraphQL request: {e}") }] });
+            let body =
+                serde_json::json!({ "errors": [{ "message": format!("request body is not a GraphQL request: {e}") }] });
             return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
         }
     };
@@ -97,7 +106,10 @@ async fn query(State(server): State<Server>, headers: HeaderMap, body: Bytes) ->
 impl Server {
     /// A server for `api`, accepting `token`.
     pub fn new(api: Arc<Api>, token: String) -> Result<Self, async_graphql::dynamic::SchemaError> {
-        Ok(Self { schema: crate::schema::build(api)?, token: Arc::new(token) })
+        Ok(Self {
+            schema: crate::schema::build(api)?,
+            token: Arc::new(token),
+        })
     }
 
     /// Runs one GraphQL request in-process (for `kiln query`).
@@ -119,7 +131,12 @@ impl Server {
                 })
                 .await;
         });
-        Ok(ServerHandle { port, token, stop: Some(stop), task })
+        Ok(ServerHandle {
+            port,
+            token,
+            stop: Some(stop),
+            task,
+        })
     }
 }
 
@@ -136,11 +153,20 @@ mod tests {
     #[test]
     fn accepts_the_token_in_any_base64_flavour_and_nothing_else() {
         let token = "abc>>?";
-        for enc in [STANDARD.encode(format!("{token}:")), URL_SAFE.encode(format!("{token}:"))] {
+        for enc in [
+            STANDARD.encode(format!("{token}:")),
+            URL_SAFE.encode(format!("{token}:")),
+        ] {
             assert!(authorized(&headers(&format!("Basic {enc}")), token), "{enc}");
-            assert!(authorized(&headers(&format!("Basic {}", enc.trim_end_matches('='))), token));
+            assert!(authorized(
+                &headers(&format!("Basic {}", enc.trim_end_matches('='))),
+                token
+            ));
         }
-        assert!(!authorized(&headers(&format!("Basic {}", STANDARD.encode("wrong:"))), token));
+        assert!(!authorized(
+            &headers(&format!("Basic {}", STANDARD.encode("wrong:"))),
+            token
+        ));
         assert!(!authorized(&headers("Bearer abc"), token));
         assert!(!authorized(&HeaderMap::new(), token));
     }

@@ -93,7 +93,7 @@ pub enum Object {
     /// The client's host.
     Host,
     /// A container.
-    Container(Container),
+    Container(Box<Container>),
     /// A directory.
     Directory(Directory),
     /// A file.

@@ -15,7 +15,7 @@ pub enum CgroupLayout {
 }
 
 fn fs_type(path: &Path) -> Option<i64> {
-    rustix::fs::statfs(path).ok().map(|s| s.f_type as i64)
+    rustix::fs::statfs(path).ok().map(|s| s.f_type)
 }
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -37,11 +37,15 @@ pub fn find_executable(name: &str) -> Option<PathBuf> {
         let p = PathBuf::from(name);
         return is_executable(&p).then_some(p);
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    p.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

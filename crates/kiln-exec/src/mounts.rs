@@ -22,7 +22,13 @@ pub struct Overlay {
 enum Step {
     MakePrivate,
     Unmount(CString),
-    Mount { source: CString, target: CString, fstype: CString, flags: libc::c_ulong, data: Option<CString> },
+    Mount {
+        source: CString,
+        target: CString,
+        fstype: CString,
+        flags: libc::c_ulong,
+        data: Option<CString>,
+    },
     RemountReadonly(CString),
 }
 
@@ -44,7 +50,10 @@ fn checked(p: &Path) -> io::Result<&str> {
     let s = p.to_str().filter(|s| !s.contains([',', ':', '\\'])).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("state path {} contains a character overlayfs options cannot hold (, : \\)", p.display()),
+            format!(
+                "state path {} contains a character overlayfs options cannot hold (, : \\)",
+                p.display()
+            ),
         )
     })?;
     Ok(s)
@@ -76,7 +85,11 @@ impl MountPlan {
             self.steps.push(Step::RemountReadonly(target_c));
             return Ok(());
         }
-        let lowers = overlay.lowers.iter().map(|p| checked(p)).collect::<io::Result<Vec<_>>>()?;
+        let lowers = overlay
+            .lowers
+            .iter()
+            .map(|p| checked(p))
+            .collect::<io::Result<Vec<_>>>()?;
         let mut data = format!("lowerdir={}", lowers.join(":"));
         let mut flags = 0;
         match &overlay.upper {
@@ -118,7 +131,14 @@ impl MountPlan {
                             return Err(io::Error::last_os_error());
                         }
                         let root = c"/";
-                        if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+                        if libc::mount(
+                            std::ptr::null(),
+                            root.as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null(),
+                        ) != 0
+                        {
                             return Err(io::Error::last_os_error());
                         }
                     }
@@ -126,7 +146,13 @@ impl MountPlan {
                         // Absent is fine: the point is that it is not there.
                         libc::umount2(target.as_ptr(), libc::MNT_DETACH);
                     }
-                    Step::Mount { source, target, fstype, flags, data } => {
+                    Step::Mount {
+                        source,
+                        target,
+                        fstype,
+                        flags,
+                        data,
+                    } => {
                         let data_ptr = data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast());
                         if libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), *flags, data_ptr) != 0 {
                             return Err(io::Error::last_os_error());
@@ -134,7 +160,14 @@ impl MountPlan {
                     }
                     Step::RemountReadonly(target) => {
                         let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
-                        if libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
+                        if libc::mount(
+                            std::ptr::null(),
+                            target.as_ptr(),
+                            std::ptr::null(),
+                            flags,
+                            std::ptr::null(),
+                        ) != 0
+                        {
                             return Err(io::Error::last_os_error());
                         }
                     }

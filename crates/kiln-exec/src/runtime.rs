@@ -33,7 +33,11 @@ pub enum ExecError {
     RuntimeNotFound(String),
     /// Preparing the container failed.
     #[error("container {id}: {action}: {source}")]
-    Setup { id: String, action: &'static str, source: std::io::Error },
+    Setup {
+        id: String,
+        action: &'static str,
+        source: std::io::Error,
+    },
     /// The runtime spec could not be built.
     #[error("container {id}: building the runtime spec: {source}")]
     Spec { id: String, source: oci_spec::OciSpecError },
@@ -50,6 +54,9 @@ pub struct Runtime {
     /// The runtime's own state directory (`--root`).
     state: PathBuf,
     hide_cgroup_v2: bool,
+    /// Random per-engine tag in container ids: runtimes name cgroups after
+    /// container ids, so ids must not collide between engines on one host.
+    instance: String,
 }
 
 /// A container to run.
@@ -100,12 +107,38 @@ impl Runtime {
     pub fn detect(preferred: Option<&str>, state: PathBuf) -> Result<Self, ExecError> {
         let binary = match preferred {
             Some(p) => find_executable(p).ok_or_else(|| ExecError::RuntimeNotFound(p.to_string()))?,
-            None => find_executable("crun").or_else(|| find_executable("runc")).ok_or(ExecError::NoRuntime)?,
+            None => find_executable("crun")
+                .or_else(|| find_executable("runc"))
+                .ok_or(ExecError::NoRuntime)?,
         };
         let name = binary.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let kind = if name.contains("runc") { RuntimeKind::Runc } else { RuntimeKind::Crun };
+        let kind = if name.contains("runc") {
+            RuntimeKind::Runc
+        } else {
+            RuntimeKind::Crun
+        };
         let hide_cgroup_v2 = cgroup_layout() == CgroupLayout::Hybrid;
-        Ok(Self { kind, binary, state, hide_cgroup_v2 })
+        let mut random = [0u8; 4];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+            .map_err(|source| ExecError::Setup {
+                id: String::new(),
+                action: "reading /dev/urandom",
+                source,
+            })?;
+        let instance = random.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Self {
+            kind,
+            binary,
+            state,
+            hide_cgroup_v2,
+            instance,
+        })
+    }
+
+    /// A container id unique on this host, for the `n`th container.
+    pub fn container_id(&self, n: impl std::fmt::Display) -> String {
+        format!("kiln-{}-{n}", self.instance)
     }
 
     /// Which runtime this is.
@@ -127,15 +160,25 @@ impl Runtime {
     /// Kills and deletes containers left behind by a process that died
     /// (kill -9) while they ran. Call at start, while holding the state lock.
     pub fn remove_stale(&self) -> Vec<String> {
-        let Ok(entries) = fs::read_dir(&self.state) else { return Vec::new() };
+        let Ok(entries) = fs::read_dir(&self.state) else {
+            return Vec::new();
+        };
         let mut removed = Vec::new();
         for e in entries.flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
             if !id.starts_with("kiln-") {
                 continue;
             }
-            let _ = self.command().args(["kill", &id, "KILL"]).stderr(Stdio::null()).status();
-            let _ = self.command().args(["delete", "--force", &id]).stderr(Stdio::null()).status();
+            let _ = self
+                .command()
+                .args(["kill", &id, "KILL"])
+                .stderr(Stdio::null())
+                .status();
+            let _ = self
+                .command()
+                .args(["delete", "--force", &id])
+                .stderr(Stdio::null())
+                .status();
             let _ = fs::remove_dir_all(e.path());
             removed.push(id);
         }
@@ -155,12 +198,14 @@ impl Runtime {
         let _bundle = RemoveOnDrop(spec.bundle.clone());
 
         let mut plan = MountPlan::new(self.hide_cgroup_v2);
-        plan.overlay(&spec.rootfs, &rootfs).map_err(setup("planning the rootfs mount"))?;
+        plan.overlay(&spec.rootfs, &rootfs)
+            .map_err(setup("planning the rootfs mount"))?;
         let mut mounts = Vec::new();
         for (i, tree) in spec.trees.iter().enumerate() {
             let at = spec.bundle.join(format!("m{i}"));
             fs::create_dir_all(&at).map_err(setup("creating a mount point"))?;
-            plan.overlay(&tree.overlay, &at).map_err(setup("planning a tree mount"))?;
+            plan.overlay(&tree.overlay, &at)
+                .map_err(setup("planning a tree mount"))?;
             mounts.push(ContainerMount::Bind {
                 source: at.join(&tree.subpath),
                 target: tree.target.clone(),
@@ -170,17 +215,23 @@ impl Runtime {
         for target in &spec.tmpfs {
             mounts.push(ContainerMount::Tmpfs { target: target.clone() });
         }
-        let oci = spec::build(rootfs, &spec.process, &mounts, "kiln")
-            .map_err(|source| ExecError::Spec { id: spec.id.clone(), source })?;
+        let oci = spec::build(rootfs, &spec.process, &mounts, "kiln").map_err(|source| ExecError::Spec {
+            id: spec.id.clone(),
+            source,
+        })?;
         oci.save(spec.bundle.join("config.json"))
             .map_err(|e| setup("writing config.json")(std::io::Error::other(e)))?;
 
         let mut cmd = Command::from(self.command());
         cmd.arg("run").arg("--bundle").arg(&spec.bundle).arg(&spec.id);
-        cmd.stdin(if spec.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        cmd.stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
         // SAFETY: the closure only makes system calls (see MountPlan::apply).
         unsafe {
             cmd.pre_exec(move || {
@@ -190,8 +241,14 @@ impl Runtime {
                 plan.apply()
             });
         }
-        let mut child = cmd.spawn().map_err(setup("starting the runtime (mounting the container filesystems)"))?;
-        let guard = KillOnDrop { runtime: self.clone(), id: spec.id.clone(), armed: true };
+        let mut child = cmd
+            .spawn()
+            .map_err(setup("starting the runtime (mounting the container filesystems)"))?;
+        let guard = KillOnDrop {
+            runtime: self.clone(),
+            id: spec.id.clone(),
+            armed: true,
+        };
         if let (Some(mut stdin), Some(data)) = (child.stdin.take(), spec.stdin.clone()) {
             tokio::spawn(async move {
                 // A process that does not read its stdin is not an error.
@@ -206,7 +263,11 @@ impl Runtime {
         guard.armed = false;
         use std::os::unix::process::ExitStatusExt;
         let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        Ok(ExecOutput { exit_code, stdout, stderr })
+        Ok(ExecOutput {
+            exit_code,
+            stdout,
+            stderr,
+        })
     }
 }
 
@@ -250,8 +311,18 @@ struct KillOnDrop {
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.runtime.command().args(["kill", &self.id, "KILL"]).stderr(Stdio::null()).status();
-            let _ = self.runtime.command().args(["delete", "--force", &self.id]).stderr(Stdio::null()).status();
+            let _ = self
+                .runtime
+                .command()
+                .args(["kill", &self.id, "KILL"])
+                .stderr(Stdio::null())
+                .status();
+            let _ = self
+                .runtime
+                .command()
+                .args(["delete", "--force", &self.id])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, Mount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder, get_default_mounts,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder, get_default_mounts,
 };
 
 use crate::user::Identity;
@@ -98,7 +98,11 @@ pub fn build(
     let mut all_mounts: Vec<Mount> = get_default_mounts();
     for m in mounts {
         all_mounts.push(match m {
-            ContainerMount::Bind { source, target, readonly } => {
+            ContainerMount::Bind {
+                source,
+                target,
+                readonly,
+            } => {
                 let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
                 if *readonly {
                     options.push("ro".into());

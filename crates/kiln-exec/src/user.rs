@@ -36,7 +36,12 @@ fn passwd_entries(passwd: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
     passwd.lines().filter_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
         (f.len() >= 6).then_some(())?;
-        Some(PasswdEntry { name: f[0], uid: f[2].parse().ok()?, gid: f[3].parse().ok()?, home: f[5] })
+        Some(PasswdEntry {
+            name: f[0],
+            uid: f[2].parse().ok()?,
+            gid: f[3].parse().ok()?,
+            home: f[5],
+        })
     })
 }
 
@@ -58,8 +63,7 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, UserEr
         None => (spec, None),
     };
     let user = if user.is_empty() { "0" } else { user };
-    let entry = passwd_entries(passwd)
-        .find(|e| e.name == user || user.parse::<u32>().is_ok_and(|u| u == e.uid));
+    let entry = passwd_entries(passwd).find(|e| e.name == user || user.parse::<u32>().is_ok_and(|u| u == e.uid));
     let (uid, mut gid, name, home) = match (user.parse::<u32>(), &entry) {
         (_, Some(e)) => (e.uid, e.gid, Some(e.name), e.home.to_string()),
         (Ok(uid), None) => (uid, uid, None, "/".to_string()),
@@ -84,7 +88,12 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, UserEr
             .collect(),
         _ => Vec::new(),
     };
-    Ok(Identity { uid, gid, additional_gids, home: if home.is_empty() { "/".into() } else { home } })
+    Ok(Identity {
+        uid,
+        gid,
+        additional_gids,
+        home: if home.is_empty() { "/".into() } else { home },
+    })
 }
 
 #[cfg(test)]
@@ -99,13 +108,22 @@ mod tests {
         let root = resolve("", PASSWD, GROUP).unwrap();
         assert_eq!((root.uid, root.gid, root.home.as_str()), (0, 0, "/root"));
         let app = resolve("app", PASSWD, GROUP).unwrap();
-        assert_eq!((app.uid, app.gid, app.additional_gids.clone()), (1000, 1000, vec![2000]));
+        assert_eq!(
+            (app.uid, app.gid, app.additional_gids.clone()),
+            (1000, 1000, vec![2000])
+        );
         assert_eq!(resolve("1000", PASSWD, GROUP).unwrap(), app);
         let x = resolve("app:builders", PASSWD, GROUP).unwrap();
         assert_eq!((x.uid, x.gid), (1000, 2000));
         let n = resolve("4242:4343", PASSWD, GROUP).unwrap();
         assert_eq!((n.uid, n.gid, n.home.as_str()), (4242, 4343, "/"));
-        assert!(matches!(resolve("nobody", PASSWD, GROUP), Err(UserError::UnknownUser(_))));
-        assert!(matches!(resolve("app:nogroup", PASSWD, GROUP), Err(UserError::UnknownGroup(_))));
+        assert!(matches!(
+            resolve("nobody", PASSWD, GROUP),
+            Err(UserError::UnknownUser(_))
+        ));
+        assert!(matches!(
+            resolve("app:nogroup", PASSWD, GROUP),
+            Err(UserError::UnknownGroup(_))
+        ));
     }
 }

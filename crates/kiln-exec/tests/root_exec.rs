@@ -10,7 +10,11 @@ fn require_root() -> bool {
     if std::env::var_os("KILN_SKIP_ROOT_TESTS").is_some() {
         return false;
     }
-    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (CI runs as root); set KILN_SKIP_ROOT_TESTS=1 to skip");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root (CI runs as root); set KILN_SKIP_ROOT_TESTS=1 to skip"
+    );
     true
 }
 
@@ -37,14 +41,22 @@ fn spec(dir: &Path, id: &str, base: &Path, args: &[&str]) -> RunSpec {
     RunSpec {
         id: format!("kiln-test-{id}-{}", std::process::id()),
         bundle: dir.join(format!("{id}-bundle")),
-        rootfs: Overlay { lowers: vec![base.to_path_buf(), dir.join("empty")], upper: Some((upper, work)) },
+        rootfs: Overlay {
+            lowers: vec![base.to_path_buf(), dir.join("empty")],
+            upper: Some((upper, work)),
+        },
         trees: vec![],
         tmpfs: vec![],
         process: ProcessSpec {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: vec!["PATH=/bin".into(), "GREETING=hello world".into()],
             cwd: "/".into(),
-            identity: Identity { uid: 0, gid: 0, additional_gids: vec![], home: "/root".into() },
+            identity: Identity {
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![],
+                home: "/root".into(),
+            },
         },
         stdin: None,
     }
@@ -67,21 +79,45 @@ async fn root_exec_captures_output_exit_code_env_and_changes() {
     let base = busybox_layer(t.path());
     for rt in runtimes(t.path()) {
         let name = format!("{:?}", rt.kind());
-        let mut s = spec(t.path(), &format!("{name}-a"), &base, &[
-            "sh",
-            "-c",
-            "echo $GREETING; echo oops >&2; id -u; pwd; echo new > /tmp/created; exit 3",
-        ]);
-        s.process.identity = Identity { uid: 1234, gid: 1234, additional_gids: vec![], home: "/".into() };
+        let mut s = spec(
+            t.path(),
+            &format!("{name}-a"),
+            &base,
+            &[
+                "sh",
+                "-c",
+                "echo $GREETING; echo oops >&2; id -u; pwd; echo new > /tmp/created; exit 3",
+            ],
+        );
+        s.process.identity = Identity {
+            uid: 1234,
+            gid: 1234,
+            additional_gids: vec![],
+            home: "/".into(),
+        };
         s.process.cwd = "/tmp".into();
         let out = rt.run(&s).await.unwrap();
         assert_eq!(out.exit_code, 3, "{name}: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\n1234\n/tmp\n", "{name}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hello world\n1234\n/tmp\n",
+            "{name}"
+        );
         assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n", "{name}");
         let upper = t.path().join(format!("{name}-a-upper"));
-        assert_eq!(fs::read_to_string(upper.join("tmp/created")).unwrap(), "new\n", "{name}");
-        assert!(!base.join("tmp/created").exists(), "{name}: the lower layer was modified");
-        assert!(!t.path().join(format!("{name}-a-bundle")).exists(), "{name}: bundle left behind");
+        assert_eq!(
+            fs::read_to_string(upper.join("tmp/created")).unwrap(),
+            "new\n",
+            "{name}"
+        );
+        assert!(
+            !base.join("tmp/created").exists(),
+            "{name}: the lower layer was modified"
+        );
+        assert!(
+            !t.path().join(format!("{name}-a-bundle")).exists(),
+            "{name}: bundle left behind"
+        );
     }
 }
 
@@ -97,10 +133,22 @@ async fn root_exec_mounts_trees_readonly_and_writable_and_feeds_stdin() {
     fs::create_dir_all(data.join("sub")).unwrap();
     fs::write(data.join("sub/file"), "from tree\n").unwrap();
     let rt = Runtime::detect(None, t.path().join("state")).unwrap();
-    let mut s = spec(t.path(), "m", &base, &["sh", "-c", "cat /ro/file; cat; touch /ro/x 2>/dev/null || echo ro-denied; echo w > /rw/out; echo t > /scratch/t"]);
+    let mut s = spec(
+        t.path(),
+        "m",
+        &base,
+        &[
+            "sh",
+            "-c",
+            "cat /ro/file; cat; touch /ro/x 2>/dev/null || echo ro-denied; echo w > /rw/out; echo t > /scratch/t",
+        ],
+    );
     s.trees = vec![
         TreeMount {
-            overlay: Overlay { lowers: vec![data.clone()], upper: None },
+            overlay: Overlay {
+                lowers: vec![data.clone()],
+                upper: None,
+            },
             subpath: "sub".into(),
             target: "/ro".into(),
         },
@@ -122,7 +170,10 @@ async fn root_exec_mounts_trees_readonly_and_writable_and_feeds_stdin() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from tree\npiped in\nro-denied\n");
     assert_eq!(fs::read_to_string(t.path().join("rw-upper/out")).unwrap(), "w\n");
     assert!(!data.join("out").exists());
-    assert!(!t.path().join("m-upper/scratch/t").exists(), "tmpfs content leaked into the rootfs");
+    assert!(
+        !t.path().join("m-upper/scratch/t").exists(),
+        "tmpfs content leaked into the rootfs"
+    );
 }
 
 #[tokio::test]
@@ -136,5 +187,9 @@ async fn root_exec_reports_a_missing_binary() {
     let rt = Runtime::detect(None, t.path().join("state")).unwrap();
     let out = rt.run(&spec(t.path(), "nf", &base, &["no-such-binary"])).await.unwrap();
     assert_ne!(out.exit_code, 0);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-binary"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-binary"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -31,7 +31,13 @@ pub struct Node {
 pub enum GraphError {
     /// An input refers to an output the producing op does not have.
     #[error("{op}: input {index} asks for output {output} of `{producer}`, which has {count}")]
-    NoSuchOutput { op: String, index: usize, output: usize, producer: String, count: usize },
+    NoSuchOutput {
+        op: String,
+        index: usize,
+        output: usize,
+        producer: String,
+        count: usize,
+    },
 }
 
 impl Node {
@@ -80,7 +86,10 @@ impl Node {
 
     /// Convenience: input edge to output `output` of this node.
     pub fn output(self: &Arc<Self>, output: usize) -> Input {
-        Input { node: self.clone(), output }
+        Input {
+            node: self.clone(),
+            output,
+        }
     }
 }
 
@@ -100,9 +109,25 @@ pub fn cache_key(op: &Op, input_keys: &[(Key, usize)], content: Option<&Key>) ->
             b.bytes(b"host-content").key(content);
         }
         // Images are keyed by what they are, not what they are called.
-        (Op::Image { manifest_digest, platform, .. }, _)
-        | (Op::ImageImport { manifest_digest, platform, .. }, _) => {
-            b.bytes(b"image").bytes(manifest_digest.as_bytes()).bytes(platform.as_bytes());
+        (
+            Op::Image {
+                manifest_digest,
+                platform,
+                ..
+            },
+            _,
+        )
+        | (
+            Op::ImageImport {
+                manifest_digest,
+                platform,
+                ..
+            },
+            _,
+        ) => {
+            b.bytes(b"image")
+                .bytes(manifest_digest.as_bytes())
+                .bytes(platform.as_bytes());
         }
         (op, _) => {
             b.bytes(&canonical(op));
@@ -165,25 +190,51 @@ mod tests {
         // Guards the canonical encoding: if this changes, every persisted
         // key changes; bump the domain versions deliberately.
         let a = exec(&["true"], &image("busybox"));
-        assert_eq!(a.digest().to_string(), "28e8a451177f5c1df98c2e7848a9688e352c7bab05610e9e88c4fce85878df49");
+        assert_eq!(
+            a.digest().to_string(),
+            "28e8a451177f5c1df98c2e7848a9688e352c7bab05610e9e88c4fce85878df49"
+        );
         let key = cache_key(a.op(), &[(Key([1; 32]), 0)], None);
-        assert_eq!(key.to_string(), "ac9af48704682c37a7b9ad9d139138fd495624927315881d45a2620275896866");
+        assert_eq!(
+            key.to_string(),
+            "ac9af48704682c37a7b9ad9d139138fd495624927315881d45a2620275896866"
+        );
         assert_ne!(key, cache_key(a.op(), &[(Key([1; 32]), 1)], None));
     }
 
     #[test]
     fn host_dirs_are_keyed_by_content_only() {
-        let op1 = Op::HostDir { path: "/a".into(), include: vec![], exclude: vec![] };
-        let op2 = Op::HostDir { path: "/b".into(), include: vec![], exclude: vec!["x".into()] };
+        let op1 = Op::HostDir {
+            path: "/a".into(),
+            include: vec![],
+            exclude: vec![],
+        };
+        let op2 = Op::HostDir {
+            path: "/b".into(),
+            include: vec![],
+            exclude: vec!["x".into()],
+        };
         let content = Key([7; 32]);
-        assert_eq!(cache_key(&op1, &[], Some(&content)), cache_key(&op2, &[], Some(&content)));
-        assert_ne!(cache_key(&op1, &[], Some(&content)), cache_key(&op1, &[], Some(&Key([8; 32]))));
+        assert_eq!(
+            cache_key(&op1, &[], Some(&content)),
+            cache_key(&op2, &[], Some(&content))
+        );
+        assert_ne!(
+            cache_key(&op1, &[], Some(&content)),
+            cache_key(&op1, &[], Some(&Key([8; 32])))
+        );
     }
 
     #[test]
     fn rejects_missing_outputs() {
         let img = image("busybox");
-        let bad = Node::new(Op::Rm { path: "/x".into(), allow_not_found: true }, vec![img.output(3)]);
+        let bad = Node::new(
+            Op::Rm {
+                path: "/x".into(),
+                allow_not_found: true,
+            },
+            vec![img.output(3)],
+        );
         assert!(bad.validate().unwrap_err().to_string().contains("output 3"));
     }
 }

@@ -185,7 +185,9 @@ impl Op {
             Op::ImageImport { path, .. } => format!("import {path}"),
             Op::HostDir { path, .. } => format!("upload {path}"),
             Op::Exec(e) => format!("exec {}", shell_words(&e.args)),
-            Op::Copy { src_path, dest_path, .. } => format!("copy {src_path} {dest_path}"),
+            Op::Copy {
+                src_path, dest_path, ..
+            } => format!("copy {src_path} {dest_path}"),
             Op::MkFile { path, .. } => format!("write {path}"),
             Op::MkDir { path, .. } => format!("mkdir {path}"),
             Op::Rm { path, .. } => format!("rm {path}"),

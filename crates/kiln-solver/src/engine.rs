@@ -128,12 +128,21 @@ impl Engine {
 
     /// A new session: a memo of the nodes it solved.
     pub fn session(self: &Arc<Self>) -> Session {
-        Session { engine: self.clone(), memo: Arc::new(Mutex::new(HashMap::new())) }
+        Session {
+            engine: self.clone(),
+            memo: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// Runs `node` under `key` unless it is cached or already running, in
     /// which case the running computation is joined.
-    fn solve_keyed(self: &Arc<Self>, node: Arc<Node>, key: Key, prepared: Prepared, inputs: Vec<Arc<Solved>>) -> SharedSolve {
+    fn solve_keyed(
+        self: &Arc<Self>,
+        node: Arc<Node>,
+        key: Key,
+        prepared: Prepared,
+        inputs: Vec<Arc<Solved>>,
+    ) -> SharedSolve {
         let mut inflight = self.inflight.lock().expect("inflight lock");
         if let Some(running) = inflight.get(&key) {
             return running.clone();
@@ -158,11 +167,21 @@ impl Engine {
         inputs: Vec<Arc<Solved>>,
     ) -> Result<Arc<Solved>, SolveError> {
         let description = node.op().describe();
-        if let Some(record) = self.store.db().cache_get(key.as_bytes()).map_err(|e| SolveError::op(&description, e))? {
+        if let Some(record) = self
+            .store
+            .db()
+            .cache_get(key.as_bytes())
+            .map_err(|e| SolveError::op(&description, e))?
+        {
             self.counters.cached.fetch_add(1, Ordering::Relaxed);
             self.counters.saved_ms.fetch_add(record.duration_ms, Ordering::Relaxed);
             self.events.emit(node.digest(), &description, EventKind::Cached);
-            return Ok(Arc::new(Solved { key, outputs: record.outputs, meta: record.meta, cached: true }));
+            return Ok(Arc::new(Solved {
+                key,
+                outputs: record.outputs,
+                meta: record.meta,
+                cached: true,
+            }));
         }
         self.events.emit(node.digest(), &description, EventKind::Started);
         let started = Instant::now();
@@ -172,7 +191,11 @@ impl Engine {
             Ok(out) => out,
             Err(e) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                self.events.emit(node.digest(), &description, EventKind::Failed { message: e.to_string() });
+                self.events.emit(
+                    node.digest(),
+                    &description,
+                    EventKind::Failed { message: e.to_string() },
+                );
                 return Err(e);
             }
         };
@@ -190,8 +213,14 @@ impl Engine {
             .map_err(|e| SolveError::op(&description, e))?
             .map_err(|e| SolveError::op(&description, e))?;
         self.counters.ran.fetch_add(1, Ordering::Relaxed);
-        self.events.emit(node.digest(), &description, EventKind::Done { duration });
-        Ok(Arc::new(Solved { key, outputs: record.outputs, meta: record.meta, cached: false }))
+        self.events
+            .emit(node.digest(), &description, EventKind::Done { duration });
+        Ok(Arc::new(Solved {
+            key,
+            outputs: record.outputs,
+            meta: record.meta,
+            cached: false,
+        }))
     }
 }
 
@@ -239,8 +268,12 @@ impl Session {
             SourcePolicy::Content => prepared.content_key(),
             SourcePolicy::Definition => None,
         };
-        let input_keys: Vec<(Key, usize)> =
-            node.inputs().iter().zip(&inputs).map(|(i, s)| (s.key, i.output)).collect();
+        let input_keys: Vec<(Key, usize)> = node
+            .inputs()
+            .iter()
+            .zip(&inputs)
+            .map(|(i, s)| (s.key, i.output))
+            .collect();
         let key = cache_key(node.op(), &input_keys, content.as_ref());
         self.engine.solve_keyed(node, key, prepared, inputs).await
     }

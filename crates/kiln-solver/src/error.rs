@@ -33,7 +33,10 @@ pub enum SolveError {
 
 impl SolveError {
     pub(crate) fn op(op: impl Into<String>, message: impl fmt::Display) -> Self {
-        SolveError::Op { op: op.into(), message: message.to_string() }
+        SolveError::Op {
+            op: op.into(),
+            message: message.to_string(),
+        }
     }
 }
 
@@ -47,8 +50,19 @@ fn tail(s: &str) -> String {
 
 impl fmt::Display for ExecFailure<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let SolveError::Exec { args, exit_code, stdout, stderr } = self.0 else { return Ok(()) };
-        write!(f, "process {args:?} did not complete successfully: exit code {exit_code}")?;
+        let SolveError::Exec {
+            args,
+            exit_code,
+            stdout,
+            stderr,
+        } = self.0
+        else {
+            return Ok(());
+        };
+        write!(
+            f,
+            "process {args:?} did not complete successfully: exit code {exit_code}"
+        )?;
         for (name, text) in [("stdout", stdout), ("stderr", stderr)] {
             if !text.trim().is_empty() {
                 write!(f, "\n--- {name} (last {TAIL_LINES} lines) ---\n{}", tail(text))?;

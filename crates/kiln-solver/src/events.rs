@@ -53,6 +53,10 @@ impl Events {
 
     pub(crate) fn emit(&self, node: Key, description: &str, kind: EventKind) {
         // No listener is fine.
-        let _ = self.0.send(Event { node, description: description.to_string(), kind });
+        let _ = self.0.send(Event {
+            node,
+            description: description.to_string(),
+            kind,
+        });
     }
 }

@@ -46,6 +46,8 @@ impl Solved {
 
     /// The image configuration, for image nodes.
     pub fn image_config(&self) -> Option<oci_spec::image::ImageConfiguration> {
-        serde_json::from_value::<ImageMeta>(self.meta.get("image")?.clone()).ok().map(|m| m.config)
+        serde_json::from_value::<ImageMeta>(self.meta.get("image")?.clone())
+            .ok()
+            .map(|m| m.config)
     }
 }

@@ -20,7 +20,10 @@ pub enum BlobError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
-    move |source| BlobError::Io { path: path.to_path_buf(), source }
+    move |source| BlobError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The blob directory of a state dir.
@@ -143,7 +146,10 @@ impl BlobWriter {
             && *expected != actual
         {
             let _ = fs::remove_file(&self.path);
-            return Err(BlobError::DigestMismatch { expected: *expected, actual });
+            return Err(BlobError::DigestMismatch {
+                expected: *expected,
+                actual,
+            });
         }
         let dest = self.store.path(&actual);
         fs::rename(&self.path, &dest).map_err(io_err(&dest))?;

@@ -52,18 +52,17 @@ pub struct CopyError {
 }
 
 fn ctx<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CopyError + 'a {
-    move |source| CopyError { action, path: path.to_path_buf(), source }
+    move |source| CopyError {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Copies `src` (a path in `view`; symlinks in it are resolved inside the
 /// view) to the real path `dest`. A directory's contents are copied into
 /// `dest`; a file becomes `dest`.
-pub fn copy_tree(
-    view: &MergedView,
-    src: &Path,
-    dest: &Path,
-    opts: &CopyOptions<'_>,
-) -> Result<CopyStats, CopyError> {
+pub fn copy_tree(view: &MergedView, src: &Path, dest: &Path, opts: &CopyOptions<'_>) -> Result<CopyStats, CopyError> {
     let resolved = view.resolve(src, true).map_err(ctx("resolve", src))?;
     let entry = view
         .lookup(&resolved)
@@ -131,12 +130,7 @@ fn clear(path: &Path, keep_dir: bool) -> Result<bool, CopyError> {
     }
 }
 
-fn copy_entry(
-    e: &Entry,
-    dest: &Path,
-    opts: &CopyOptions<'_>,
-    stats: &mut CopyStats,
-) -> Result<(), CopyError> {
+fn copy_entry(e: &Entry, dest: &Path, opts: &CopyOptions<'_>, stats: &mut CopyStats) -> Result<(), CopyError> {
     let ft = e.meta.file_type();
     let meta = &e.meta;
     let (uid, gid) = opts.owner.unwrap_or((meta.uid(), meta.gid()));
@@ -148,8 +142,8 @@ fn copy_entry(
         stats.dirs += 1;
     } else if ft.is_file() {
         clear(dest, false)?;
-        let relabel = opts.owner.is_some_and(|o| o != (meta.uid(), meta.gid()))
-            || opts.file_mode.is_some_and(|m| m != mode);
+        let relabel =
+            opts.owner.is_some_and(|o| o != (meta.uid(), meta.gid())) || opts.file_mode.is_some_and(|m| m != mode);
         stats.files += 1;
         stats.bytes += meta.len();
         if opts.hardlink && !relabel {
@@ -187,64 +181,15 @@ fn copy_entry(
 }
 
 fn set_times(path: &Path, meta: &fs::Metadata) -> Result<(), CopyError> {
-    let ts = |s: i64, ns: i64| Timespec { tv_sec: s, tv_nsec: ns as _ };
+    let ts = |s: i64, ns: i64| Timespec {
+        tv_sec: s,
+        tv_nsec: ns as _,
+    };
     let times = Timestamps {
         last_access: ts(meta.atime(), meta.atime_nsec()),
         last_modification: ts(meta.mtime(), meta.mtime_nsec()),
     };
     utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| ctx("set times", path)(e.into()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::symlink;
-
-    #[test]
-    fn copies_filtered_trees_and_never_writes_through_symlinks() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        fs::create_dir_all(src.join("a/node_modules")).unwrap();
-        fs::write(src.join("a/x.txt"), "x").unwrap();
-        fs::write(src.join("a/node_modules/big"), "big").unwrap();
-        symlink("x.txt", src.join("a/link")).unwrap();
-        let outside = t.path().join("outside");
-        fs::create_dir(&outside).unwrap();
-        // The destination has a symlink where the copy puts a directory.
-        let dest = t.path().join("dest");
-        fs::create_dir(&dest).unwrap();
-        symlink(&outside, dest.join("a")).unwrap();
-
-        let view = MergedView::new(vec![src]);
-        let filter = PathFilter::new(&[], &["a/node_modules".into()]).unwrap();
-        let opts = CopyOptions { filter: &filter, owner: None, file_mode: None, hardlink: false };
-        let stats = copy_tree(&view, Path::new("/"), &dest, &opts).unwrap();
-        assert_eq!(stats.files, 1);
-        assert_eq!(fs::read_to_string(dest.join("a/x.txt")).unwrap(), "x");
-        assert_eq!(fs::read_link(dest.join("a/link")).unwrap(), Path::new("x.txt"));
-        assert!(!dest.join("a/node_modules").exists());
-        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "wrote through a symlink");
-    }
-
-    #[test]
-    fn hardlinks_unless_relabelled() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        fs::create_dir_all(&src).unwrap();
-        fs::write(src.join("f"), "data").unwrap();
-        let view = MergedView::new(vec![src.clone()]);
-        let filter = PathFilter::default();
-        let linked = t.path().join("linked");
-        let opts = CopyOptions { filter: &filter, owner: None, file_mode: None, hardlink: true };
-        copy_tree(&view, Path::new("f"), &linked, &opts).unwrap();
-        assert_eq!(fs::metadata(&linked).unwrap().ino(), fs::metadata(src.join("f")).unwrap().ino());
-        let copied = t.path().join("copied");
-        let opts = CopyOptions { file_mode: Some(0o600), ..opts };
-        copy_tree(&view, Path::new("f"), &copied, &opts).unwrap();
-        let m = fs::metadata(&copied).unwrap();
-        assert_ne!(m.ino(), fs::metadata(src.join("f")).unwrap().ino());
-        assert_eq!(m.mode() & 0o777, 0o600);
-    }
 }
 
 /// Creates, inside the new layer `diff`, the directories leading to `rel`
@@ -281,4 +226,72 @@ pub fn whiteout(view: &MergedView, diff: &Path, rel: &Path) -> Result<(), CopyEr
     clear(&target, false)?;
     mknodat(CWD, &target, FileType::CharacterDevice, Mode::empty(), 0)
         .map_err(|e| ctx("create whiteout", &target)(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn copies_filtered_trees_and_never_writes_through_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("a/node_modules")).unwrap();
+        fs::write(src.join("a/x.txt"), "x").unwrap();
+        fs::write(src.join("a/node_modules/big"), "big").unwrap();
+        symlink("x.txt", src.join("a/link")).unwrap();
+        let outside = t.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        // The destination has a symlink where the copy puts a directory.
+        let dest = t.path().join("dest");
+        fs::create_dir(&dest).unwrap();
+        symlink(&outside, dest.join("a")).unwrap();
+
+        let view = MergedView::new(vec![src]);
+        let filter = PathFilter::new(&[], &["a/node_modules".into()]).unwrap();
+        let opts = CopyOptions {
+            filter: &filter,
+            owner: None,
+            file_mode: None,
+            hardlink: false,
+        };
+        let stats = copy_tree(&view, Path::new("/"), &dest, &opts).unwrap();
+        assert_eq!(stats.files, 1);
+        assert_eq!(fs::read_to_string(dest.join("a/x.txt")).unwrap(), "x");
+        assert_eq!(fs::read_link(dest.join("a/link")).unwrap(), Path::new("x.txt"));
+        assert!(!dest.join("a/node_modules").exists());
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "wrote through a symlink");
+    }
+
+    #[test]
+    fn hardlinks_unless_relabelled() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("f"), "data").unwrap();
+        let view = MergedView::new(vec![src.clone()]);
+        let filter = PathFilter::default();
+        let linked = t.path().join("linked");
+        let opts = CopyOptions {
+            filter: &filter,
+            owner: None,
+            file_mode: None,
+            hardlink: true,
+        };
+        copy_tree(&view, Path::new("f"), &linked, &opts).unwrap();
+        assert_eq!(
+            fs::metadata(&linked).unwrap().ino(),
+            fs::metadata(src.join("f")).unwrap().ino()
+        );
+        let copied = t.path().join("copied");
+        let opts = CopyOptions {
+            file_mode: Some(0o600),
+            ..opts
+        };
+        copy_tree(&view, Path::new("f"), &copied, &opts).unwrap();
+        let m = fs::metadata(&copied).unwrap();
+        assert_ne!(m.ino(), fs::metadata(src.join("f")).unwrap().ino());
+        assert_eq!(m.mode() & 0o777, 0o600);
+    }
 }

@@ -13,6 +13,7 @@ use crate::snapshots::SnapshotId;
 const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
 const CACHE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("cache");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const OBJECTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("objects");
 
 /// What the db knows about one snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -62,6 +63,7 @@ impl Db {
             tx.open_table(SNAPSHOTS).map_err(|e| StoreError::db("open", e))?;
             tx.open_table(CACHE).map_err(|e| StoreError::db("open", e))?;
             tx.open_table(COUNTERS).map_err(|e| StoreError::db("open", e))?;
+            tx.open_table(OBJECTS).map_err(|e| StoreError::db("open", e))?;
         }
         tx.commit().map_err(|e| StoreError::db("open", e))?;
         Ok(Self { db })
@@ -89,13 +91,18 @@ impl Db {
     pub fn counter(&self, counter: &str) -> Result<u64, StoreError> {
         let tx = self.db.begin_read().map_err(|e| StoreError::db("counter", e))?;
         let t = tx.open_table(COUNTERS).map_err(|e| StoreError::db("counter", e))?;
-        Ok(t.get(counter).map_err(|e| StoreError::db("counter", e))?.map(|v| v.value()).unwrap_or(0))
+        Ok(t.get(counter)
+            .map_err(|e| StoreError::db("counter", e))?
+            .map(|v| v.value())
+            .unwrap_or(0))
     }
 
     /// Looks up a snapshot record.
     pub fn snapshot(&self, id: SnapshotId) -> Result<Option<SnapshotRecord>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| StoreError::db("read snapshot", e))?;
-        let t = tx.open_table(SNAPSHOTS).map_err(|e| StoreError::db("read snapshot", e))?;
+        let t = tx
+            .open_table(SNAPSHOTS)
+            .map_err(|e| StoreError::db("read snapshot", e))?;
         match t.get(id.0).map_err(|e| StoreError::db("read snapshot", e))? {
             Some(v) => Ok(Some(decode("snapshot record", v.value())?)),
             None => Ok(None),
@@ -105,7 +112,9 @@ impl Db {
     /// All snapshot ids with records.
     pub fn snapshot_ids(&self) -> Result<Vec<SnapshotId>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| StoreError::db("list snapshots", e))?;
-        let t = tx.open_table(SNAPSHOTS).map_err(|e| StoreError::db("list snapshots", e))?;
+        let t = tx
+            .open_table(SNAPSHOTS)
+            .map_err(|e| StoreError::db("list snapshots", e))?;
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| StoreError::db("list snapshots", e))? {
             let (k, _) = item.map_err(|e| StoreError::db("list snapshots", e))?;
@@ -139,7 +148,9 @@ impl Db {
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(|e| StoreError::db("record result", e))?;
         {
-            let mut t = tx.open_table(SNAPSHOTS).map_err(|e| StoreError::db("record result", e))?;
+            let mut t = tx
+                .open_table(SNAPSHOTS)
+                .map_err(|e| StoreError::db("record result", e))?;
             for (id, rec) in snapshots {
                 t.insert(id.0, encode(rec).as_slice())
                     .map_err(|e| StoreError::db("record result", e))?;
@@ -151,5 +162,33 @@ impl Db {
             }
         }
         tx.commit().map_err(|e| StoreError::db("record result", e))
+    }
+
+    /// Stores API objects (ID targets, node definitions) by key. These are
+    /// committed without an fsync: the next durable commit persists them,
+    /// and a crash before that loses only IDs nobody can have stored yet.
+    pub fn put_objects(&self, objects: &[([u8; 32], Vec<u8>)]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(|e| StoreError::db("store objects", e))?;
+        tx.set_durability(redb::Durability::None).map_err(|e| StoreError::Db {
+            op: "store objects",
+            message: e.to_string(),
+        })?;
+        {
+            let mut t = tx.open_table(OBJECTS).map_err(|e| StoreError::db("store objects", e))?;
+            for (key, bytes) in objects {
+                t.insert(key, bytes.as_slice())
+                    .map_err(|e| StoreError::db("store objects", e))?;
+            }
+        }
+        tx.commit().map_err(|e| StoreError::db("store objects", e))
+    }
+
+    /// Loads an API object stored with [`Db::put_objects`].
+    pub fn get_object(&self, key: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| StoreError::db("load object", e))?;
+        let t = tx.open_table(OBJECTS).map_err(|e| StoreError::db("load object", e))?;
+        Ok(t.get(key)
+            .map_err(|e| StoreError::db("load object", e))?
+            .map(|v| v.value().to_vec()))
     }
 }

@@ -92,7 +92,11 @@ mod tests {
         );
         assert_eq!(s.parse::<Digest>().unwrap(), d);
         assert!("sha256:abc".parse::<Digest>().is_err());
-        assert!("md5:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".parse::<Digest>().is_err());
+        assert!(
+            "md5:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+                .parse::<Digest>()
+                .is_err()
+        );
         assert!(s.to_uppercase().replace("SHA256", "sha256").parse::<Digest>().is_err());
     }
 }

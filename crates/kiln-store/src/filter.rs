@@ -25,17 +25,25 @@ pub struct PathFilter {
 }
 
 fn compile(pattern: &str) -> Result<GlobMatcher, FilterError> {
-    let cleaned = pattern.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/');
+    let cleaned = pattern
+        .trim_start_matches("./")
+        .trim_start_matches('/')
+        .trim_end_matches('/');
     let glob: Glob = GlobBuilder::new(cleaned)
         .literal_separator(true)
         .backslash_escape(true)
         .build()
-        .map_err(|e| FilterError { pattern: pattern.to_string(), reason: e.kind().to_string() })?;
+        .map_err(|e| FilterError {
+            pattern: pattern.to_string(),
+            reason: e.kind().to_string(),
+        })?;
     Ok(glob.compile_matcher())
 }
 
 fn self_or_ancestor(m: &GlobMatcher, rel: &Path) -> bool {
-    rel.ancestors().filter(|a| !a.as_os_str().is_empty()).any(|a| m.is_match(a))
+    rel.ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .any(|a| m.is_match(a))
 }
 
 impl PathFilter {
@@ -54,7 +62,11 @@ impl PathFilter {
                 None => Ok((compile(p)?, false)),
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { include, exclude, has_negation })
+        Ok(Self {
+            include,
+            exclude,
+            has_negation,
+        })
     }
 
     /// Whether the filter keeps everything.

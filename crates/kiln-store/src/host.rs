@@ -57,14 +57,20 @@ pub struct HostError {
 }
 
 fn err(path: &Path) -> impl FnOnce(io::Error) -> HostError + '_ {
-    move |source| HostError { path: path.to_path_buf(), source }
+    move |source| HostError {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Walks and hashes the part of `root` that `filter` selects.
 pub fn scan(root: &Path, filter: &PathFilter) -> Result<HostTree, HostError> {
     let meta = fs::metadata(root).map_err(err(root))?;
     if !meta.is_dir() {
-        return Err(err(root)(io::Error::new(io::ErrorKind::NotADirectory, "not a directory")));
+        return Err(err(root)(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory",
+        )));
     }
     let mut entries = Vec::new();
     walk(root, Path::new(""), filter, &mut entries)?;
@@ -84,7 +90,10 @@ pub fn scan(root: &Path, filter: &PathFilter) -> Result<HostTree, HostError> {
                 let mut file_hasher = blake3::Hasher::new();
                 let mut f = File::open(&path).map_err(err(&path))?;
                 let n = io::copy(&mut f, &mut file_hasher).map_err(err(&path))?;
-                hasher.update(b"f").update(&n.to_le_bytes()).update(file_hasher.finalize().as_bytes());
+                hasher
+                    .update(b"f")
+                    .update(&n.to_le_bytes())
+                    .update(file_hasher.finalize().as_bytes());
             }
             HostKind::Symlink(target) => {
                 let t = target.as_os_str().as_encoded_bytes();
@@ -92,7 +101,12 @@ pub fn scan(root: &Path, filter: &PathFilter) -> Result<HostTree, HostError> {
             }
         }
     }
-    Ok(HostTree { root: root.to_path_buf(), entries, digest: *hasher.finalize().as_bytes(), bytes })
+    Ok(HostTree {
+        root: root.to_path_buf(),
+        entries,
+        digest: *hasher.finalize().as_bytes(),
+        bytes,
+    })
 }
 
 /// Appends the selected entries under `rel`; returns whether any was added.
@@ -115,7 +129,11 @@ fn walk(root: &Path, rel: &Path, filter: &PathFilter, out: &mut Vec<HostEntry>) 
                 continue;
             }
             let at = out.len();
-            out.push(HostEntry { rel: child.clone(), kind: HostKind::Dir, mode });
+            out.push(HostEntry {
+                rel: child.clone(),
+                kind: HostKind::Dir,
+                mode,
+            });
             let inner = walk(root, &child, filter, out)?;
             if inner || filter.keeps(&child) {
                 added = true;
@@ -177,6 +195,11 @@ mod tests {
         assert_eq!(scan(root, &filter).unwrap().digest, a.digest);
         fs::write(root.join("src/a.py"), "print(2)").unwrap();
         assert_ne!(scan(root, &filter).unwrap().digest, a.digest);
-        assert!(scan(&root.join("missing"), &filter).unwrap_err().to_string().contains("missing"));
+        assert!(
+            scan(&root.join("missing"), &filter)
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
     }
 }

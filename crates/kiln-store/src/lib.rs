@@ -57,17 +57,26 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn db(op: &'static str, e: impl Into<redb::Error>) -> Self {
-        StoreError::Db { op, message: e.into().to_string() }
+        StoreError::Db {
+            op,
+            message: e.into().to_string(),
+        }
     }
 
     fn io(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-        move |source| StoreError::Io { path: path.to_path_buf(), source }
+        move |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
 /// Seconds since the epoch.
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// An opened state directory.
@@ -177,11 +186,7 @@ impl Store {
 
     /// Makes staged snapshots permanent and, in the same transaction,
     /// records a cache entry pointing at them.
-    pub fn commit(
-        &self,
-        staged: Vec<Staged>,
-        cache: Option<(&[u8; 32], &CacheRecord)>,
-    ) -> Result<(), StoreError> {
+    pub fn commit(&self, staged: Vec<Staged>, cache: Option<(&[u8; 32], &CacheRecord)>) -> Result<(), StoreError> {
         let mut records = Vec::with_capacity(staged.len());
         for s in &staged {
             let depth = match s.parent {
@@ -190,7 +195,14 @@ impl Store {
             };
             let dest = self.layer_dir(s.id);
             fs::rename(s.diff(), &dest).map_err(StoreError::io(&dest))?;
-            records.push((s.id, SnapshotRecord { parent: s.parent, depth, created: now_secs() }));
+            records.push((
+                s.id,
+                SnapshotRecord {
+                    parent: s.parent,
+                    depth,
+                    created: now_secs(),
+                },
+            ));
         }
         self.db.commit(&records, cache)?;
         let mut cached = self.records.lock().expect("records lock");
@@ -229,7 +241,9 @@ impl Store {
     /// The layers to mount for a tree: its chain, or a flattened single
     /// layer when the chain is deeper than [`MAX_MOUNT_DEPTH`].
     pub fn mount_layers(&self, top: Option<SnapshotId>) -> Result<Vec<PathBuf>, StoreError> {
-        let Some(id) = top else { return Ok(vec![self.empty_dir()]) };
+        let Some(id) = top else {
+            return Ok(vec![self.empty_dir()]);
+        };
         if self.record(id)?.depth <= MAX_MOUNT_DEPTH {
             return self.chain(top);
         }
@@ -242,7 +256,12 @@ impl Store {
         let staged = self.stage(None)?;
         let view = self.view(top)?;
         let filter = PathFilter::default();
-        let opts = CopyOptions { filter: &filter, owner: None, file_mode: None, hardlink: true };
+        let opts = CopyOptions {
+            filter: &filter,
+            owner: None,
+            file_mode: None,
+            hardlink: true,
+        };
         copy_tree(&view, Path::new("/"), &staged.diff(), &opts)?;
         let flat = staged.id;
         let record = CacheRecord {

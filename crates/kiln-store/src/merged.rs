@@ -87,7 +87,11 @@ impl MergedView {
     fn dir_layers(&self, rel: &Path) -> io::Result<Option<Vec<(usize, PathBuf)>>> {
         let mut current: Vec<(usize, PathBuf)> = self.layers.iter().cloned().enumerate().collect();
         if current.is_empty() {
-            return Ok(if rel.as_os_str().is_empty() { Some(current) } else { None });
+            return Ok(if rel.as_os_str().is_empty() {
+                Some(current)
+            } else {
+                None
+            });
         }
         for comp in clean(rel).components() {
             let mut next = Vec::new();
@@ -123,19 +127,29 @@ impl MergedView {
         let Some(name) = rel.file_name() else {
             // The root: the top layer's directory.
             return match self.layers.first() {
-                Some(top) => Ok(Some(Entry { layer: 0, real: top.clone(), meta: fs::metadata(top)? })),
+                Some(top) => Ok(Some(Entry {
+                    layer: 0,
+                    real: top.clone(),
+                    meta: fs::metadata(top)?,
+                })),
                 None => Ok(None),
             };
         };
         let parent = rel.parent().unwrap_or(Path::new(""));
-        let Some(dirs) = self.dir_layers(parent)? else { return Ok(None) };
+        let Some(dirs) = self.dir_layers(parent)? else {
+            return Ok(None);
+        };
         for (i, dir) in dirs {
             let p = dir.join(name);
             let Some(meta) = lstat(&p)? else { continue };
             if is_whiteout(&meta) {
                 return Ok(None);
             }
-            return Ok(Some(Entry { layer: i, real: p, meta }));
+            return Ok(Some(Entry {
+                layer: i,
+                real: p,
+                meta,
+            }));
         }
         Ok(None)
     }
@@ -143,7 +157,9 @@ impl MergedView {
     /// The visible entries of directory `rel`, by name. `None` when `rel` is
     /// not a directory.
     pub fn read_dir(&self, rel: impl AsRef<Path>) -> io::Result<Option<BTreeMap<OsString, Entry>>> {
-        let Some(dirs) = self.dir_layers(rel.as_ref())? else { return Ok(None) };
+        let Some(dirs) = self.dir_layers(rel.as_ref())? else {
+            return Ok(None);
+        };
         let mut seen: BTreeMap<OsString, Option<Entry>> = BTreeMap::new();
         for (i, dir) in dirs {
             for item in fs::read_dir(&dir)? {
@@ -165,8 +181,7 @@ impl MergedView {
     /// symlink targets stay inside the root. With `follow_last` false, a
     /// final symlink is not followed. Returns the clean relative path.
     pub fn resolve(&self, path: impl AsRef<Path>, follow_last: bool) -> io::Result<PathBuf> {
-        let mut pending: Vec<OsString> =
-            clean_components(path.as_ref()).into_iter().rev().collect();
+        let mut pending: Vec<OsString> = clean_components(path.as_ref()).into_iter().rev().collect();
         let mut done = PathBuf::new();
         let mut hops = 0;
         while let Some(comp) = pending.pop() {
@@ -186,7 +201,10 @@ impl MergedView {
                     if hops > 40 {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidInput,
-                            format!("too many levels of symbolic links resolving {}", path.as_ref().display()),
+                            format!(
+                                "too many levels of symbolic links resolving {}",
+                                path.as_ref().display()
+                            ),
                         ));
                     }
                     let target = fs::read_link(&e.real)?;
@@ -220,7 +238,9 @@ impl MergedView {
         sub: &Path,
         visit: &mut dyn FnMut(&Path, &Entry) -> io::Result<bool>,
     ) -> io::Result<()> {
-        let Some(entries) = self.read_dir(base.join(sub))? else { return Ok(()) };
+        let Some(entries) = self.read_dir(base.join(sub))? else {
+            return Ok(());
+        };
         for (name, entry) in entries {
             let rel = sub.join(&name);
             if visit(&rel, &entry)? && entry.is_dir() {
@@ -293,8 +313,14 @@ mod tests {
         symlink("loop2", root.join("loop1")).unwrap();
         symlink("loop1", root.join("loop2")).unwrap();
         let v = MergedView::new(vec![root]);
-        assert_eq!(v.resolve("/etc/os-release", true).unwrap(), Path::new("usr/lib/os-release"));
-        assert_eq!(v.resolve("/etc/os-release", false).unwrap(), Path::new("etc/os-release"));
+        assert_eq!(
+            v.resolve("/etc/os-release", true).unwrap(),
+            Path::new("usr/lib/os-release")
+        );
+        assert_eq!(
+            v.resolve("/etc/os-release", false).unwrap(),
+            Path::new("etc/os-release")
+        );
         assert_eq!(v.resolve("up/lib", true).unwrap(), Path::new("usr/lib"));
         assert_eq!(v.resolve("../../../etc", true).unwrap(), Path::new("etc"));
         assert!(v.resolve("loop1", true).is_err());

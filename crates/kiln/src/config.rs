@@ -35,7 +35,9 @@ pub fn default_path() -> PathBuf {
     if is_root() {
         PathBuf::from("/etc/kiln/kiln.toml")
     } else {
-        dirs::config_dir().unwrap_or_else(|| PathBuf::from(".")).join("kiln/kiln.toml")
+        dirs::config_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("kiln/kiln.toml")
     }
 }
 

@@ -84,7 +84,11 @@ fn main() -> ExitCode {
         .with_ansi(std::env::var_os("NO_COLOR").is_none())
         .init();
     if let Command::Version = cli.command {
-        println!("kiln {} (Dagger API {})", env!("CARGO_PKG_VERSION"), kiln_api::resolvers::API_VERSION);
+        println!(
+            "kiln {} (Dagger API {})",
+            env!("CARGO_PKG_VERSION"),
+            kiln_api::resolvers::API_VERSION
+        );
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -105,12 +109,18 @@ fn main() -> ExitCode {
 
 fn open_engine(cli: &Cli) -> anyhow::Result<Arc<Engine>> {
     let config = Config::load(cli.config.as_deref())?;
-    let state_dir = cli.state_dir.clone().or(config.state_dir).unwrap_or_else(config::default_state_dir);
+    let state_dir = cli
+        .state_dir
+        .clone()
+        .or(config.state_dir)
+        .unwrap_or_else(config::default_state_dir);
     let engine = Engine::open(EngineConfig {
         state_dir: state_dir.clone(),
         runtime: cli.runtime.clone().or(config.runtime),
         registry: config.registry,
-        parallelism: config.parallelism.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        parallelism: config
+            .parallelism
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
     })
     .with_context(|| format!("starting the engine on {}", state_dir.display()))?;
     Ok(engine)
@@ -151,7 +161,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let printer = progress::spawn(cli.progress, engine.events().subscribe());
             let line = serde_json::json!({ "port": handle.port, "session_token": handle.token });
             let mut stdout = std::io::stdout();
-            writeln!(stdout, "{line}").and_then(|_| stdout.flush()).context("writing the session line")?;
+            writeln!(stdout, "{line}")
+                .and_then(|_| stdout.flush())
+                .context("writing the session line")?;
             // The SDK ends the session by closing our stdin.
             tokio::task::spawn_blocking(|| {
                 let mut sink = Vec::new();
@@ -167,7 +179,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
                 None => {
                     let mut q = String::new();
-                    std::io::stdin().read_to_string(&mut q).context("reading the query from stdin")?;
+                    std::io::stdin()
+                        .read_to_string(&mut q)
+                        .context("reading the query from stdin")?;
                     q
                 }
             };
@@ -183,7 +197,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout().lock();
             // A closed pipe (`kiln query | head`) is not an error worth reporting.
             let _ = writeln!(out, "{}", serde_json::to_string_pretty(&response)?);
-            Ok(if response.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if response.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -70,15 +70,23 @@ mod tests {
 
     #[test]
     fn plain_lines_are_stable() {
-        let ev = |kind| Event { node: Key([0xab; 32]), description: "exec make test".into(), kind };
+        let ev = |kind| Event {
+            node: Key([0xab; 32]),
+            description: "exec make test".into(),
+            kind,
+        };
         assert_eq!(line(&ev(EventKind::Started)), "[abababababab] RUN    exec make test");
         assert_eq!(line(&ev(EventKind::Cached)), "[abababababab] CACHED exec make test");
         assert_eq!(
-            line(&ev(EventKind::Done { duration: Duration::from_millis(1250) })),
+            line(&ev(EventKind::Done {
+                duration: Duration::from_millis(1250)
+            })),
             "[abababababab] DONE   exec make test (1.2s)"
         );
         assert_eq!(
-            line(&ev(EventKind::Failed { message: "exit code 2\nmore".into() })),
+            line(&ev(EventKind::Failed {
+                message: "exit code 2\nmore".into()
+            })),
             "[abababababab] FAILED exec make test: exit code 2"
         );
     }

@@ -55,7 +55,7 @@ pub fn register(r: &mut Registry) {
 }
 
 fn out(c: Container) -> Result<Output, ApiError> {
-    Ok(Output::Object(Object::Container(c)))
+    Ok(Output::Object(Object::Container(Box::new(c))))
 }
 
 fn strings(v: &[String]) -> Output {
@@ -77,7 +77,10 @@ fn path_arg(c: &Container, args: &Args, name: &str) -> Result<String, ApiError> 
 
 fn owner_arg(args: &Args) -> Option<Owner> {
     args.opt_string("owner").map(|o| match o.split_once(':') {
-        Some((u, g)) => Owner { user: u.into(), group: Some(g.into()) },
+        Some((u, g)) => Owner {
+            user: u.into(),
+            group: Some(g.into()),
+        },
         None => Owner { user: o, group: None },
     })
 }
@@ -101,7 +104,11 @@ async fn from(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError
     let c = container(obj)?;
     let address = args.string("address")?;
     let image = api.engine.resolve_image(&address, Some(&c.platform)).await?;
-    let reference = image.reference.as_ref().map(|r| r.name()).unwrap_or_else(|| address.clone());
+    let reference = image
+        .reference
+        .as_ref()
+        .map(|r| r.name())
+        .unwrap_or_else(|| address.clone());
     let node = api.nodes.add(
         Op::Image {
             reference: reference.clone(),
@@ -122,10 +129,17 @@ async fn from(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError
         })
         .collect();
     out(Container {
-        rootfs: Some(TreeRef { node: node.digest(), output: 0 }),
+        rootfs: Some(TreeRef {
+            node: node.digest(),
+            output: 0,
+        }),
         platform: image.platform().to_string(),
         env,
-        workdir: config.working_dir().clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()),
+        workdir: config
+            .working_dir()
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
         user: config.user().clone().unwrap_or_default(),
         entrypoint: config.entrypoint().clone().unwrap_or_default(),
         default_args: config.cmd().clone().unwrap_or_default(),
@@ -141,7 +155,9 @@ async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
     reject_expand(&args)?;
     for unsupported in ["redirectStdin", "redirectStdout", "redirectStderr"] {
         if args.opt_string(unsupported).is_some() {
-            return Err(ApiError::NotImplemented(format!("the {unsupported} argument of Container.withExec")));
+            return Err(ApiError::NotImplemented(format!(
+                "the {unsupported} argument of Container.withExec"
+            )));
         }
     }
     let mut argv = args.strings("args");
@@ -169,7 +185,9 @@ async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
                     readonly: *readonly,
                 });
             }
-            MountSource::Temp => mounts.push(Mount::Tmpfs { target: m.target.clone() }),
+            MountSource::Temp => mounts.push(Mount::Tmpfs {
+                target: m.target.clone(),
+            }),
         }
     }
     let exec = Exec {
@@ -183,11 +201,20 @@ async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
     };
     let node = api.nodes.add(Op::Exec(exec), inputs);
     let digest = node.digest();
-    c.rootfs = Some(TreeRef { node: digest, output: 0 });
+    c.rootfs = Some(TreeRef {
+        node: digest,
+        output: 0,
+    });
     let mut next_output = 1;
     for m in &mut c.mounts {
-        if let MountSource::Tree { tree, readonly: false, .. } = &mut m.source {
-            *tree = Some(TreeRef { node: digest, output: next_output });
+        if let MountSource::Tree {
+            tree, readonly: false, ..
+        } = &mut m.source
+        {
+            *tree = Some(TreeRef {
+                node: digest,
+                output: next_output,
+            });
             next_output += 1;
         }
     }
@@ -197,10 +224,14 @@ async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
 
 /// The exec metadata of the container's last command.
 async fn last_exec(api: &Api, c: &Container) -> Result<kiln_solver::ExecMeta, ApiError> {
-    let key = c.last_exec.ok_or_else(|| ApiError::invalid("no command has been executed on this container (use withExec first)"))?;
+    let key = c
+        .last_exec
+        .ok_or_else(|| ApiError::invalid("no command has been executed on this container (use withExec first)"))?;
     let node = api.nodes.get(&key)?;
     let solved = api.session.solve(&node).await?;
-    solved.exec().ok_or_else(|| ApiError::internal("exec result without exec metadata"))
+    solved
+        .exec()
+        .ok_or_else(|| ApiError::internal("exec result without exec metadata"))
 }
 
 async fn stdout(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
@@ -247,7 +278,12 @@ async fn env_variable(_: Arc<Api>, obj: Object, args: Args) -> Result<Output, Ap
 
 async fn env_variables(_: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
     let c = container(obj)?;
-    Ok(Output::Objects(c.env.into_iter().map(|(name, value)| Object::EnvVariable { name, value }).collect()))
+    Ok(Output::Objects(
+        c.env
+            .into_iter()
+            .map(|(name, value)| Object::EnvVariable { name, value })
+            .collect(),
+    ))
 }
 
 async fn with_workdir(_: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
@@ -319,7 +355,12 @@ async fn label(_: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError>
 
 async fn labels(_: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
     let c = container(obj)?;
-    Ok(Output::Objects(c.labels.into_iter().map(|(name, value)| Object::Label { name, value }).collect()))
+    Ok(Output::Objects(
+        c.labels
+            .into_iter()
+            .map(|(name, value)| Object::Label { name, value })
+            .collect(),
+    ))
 }
 
 /// Applies a file operation to the rootfs.
@@ -329,7 +370,10 @@ fn on_rootfs(api: &Api, mut c: Container, op: Op, extra: Option<Option<TreeRef>>
         inputs.push(api.nodes.input(src)?);
     }
     let node = api.nodes.add(op, inputs);
-    c.rootfs = Some(TreeRef { node: node.digest(), output: 0 });
+    c.rootfs = Some(TreeRef {
+        node: node.digest(),
+        output: 0,
+    });
     out(c)
 }
 
@@ -378,7 +422,10 @@ async fn with_new_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output,
 
 async fn without_path(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let c = container(obj)?;
-    let op = Op::Rm { path: path_arg(&c, &args, "path")?, allow_not_found: true };
+    let op = Op::Rm {
+        path: path_arg(&c, &args, "path")?,
+        allow_not_found: true,
+    };
     on_rootfs(&api, c, op, None)
 }
 
@@ -392,21 +439,41 @@ async fn with_mounted_directory(api: Arc<Api>, obj: Object, args: Args) -> Resul
     let c = container(obj)?;
     let target = path_arg(&c, &args, "path")?;
     if owner_arg(&args).is_some() {
-        return Err(ApiError::NotImplemented("the owner argument of Container.withMountedDirectory".into()));
+        return Err(ApiError::NotImplemented(
+            "the owner argument of Container.withMountedDirectory".into(),
+        ));
     }
     let src = api.arg_directory(&args, "source")?;
     let readonly = args.bool("readOnly");
-    with_mount(c, target, MountSource::Tree { tree: src.tree, path: src.path, readonly })
+    with_mount(
+        c,
+        target,
+        MountSource::Tree {
+            tree: src.tree,
+            path: src.path,
+            readonly,
+        },
+    )
 }
 
 async fn with_mounted_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let c = container(obj)?;
     let target = path_arg(&c, &args, "path")?;
     if owner_arg(&args).is_some() {
-        return Err(ApiError::NotImplemented("the owner argument of Container.withMountedFile".into()));
+        return Err(ApiError::NotImplemented(
+            "the owner argument of Container.withMountedFile".into(),
+        ));
     }
     let src = api.arg_file(&args, "source")?;
-    with_mount(c, target, MountSource::Tree { tree: src.tree, path: src.path, readonly: false })
+    with_mount(
+        c,
+        target,
+        MountSource::Tree {
+            tree: src.tree,
+            path: src.path,
+            readonly: false,
+        },
+    )
 }
 
 async fn with_mounted_temp(_: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
@@ -431,7 +498,11 @@ async fn mounts(_: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
 /// in the rootfs.
 fn locate(c: &Container, path: &str) -> Result<(Option<TreeRef>, String), ApiError> {
     let under = |target: &str| path == target || path.starts_with(&format!("{}/", target.trim_end_matches('/')));
-    let best = c.mounts.iter().filter(|m| under(&m.target)).max_by_key(|m| m.target.len());
+    let best = c
+        .mounts
+        .iter()
+        .filter(|m| under(&m.target))
+        .max_by_key(|m| m.target.len());
     match best {
         None => Ok((c.rootfs, path.to_string())),
         Some(m) => match &m.source {
@@ -460,7 +531,10 @@ async fn file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError
 }
 
 async fn rootfs(_: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
-    Ok(Output::Object(Object::Directory(Directory { tree: container(obj)?.rootfs, path: "/".into() })))
+    Ok(Output::Object(Object::Directory(Directory {
+        tree: container(obj)?.rootfs,
+        path: "/".into(),
+    })))
 }
 
 async fn with_rootfs(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {

@@ -94,12 +94,21 @@ fn apply(api: &Api, d: Directory, op: Op, src: Option<Option<TreeRef>>) -> Resul
         inputs.push(api.nodes.input(src)?);
     }
     let node = api.nodes.add(op, inputs);
-    out(Directory { tree: Some(TreeRef { node: node.digest(), output: 0 }), path: d.path })
+    out(Directory {
+        tree: Some(TreeRef {
+            node: node.digest(),
+            output: 0,
+        }),
+        path: d.path,
+    })
 }
 
 fn owner(args: &Args) -> Option<Owner> {
     args.opt_string("owner").map(|o| match o.split_once(':') {
-        Some((u, g)) => Owner { user: u.into(), group: Some(g.into()) },
+        Some((u, g)) => Owner {
+            user: u.into(),
+            group: Some(g.into()),
+        },
         None => Owner { user: o, group: None },
     })
 }
@@ -157,7 +166,10 @@ async fn with_directory(api: Arc<Api>, obj: Object, args: Args) -> Result<Output
 
 async fn without(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let d = directory(obj)?;
-    let op = Op::Rm { path: join_path(&d.path, &args.string("path")?), allow_not_found: true };
+    let op = Op::Rm {
+        path: join_path(&d.path, &args.string("path")?),
+        allow_not_found: true,
+    };
     apply(&api, d, op, None)
 }
 
@@ -170,12 +182,19 @@ async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
     let dest = target.clone();
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
         if wipe && dest.exists() {
-            std::fs::remove_dir_all(&dest).map_err(|e| ApiError::invalid(format!("export: wiping {}: {e}", dest.display())))?;
+            std::fs::remove_dir_all(&dest)
+                .map_err(|e| ApiError::invalid(format!("export: wiping {}: {e}", dest.display())))?;
         }
         std::fs::create_dir_all(&dest).map_err(|e| ApiError::invalid(format!("export to {}: {e}", dest.display())))?;
         let filter = PathFilter::default();
-        let opts = CopyOptions { filter: &filter, owner: None, file_mode: None, hardlink: false };
-        copy_tree(&view, Path::new(&src), &dest, &opts).map_err(|e| ApiError::invalid(format!("export to {}: {e}", dest.display())))?;
+        let opts = CopyOptions {
+            filter: &filter,
+            owner: None,
+            file_mode: None,
+            hardlink: false,
+        };
+        copy_tree(&view, Path::new(&src), &dest, &opts)
+            .map_err(|e| ApiError::invalid(format!("export to {}: {e}", dest.display())))?;
         Ok(())
     })
     .await

@@ -77,7 +77,12 @@ async fn size(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
 
 async fn name(_: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
     let f = file(obj)?;
-    Ok(Output::string(Path::new(&f.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()))
+    Ok(Output::string(
+        Path::new(&f.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    ))
 }
 
 async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
@@ -99,11 +104,18 @@ async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
     let (src, to) = (f.path.clone(), dest.clone());
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
         if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| ApiError::invalid(format!("export to {}: {e}", to.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| ApiError::invalid(format!("export to {}: {e}", to.display())))?;
         }
         let filter = PathFilter::default();
-        let opts = CopyOptions { filter: &filter, owner: None, file_mode: None, hardlink: false };
-        copy_tree(&view, Path::new(&src), &to, &opts).map_err(|e| ApiError::invalid(format!("export to {}: {e}", to.display())))?;
+        let opts = CopyOptions {
+            filter: &filter,
+            owner: None,
+            file_mode: None,
+            hardlink: false,
+        };
+        copy_tree(&view, Path::new(&src), &to, &opts)
+            .map_err(|e| ApiError::invalid(format!("export to {}: {e}", to.display())))?;
         Ok(())
     })
     .await

@@ -19,10 +19,15 @@ pub fn register(r: &mut Registry) {
 async fn directory(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
     let path = api.host_path(&args.string("path")?);
     if args.bool("gitignore") {
-        return Err(ApiError::NotImplemented("the gitignore argument of Host.directory".into()));
+        return Err(ApiError::NotImplemented(
+            "the gitignore argument of Host.directory".into(),
+        ));
     }
     if !path.is_dir() {
-        return Err(ApiError::invalid(format!("host directory {}: no such directory", path.display())));
+        return Err(ApiError::invalid(format!(
+            "host directory {}: no such directory",
+            path.display()
+        )));
     }
     let node = api.nodes.add(
         Op::HostDir {
@@ -33,7 +38,10 @@ async fn directory(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiEr
         vec![],
     );
     Ok(Output::Object(Object::Directory(Directory {
-        tree: Some(TreeRef { node: node.digest(), output: 0 }),
+        tree: Some(TreeRef {
+            node: node.digest(),
+            output: 0,
+        }),
         path: "/".into(),
     })))
 }
@@ -43,7 +51,10 @@ async fn file(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> 
     if !path.is_file() {
         return Err(ApiError::invalid(format!("host file {}: no such file", path.display())));
     }
-    let (parent, name) = (path.parent().unwrap_or(Path::new("/")), path.file_name().unwrap_or_default());
+    let (parent, name) = (
+        path.parent().unwrap_or(Path::new("/")),
+        path.file_name().unwrap_or_default(),
+    );
     let name = name.to_string_lossy().into_owned();
     let node = api.nodes.add(
         Op::HostDir {
@@ -54,7 +65,10 @@ async fn file(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> 
         vec![],
     );
     Ok(Output::Object(Object::File(File {
-        tree: Some(TreeRef { node: node.digest(), output: 0 }),
+        tree: Some(TreeRef {
+            node: node.digest(),
+            output: 0,
+        }),
         path: format!("/{name}"),
     })))
 }

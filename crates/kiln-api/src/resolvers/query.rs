@@ -34,10 +34,12 @@ pub fn register(r: &mut Registry) {
 
 async fn container(_: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
     let platform = match args.opt_string("platform") {
-        Some(p) => kiln_oci::Platform::parse(&p).map_err(|e| ApiError::invalid(e.to_string()))?.to_string(),
+        Some(p) => kiln_oci::Platform::parse(&p)
+            .map_err(|e| ApiError::invalid(e.to_string()))?
+            .to_string(),
         None => kiln_oci::Platform::host().to_string(),
     };
-    Ok(Output::Object(Object::Container(Container {
+    Ok(Output::Object(Object::Container(Box::new(Container {
         rootfs: None,
         platform,
         env: Vec::new(),
@@ -49,17 +51,22 @@ async fn container(_: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiErro
         mounts: Vec::new(),
         last_exec: None,
         image_ref: None,
-    })))
+    }))))
 }
 
 async fn directory(_: Arc<Api>, _: Object, _: Args) -> Result<Output, ApiError> {
-    Ok(Output::Object(Object::Directory(Directory { tree: None, path: "/".into() })))
+    Ok(Output::Object(Object::Directory(Directory {
+        tree: None,
+        path: "/".into(),
+    })))
 }
 
 async fn file(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
     let name = args.string("name")?;
     if name.contains('/') {
-        return Err(ApiError::invalid(format!("file name {name:?} must not contain a slash")));
+        return Err(ApiError::invalid(format!(
+            "file name {name:?} must not contain a slash"
+        )));
     }
     let path = format!("/{name}");
     let scratch = api.nodes.input(None)?;
@@ -72,7 +79,13 @@ async fn file(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> 
         },
         vec![scratch],
     );
-    Ok(Output::Object(Object::File(File { tree: Some(TreeRef { node: node.digest(), output: 0 }), path })))
+    Ok(Output::Object(Object::File(File {
+        tree: Some(TreeRef {
+            node: node.digest(),
+            output: 0,
+        }),
+        path,
+    })))
 }
 
 async fn host(_: Arc<Api>, _: Object, _: Args) -> Result<Output, ApiError> {
@@ -92,7 +105,9 @@ async fn default_platform(_: Arc<Api>, _: Object, _: Args) -> Result<Output, Api
 }
 
 async fn cache_volume(_: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
-    Ok(Output::Object(Object::CacheVolume { key: args.string("key")? }))
+    Ok(Output::Object(Object::CacheVolume {
+        key: args.string("key")?,
+    }))
 }
 
 async fn object_id(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {

@@ -12,9 +12,9 @@ use kiln_store::{MergedView, SnapshotId, Staged, Store, prepare_parents};
 
 use super::files::read_text;
 use super::{OpOutput, blocking};
+use crate::SolveError;
 use crate::engine::Engine;
 use crate::result::ExecMeta;
-use crate::SolveError;
 
 /// Mount points the runtime creates in every container.
 const RUNTIME_MOUNTS: [&str; 6] = ["/proc", "/dev/pts", "/dev/shm", "/dev/mqueue", "/dev", "/sys"];
@@ -30,14 +30,26 @@ struct Prepared {
 
 fn overlay(store: &Store, top: Option<SnapshotId>, upper: Option<&Staged>) -> Result<Overlay, String> {
     let lowers = store.mount_layers(top).map_err(|e| e.to_string())?;
-    Ok(Overlay { lowers, upper: upper.map(|s| (s.diff(), s.work())) })
+    Ok(Overlay {
+        lowers,
+        upper: upper.map(|s| (s.diff(), s.work())),
+    })
 }
 
-fn prepare(store: &Store, exec: &Exec, inputs: &[Option<SnapshotId>]) -> Result<Prepared, String> {
+fn prepare(
+    store: &Store,
+    runtime: &kiln_exec::Runtime,
+    exec: &Exec,
+    inputs: &[Option<SnapshotId>],
+) -> Result<Prepared, String> {
     let rootfs = inputs[0];
     let view = store.view(rootfs).map_err(|e| e.to_string())?;
-    let identity = kiln_exec::user::resolve(&exec.user, &read_text(&view, "/etc/passwd"), &read_text(&view, "/etc/group"))
-        .map_err(|e| e.to_string())?;
+    let identity = kiln_exec::user::resolve(
+        &exec.user,
+        &read_text(&view, "/etc/passwd"),
+        &read_text(&view, "/etc/group"),
+    )
+    .map_err(|e| e.to_string())?;
     let root = store.stage(rootfs).map_err(|e| e.to_string())?;
 
     // The working directory exists before the process starts, as in Docker.
@@ -51,15 +63,30 @@ fn prepare(store: &Store, exec: &Exec, inputs: &[Option<SnapshotId>]) -> Result<
     let mut writable = Vec::new();
     for m in &exec.mounts {
         match m {
-            Mount::Tree { target, input, source_path, readonly } => {
+            Mount::Tree {
+                target,
+                input,
+                source_path,
+                readonly,
+            } => {
                 let top = inputs[*input];
                 let tree_view = store.view(top).map_err(|e| e.to_string())?;
                 let subpath = tree_view.resolve(source_path, true).map_err(|e| e.to_string())?;
                 if !subpath.as_os_str().is_empty() && tree_view.lookup(&subpath).map_err(|e| e.to_string())?.is_none() {
-                    return Err(format!("cannot mount {source_path} at {target}: no such file or directory in the mounted tree"));
+                    return Err(format!(
+                        "cannot mount {source_path} at {target}: no such file or directory in the mounted tree"
+                    ));
                 }
-                let staged = if *readonly { None } else { Some(store.stage(top).map_err(|e| e.to_string())?) };
-                trees.push(TreeMount { overlay: overlay(store, top, staged.as_ref())?, subpath, target: target.clone() });
+                let staged = if *readonly {
+                    None
+                } else {
+                    Some(store.stage(top).map_err(|e| e.to_string())?)
+                };
+                trees.push(TreeMount {
+                    overlay: overlay(store, top, staged.as_ref())?,
+                    subpath,
+                    target: target.clone(),
+                });
                 writable.extend(staged);
             }
             Mount::Tmpfs { target } => tmpfs.push(target.clone()),
@@ -74,15 +101,25 @@ fn prepare(store: &Store, exec: &Exec, inputs: &[Option<SnapshotId>]) -> Result<
         env.push(format!("HOME={}", identity.home));
     }
     let spec = RunSpec {
-        id: format!("kiln-{}", root.id()),
+        id: runtime.container_id(root.id()),
         bundle: store.run_dir().join(format!("bundle-{}", root.id())),
         rootfs: overlay(store, rootfs, Some(&root))?,
         trees,
         tmpfs,
-        process: ProcessSpec { args: exec.args.clone(), env, cwd: exec.cwd.clone(), identity },
+        process: ProcessSpec {
+            args: exec.args.clone(),
+            env,
+            cwd: exec.cwd.clone(),
+            identity,
+        },
         stdin: exec.stdin.clone().map(String::into_bytes),
     };
-    Ok(Prepared { spec, root, writable, lower: view })
+    Ok(Prepared {
+        spec,
+        root,
+        writable,
+        lower: view,
+    })
 }
 
 /// Removes the empty mount points the runtime had to create in the rootfs,
@@ -115,14 +152,25 @@ pub(crate) async fn run(
     inputs: &[Option<SnapshotId>],
 ) -> Result<OpOutput, SolveError> {
     if exec.args.is_empty() {
-        return Err(SolveError::op(desc, "no command to run (empty args and no default args)"));
+        return Err(SolveError::op(
+            desc,
+            "no command to run (empty args and no default args)",
+        ));
     }
     let (exec_c, inputs_c) = (exec.clone(), inputs.to_vec());
-    let prepared = blocking(engine.store(), desc, move |store| prepare(store, &exec_c, &inputs_c)).await?;
+    let runtime = engine.runtime.clone();
+    let prepared = blocking(engine.store(), desc, move |store| {
+        prepare(store, &runtime, &exec_c, &inputs_c)
+    })
+    .await?;
     let output = {
         let _slot = engine.exec_slots.acquire().await.map_err(|e| SolveError::op(desc, e))?;
         engine.count_exec();
-        engine.runtime.run(&prepared.spec).await.map_err(|e| SolveError::op(desc, e))?
+        engine
+            .runtime
+            .run(&prepared.spec)
+            .await
+            .map_err(|e| SolveError::op(desc, e))?
     };
     if !exec.expect.accepts(output.exit_code) {
         return Err(SolveError::Exec {
@@ -145,7 +193,11 @@ pub(crate) async fn run(
         let mut staged = vec![prepared.root];
         staged.extend(prepared.writable);
         let outputs = staged.iter().map(|s| Some(s.id())).collect();
-        Ok(OpOutput { staged, outputs, meta: serde_json::json!({ "exec": meta }) })
+        Ok(OpOutput {
+            staged,
+            outputs,
+            meta: serde_json::json!({ "exec": meta }),
+        })
     })
     .await
 }

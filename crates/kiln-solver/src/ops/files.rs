@@ -61,7 +61,15 @@ fn apply(store: &Store, op: &Op, dest: Option<SnapshotId>, src: Option<SnapshotI
         })
     };
     match op {
-        Op::Copy { src_path, dest_path, contents_only, include, exclude, owner, mode } => {
+        Op::Copy {
+            src_path,
+            dest_path,
+            contents_only,
+            include,
+            exclude,
+            owner,
+            mode,
+        } => {
             let src_view = store.view(src).map_err(|e| e.to_string())?;
             let src_rel = src_view.resolve(src_path, true).map_err(|e| e.to_string())?;
             let entry = src_view
@@ -69,20 +77,35 @@ fn apply(store: &Store, op: &Op, dest: Option<SnapshotId>, src: Option<SnapshotI
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("{src_path}: no such file or directory in the source"))?;
             let mut rel = target(dest_path)?;
-            if entry.is_dir() && !contents_only {
-                if let Some(name) = src_rel.file_name() {
-                    rel = rel.join(name);
-                }
+            if entry.is_dir()
+                && !contents_only
+                && let Some(name) = src_rel.file_name()
+            {
+                rel = rel.join(name);
             }
             let filter = PathFilter::new(include, exclude).map_err(|e| e.to_string())?;
             let owner = owner.as_ref().map(|o| resolve_owner(&view, o)).transpose()?;
             prepare_parents(&view, &diff, &rel).map_err(|e| e.to_string())?;
-            let opts = CopyOptions { filter: &filter, owner, file_mode: *mode, hardlink: true };
+            let opts = CopyOptions {
+                filter: &filter,
+                owner,
+                file_mode: *mode,
+                hardlink: true,
+            };
             copy_tree(&src_view, &src_rel, &diff.join(&rel), &opts).map_err(|e| e.to_string())?;
         }
-        Op::MkFile { path, contents, mode, owner } => {
+        Op::MkFile {
+            path,
+            contents,
+            mode,
+            owner,
+        } => {
             let rel = target(path)?;
-            if view.lookup(&rel).map_err(|e| e.to_string())?.is_some_and(|e| e.is_dir()) {
+            if view
+                .lookup(&rel)
+                .map_err(|e| e.to_string())?
+                .is_some_and(|e| e.is_dir())
+            {
                 return Err(format!("{path} is a directory"));
             }
             prepare_parents(&view, &diff, &rel).map_err(|e| e.to_string())?;
@@ -110,7 +133,11 @@ fn apply(store: &Store, op: &Op, dest: Option<SnapshotId>, src: Option<SnapshotI
             let rel = target(path)?;
             if view.lookup(&rel).map_err(|e| e.to_string())?.is_none() {
                 if *allow_not_found {
-                    return Ok(OpOutput { staged: vec![], outputs: vec![dest], meta: serde_json::Value::Null });
+                    return Ok(OpOutput {
+                        staged: vec![],
+                        outputs: vec![dest],
+                        meta: serde_json::Value::Null,
+                    });
                 }
                 return Err(format!("{path}: no such file or directory"));
             }

@@ -19,7 +19,10 @@ pub(crate) async fn scan(
     let op = format!("upload {path}");
     let filter = PathFilter::new(include, exclude).map_err(|e| SolveError::op(&op, e))?;
     let root = PathBuf::from(path);
-    let tree = blocking(engine.store(), &op, move |_| host::scan(&root, &filter).map_err(|e| e.to_string())).await?;
+    let tree = blocking(engine.store(), &op, move |_| {
+        host::scan(&root, &filter).map_err(|e| e.to_string())
+    })
+    .await?;
     Ok(Prepared::Host(tree))
 }
 

@@ -29,7 +29,10 @@ impl Engine {
         let op = format!("resolve {reference}");
         let r = Reference::parse(reference).map_err(|e| SolveError::op(&op, e))?;
         let p = parse_platform(&op, platform)?;
-        self.registry.resolve(&r, &p, self.store.blobs()).await.map_err(|e| SolveError::op(&op, e))
+        self.registry
+            .resolve(&r, &p, self.store.blobs())
+            .await
+            .map_err(|e| SolveError::op(&op, e))
     }
 
     /// Loads an image from an OCI layout directory or an OCI/docker archive.
@@ -63,9 +66,15 @@ pub(crate) async fn pull(
 ) -> Result<OpOutput, SolveError> {
     let op = format!("pull {reference}");
     let digest: Digest = manifest_digest.parse().map_err(|e| SolveError::op(&op, e))?;
-    let r = Reference::parse(reference).map_err(|e| SolveError::op(&op, e))?.with_digest(digest);
+    let r = Reference::parse(reference)
+        .map_err(|e| SolveError::op(&op, e))?
+        .with_digest(digest);
     let image = engine.resolve_image(&r.to_string(), Some(platform)).await?;
-    engine.registry.fetch_layers(&image, engine.store.blobs()).await.map_err(|e| SolveError::op(&op, e))?;
+    engine
+        .registry
+        .fetch_layers(&image, engine.store.blobs())
+        .await
+        .map_err(|e| SolveError::op(&op, e))?;
     unpack(engine, &op, image).await
 }
 
@@ -96,7 +105,10 @@ async fn unpack(engine: &Arc<Engine>, op: &str, image: ResolvedImage) -> Result<
         let mut parent: Option<SnapshotId> = None;
         let mut chain = KeyBuilder::new("kiln/layer/v1").finish();
         for layer in &image.layers {
-            chain = KeyBuilder::new("kiln/layer/v1").key(&chain).bytes(layer.diff_id.as_bytes()).finish();
+            chain = KeyBuilder::new("kiln/layer/v1")
+                .key(&chain)
+                .bytes(layer.diff_id.as_bytes())
+                .finish();
             if let Some(rec) = store.db().cache_get(chain.as_bytes()).map_err(|e| e.to_string())? {
                 parent = rec.outputs.first().copied().flatten();
                 continue;
@@ -106,16 +118,37 @@ async fn unpack(engine: &Arc<Engine>, op: &str, image: ResolvedImage) -> Result<
         Ok(parent)
     })
     .await?;
-    Ok(OpOutput { staged: vec![], outputs: vec![top], meta })
+    Ok(OpOutput {
+        staged: vec![],
+        outputs: vec![top],
+        meta,
+    })
 }
 
-fn apply(store: &kiln_store::Store, chain: Key, parent: Option<SnapshotId>, layer: &kiln_oci::LayerDesc) -> Result<SnapshotId, String> {
+fn apply(
+    store: &kiln_store::Store,
+    chain: Key,
+    parent: Option<SnapshotId>,
+    layer: &kiln_oci::LayerDesc,
+) -> Result<SnapshotId, String> {
     let staged = store.stage(parent).map_err(|e| e.to_string())?;
     let lowers = store.chain(parent).map_err(|e| e.to_string())?;
     let blob = store.blobs().open_blob(&layer.digest).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
-    kiln_oci::apply_layer(std::io::BufReader::new(blob), &layer.media_type, &staged.diff(), &lowers)
-        .map_err(|e| format!("layer {}: {e}", layer.digest))?;
+    let stats = kiln_oci::apply_layer(
+        std::io::BufReader::new(blob),
+        &layer.media_type,
+        &staged.diff(),
+        &lowers,
+    )
+    .map_err(|e| format!("layer {}: {e}", layer.digest))?;
+    // The layer's snapshot is cached by its uncompressed digest: check it.
+    if stats.diff_id != Some(layer.diff_id) {
+        return Err(format!(
+            "layer {}: its uncompressed content does not match the image config (diff_id {} expected)",
+            layer.digest, layer.diff_id
+        ));
+    }
     let id = staged.id();
     let record = CacheRecord {
         outputs: vec![Some(id)],
@@ -124,6 +157,8 @@ fn apply(store: &kiln_store::Store, chain: Key, parent: Option<SnapshotId>, laye
         created: now_secs(),
         duration_ms: started.elapsed().as_millis() as u64,
     };
-    store.commit(vec![staged], Some((chain.as_bytes(), &record))).map_err(|e| e.to_string())?;
+    store
+        .commit(vec![staged], Some((chain.as_bytes(), &record)))
+        .map_err(|e| e.to_string())?;
     Ok(id)
 }

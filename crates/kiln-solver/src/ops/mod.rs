@@ -45,7 +45,11 @@ impl OpOutput {
     /// One new snapshot as the single output.
     fn single(staged: Staged) -> Self {
         let id = staged.id();
-        OpOutput { staged: vec![staged], outputs: vec![Some(id)], meta: serde_json::Value::Null }
+        OpOutput {
+            staged: vec![staged],
+            outputs: vec![Some(id)],
+            meta: serde_json::Value::Null,
+        }
     }
 }
 
@@ -80,13 +84,28 @@ pub(crate) async fn run(
     let input = |n: usize| inputs[n].output(node.inputs()[n].output);
     let desc = node.op().describe();
     match (node.op(), prepared) {
-        (Op::Scratch, _) => Ok(OpOutput { staged: vec![], outputs: vec![None], meta: serde_json::Value::Null }),
-        (Op::Image { reference, manifest_digest, platform }, _) => {
-            image::pull(engine, reference, manifest_digest, platform).await
-        }
-        (Op::ImageImport { path, tag, manifest_digest, platform }, _) => {
-            image::import(engine, path, tag.as_deref(), manifest_digest, platform).await
-        }
+        (Op::Scratch, _) => Ok(OpOutput {
+            staged: vec![],
+            outputs: vec![None],
+            meta: serde_json::Value::Null,
+        }),
+        (
+            Op::Image {
+                reference,
+                manifest_digest,
+                platform,
+            },
+            _,
+        ) => image::pull(engine, reference, manifest_digest, platform).await,
+        (
+            Op::ImageImport {
+                path,
+                tag,
+                manifest_digest,
+                platform,
+            },
+            _,
+        ) => image::import(engine, path, tag.as_deref(), manifest_digest, platform).await,
         (Op::HostDir { .. }, Prepared::Host(tree)) => host::import(engine, tree).await,
         (Op::HostDir { .. }, Prepared::Nothing) => Err(SolveError::op(desc, "host directory was not scanned")),
         (Op::Exec(exec), _) => {

@@ -1,0 +1,194 @@
+//! Typed errors of the crate. Each message says which operation failed, on
+//! which input, and (where there is one) what to do about it.
+
+use std::io;
+use std::path::PathBuf;
+
+use kiln_store::BlobError;
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A string that is not a valid image reference.
+    #[error("invalid image reference {input:?}: {reason}")]
+    InvalidReference { input: String, reason: String },
+
+    /// A string that is not a valid platform.
+    #[error("invalid platform {input:?}: {reason} (expected os/arch[/variant], e.g. linux/arm64/v8)")]
+    InvalidPlatform { input: String, reason: String },
+
+    /// Pulling from a registry failed. `earlier` lists the failures of
+    /// mirrors that were tried before `host`.
+    #[error("pull {reference} from {host}: {failure}{}", earlier_suffix(.earlier))]
+    Pull {
+        reference: String,
+        host: String,
+        failure: Box<Failure>,
+        earlier: Vec<String>,
+    },
+
+    /// Importing an image from an OCI layout or an archive failed.
+    #[error("import {} from {}: {failure}", .what, .path.display())]
+    Import {
+        what: String,
+        path: PathBuf,
+        failure: Box<Failure>,
+    },
+
+    /// The docker credentials file could not be used.
+    #[error("read registry credentials from {}: {reason} (fix or remove the file, or point DOCKER_CONFIG elsewhere)", .path.display())]
+    Credentials { path: PathBuf, reason: String },
+
+    /// A filesystem operation failed.
+    #[error("{op} {}: {source}", .path.display())]
+    Io {
+        op: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+
+    /// The blob store failed.
+    #[error("{op}: {source}")]
+    Store { op: String, source: BlobError },
+
+    /// A layer entry that would write outside the layer directory, through
+    /// a symlink, or is otherwise unsafe or malformed.
+    #[error("unsafe entry {entry:?} in layer {layer}: {reason}; refusing to extract")]
+    UnsafeEntry {
+        entry: String,
+        layer: String,
+        reason: String,
+    },
+
+    /// Writing one entry of a layer failed.
+    #[error("extract entry {entry:?} of layer {layer}: {op}: {source}")]
+    Extract {
+        entry: String,
+        layer: String,
+        op: &'static str,
+        source: io::Error,
+    },
+
+    /// The layer stream itself is unreadable (bad compression, bad tar).
+    #[error("read layer {layer}: {reason}")]
+    Layer { layer: String, reason: String },
+}
+
+fn earlier_suffix(earlier: &[String]) -> String {
+    if earlier.is_empty() {
+        String::new()
+    } else {
+        format!(" (mirrors tried first: {})", earlier.join("; "))
+    }
+}
+
+/// Why a pull or an import failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The tag or digest is not in the repository.
+    #[error("manifest unknown (check the tag or digest)")]
+    ManifestUnknown,
+    /// The repository does not exist.
+    #[error("repository unknown (check the image name)")]
+    RepositoryUnknown,
+    /// A blob referenced by the manifest is missing.
+    #[error("blob {0} unknown (the image is incomplete; push it again)")]
+    BlobUnknown(String),
+    /// Credentials are missing or rejected.
+    #[error(
+        "unauthorized: {0} (check the credentials for this registry in $DOCKER_CONFIG/config.json or ~/.docker/config.json)"
+    )]
+    Unauthorized(String),
+    /// The registry rate-limits us.
+    #[error("rate limited: {0} (retry later, log in, or configure a mirror)")]
+    RateLimited(String),
+    /// Content does not hash to the digest that names it.
+    #[error(
+        "content digest mismatch: expected {expected}, got {actual} (the content is not what the digest names; check the digest)"
+    )]
+    DigestMismatch { expected: String, actual: String },
+    /// Content is larger or smaller than its descriptor says.
+    #[error("size mismatch for {digest}: descriptor says {expected} bytes, got {actual}")]
+    SizeMismatch { digest: String, expected: u64, actual: u64 },
+    /// An image index has no manifest for the wanted platform.
+    #[error(
+        "no manifest for platform {wanted} in the image index (available: {available}); choose one of those platforms"
+    )]
+    NoMatchingPlatform { wanted: String, available: String },
+    /// An OCI layout or archive has no image with the wanted tag.
+    #[error("tag {tag:?} not found (available: {available})")]
+    TagNotFound { tag: String, available: String },
+    /// Several images and no tag to choose between them.
+    #[error("it holds {count} images ({available}); name one with a tag")]
+    Ambiguous { count: usize, available: String },
+    /// A manifest or media type this crate does not handle.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// Malformed manifest, index or config.
+    #[error("invalid content: {0}")]
+    Invalid(String),
+    /// The registry could not be reached (the message carries a hint).
+    #[error("cannot reach the registry: {0}")]
+    Connect(String),
+    /// Any other error reported by the registry.
+    #[error("registry error {code}: {message}")]
+    Registry { code: String, message: String },
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// The [`Failure`] of a pull or import error, if it is one.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Error::Pull { failure, .. } | Error::Import { failure, .. } => Some(failure),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(op: impl Into<String>, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+        let op = op.into();
+        let path = path.into();
+        move |source| Error::Io { op, path, source }
+    }
+
+    pub(crate) fn store(op: impl Into<String>) -> impl FnOnce(BlobError) -> Error {
+        let op = op.into();
+        move |source| Error::Store { op, source }
+    }
+}
+
+/// Converts a blob-store commit error into a digest mismatch failure when it
+/// is one.
+pub(crate) fn blob_failure(e: BlobError) -> Result<Failure, BlobError> {
+    match e {
+        BlobError::DigestMismatch { expected, actual } => Ok(Failure::DigestMismatch {
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        }),
+        other => Err(other),
+    }
+}
+
+/// Internal: a [`Failure`] (the source could not serve the image; another
+/// source may) or a local [`Error`] that ends the operation.
+pub(crate) enum Fault {
+    Failure(Failure),
+    Fatal(Error),
+}
+
+impl From<Failure> for Fault {
+    fn from(f: Failure) -> Self {
+        Fault::Failure(f)
+    }
+}
+
+impl From<Error> for Fault {
+    fn from(e: Error) -> Self {
+        Fault::Fatal(e)
+    }
+}

@@ -1,0 +1,74 @@
+//! Root-only: images pulled from a real registry on loopback through
+//! kiln's registry client, unpacked into snapshots and run.
+
+mod common;
+
+use common::*;
+use kiln_graph::{Node, Op};
+use kiln_testkit::Registry;
+
+async fn pulled(engine: &std::sync::Arc<kiln_solver::Engine>, reference: &str) -> std::sync::Arc<Node> {
+    let image = engine
+        .resolve_image(reference, None)
+        .await
+        .unwrap_or_else(|e| panic!("resolve {reference}: {e}"));
+    Node::new(
+        Op::Image {
+            reference: reference.into(),
+            manifest_digest: image.manifest_digest.to_string(),
+            platform: image.platform().to_string(),
+        },
+        vec![],
+    )
+}
+
+#[tokio::test]
+async fn root_pull_by_tag_and_by_digest_then_run() {
+    if !require_root() {
+        return;
+    }
+    let registry = Registry::start();
+    let digest = registry.push(&kiln_testkit::busybox_layout(), "busybox:latest");
+    let state = tempfile::tempdir().unwrap();
+    let engine = engine(state.path());
+    let session = engine.session();
+
+    let by_tag = pulled(&engine, &registry.image_ref("busybox:latest")).await;
+    let out = output(&session, &run(&by_tag, "grep ^ID= /etc/os-release")).await;
+    assert_eq!(out, "ID=kiln-busybox\n");
+
+    let by_digest = pulled(&engine, &format!("{}/busybox@{digest}", registry.host())).await;
+    let Op::Image { manifest_digest, .. } = by_digest.op() else {
+        panic!("not an image op")
+    };
+    assert_eq!(manifest_digest, &digest);
+    let solved = session.solve(&by_digest).await.unwrap();
+    assert!(solved.cached, "the same image by digest must hit the cache");
+
+    let missing = engine
+        .resolve_image(&registry.image_ref("busybox:nope"), None)
+        .await
+        .unwrap_err();
+    assert!(missing.to_string().contains("busybox:nope"), "{missing}");
+}
+
+#[tokio::test]
+async fn root_layered_image_honours_whiteouts_and_opaque_dirs() {
+    if !require_root() {
+        return;
+    }
+    let registry = Registry::start();
+    registry.push(&kiln_testkit::layered_layout(), "layered:latest");
+    let state = tempfile::tempdir().unwrap();
+    let engine = engine(state.path());
+    let image = pulled(&engine, &registry.image_ref("layered:latest")).await;
+    let out = output(
+        &engine.session(),
+        &run(&image, "cd /data && ls -A . opaque && cat keep link hard opaque/c new"),
+    )
+    .await;
+    assert_eq!(
+        out,
+        ".:\nhard\nkeep\nlink\nnew\nopaque\n\nopaque:\nc\nkeep\nkeep\nkeep\nc\nnew\n"
+    );
+}

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Prepare a machine (Debian 12, root) for kiln's tests. Idempotent.
+#
+#   scripts/setup.sh                  install Debian packages, build fixtures
+#   scripts/setup.sh --debian         ... and the debootstrap debian fixture
+#   scripts/setup.sh --fixtures-only  skip apt (used by kiln-testkit)
+#   scripts/setup.sh --force          rebuild fixtures even if cached
+#
+# KILN_FIXTURE_DEBIAN=1 is the same as --debian. Fixtures go to
+# ${KILN_CACHE_DIR:-<repo>/.cache}/fixtures (see scripts/fixtures/build.py).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${KILN_CACHE_DIR:-$REPO/.cache}"
+
+apt_wanted=1
+debian="${KILN_FIXTURE_DEBIAN:-0}"
+force=0
+for arg in "$@"; do
+  case "$arg" in
+    --fixtures-only) apt_wanted=0 ;;
+    --debian) debian=1 ;;
+    --force) force=1 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+# --- Debian packages -------------------------------------------------------
+PACKAGES=(
+  # container runtimes
+  crun runc
+  # fixtures: busybox rootfs, debian rootfs, OCI tooling
+  busybox-static debootstrap debian-archive-keyring gpgv wget
+  skopeo umoci zstd gzip tar python3 ca-certificates
+  # loopback registry and its htpasswd files
+  docker-registry apache2-utils
+  # flock, unshare, mount, ip (netns/veth for services)
+  util-linux mount iproute2
+  # building the workspace (C parts of zstd-sys etc.) and git sources
+  gcc libc6-dev make pkg-config git
+)
+
+if [[ $apt_wanted == 1 ]]; then
+  missing=()
+  for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+      missing+=("$p")
+    fi
+  done
+  if ((${#missing[@]})); then
+    if [[ $(id -u) != 0 ]]; then
+      say "missing packages: ${missing[*]}; run as root to install them"
+      exit 1
+    fi
+    say "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    say "Debian packages present"
+  fi
+  # The packaged registry service is not used (tests start their own on a
+  # free loopback port). If installing the package just started it on :5000,
+  # stop and disable it again.
+  if [[ " ${missing[*]:-} " == *" docker-registry "* ]]; then
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
+      systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    elif [[ -x /etc/init.d/docker-registry ]]; then
+      /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
+      command -v update-rc.d >/dev/null 2>&1 && update-rc.d docker-registry disable >/dev/null 2>&1 || true
+    fi
+  fi
+fi
+
+# --- Fixtures ----------------------------------------------------------------
+PY=python3
+[[ -x /usr/bin/python3 ]] && PY=/usr/bin/python3
+mkdir -p "$CACHE/fixtures"
+
+build_args=(--out "$CACHE/fixtures")
+[[ $debian == 1 ]] && build_args+=(--debian)
+[[ $force == 1 ]] && build_args+=(--force)
+
+start=$(date +%s%N)
+if [[ "${KILN_FIXTURES_LOCK_HELD:-0}" == 1 ]]; then
+  # kiln-testkit already holds the lock on $CACHE/fixtures.lock.
+  "$PY" "$REPO/scripts/fixtures/build.py" "${build_args[@]}"
+else
+  # Serialise concurrent builders (parallel test binaries, a second shell).
+  exec 9>"$CACHE/fixtures.lock"
+  flock 9
+  "$PY" "$REPO/scripts/fixtures/build.py" "${build_args[@]}"
+  flock -u 9
+  exec 9>&-
+fi
+end=$(date +%s%N)
+ms=$(((end - start) / 1000000))
+say "fixtures ready in $CACHE/fixtures ($((ms / 1000)).$(printf '%03d' $((ms % 1000)))s)"
