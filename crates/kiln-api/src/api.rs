@@ -57,6 +57,11 @@ impl Registry {
     pub fn add(&mut self, ty: &'static str, field: &'static str, r: Resolver) {
         self.0.insert((ty, field), r);
     }
+
+    /// Whether `ty.field` has a resolver.
+    pub fn contains(&self, ty: &str, field: &str) -> bool {
+        self.0.keys().any(|(t, f)| *t == ty && *f == field)
+    }
 }
 
 /// Wraps an async resolver function into a [`Resolver`].

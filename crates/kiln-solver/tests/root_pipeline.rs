@@ -346,3 +346,36 @@ async fn child_hanging_exec() {
     let node = run(&base, "echo partial > /partial; sleep 600 # kiln-hang-marker");
     let _ = engine.session().solve(&node).await;
 }
+
+#[tokio::test]
+async fn root_very_deep_layer_stacks_are_flattened_for_execs() {
+    if !require_root() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let engine = engine(state.path());
+    let mut top = busybox(&engine).await;
+    // More layers than overlayfs mounts in one stack (kiln_store::MAX_MOUNT_DEPTH).
+    for i in 0..(kiln_store::MAX_MOUNT_DEPTH + 5) {
+        top = Node::new(
+            Op::MkFile {
+                path: format!("/layers/{i}"),
+                contents: format!("{i}\n"),
+                mode: 0o644,
+                owner: None,
+            },
+            vec![top.output(0)],
+        );
+    }
+    let last = kiln_store::MAX_MOUNT_DEPTH + 4;
+    let out = output(
+        &engine.session(),
+        &run(&top, &format!("cat /layers/0 /layers/{last}; ls /layers | wc -l")),
+    )
+    .await;
+    assert_eq!(out, format!("0\n{last}\n{}\n", last + 1));
+    // One busybox layer, one layer per file, the exec's layer, and the
+    // flattened copy of the deep stack that the exec mounted.
+    let snapshots = fs::read_dir(state.path().join("s")).unwrap().count() as u32;
+    assert_eq!(snapshots, 1 + (kiln_store::MAX_MOUNT_DEPTH + 5) + 1 + 1);
+}
