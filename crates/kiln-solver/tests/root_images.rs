@@ -72,3 +72,28 @@ async fn root_layered_image_honours_whiteouts_and_opaque_dirs() {
         ".:\nhard\nkeep\nlink\nnew\nopaque\n\nopaque:\nc\nkeep\nkeep\nkeep\nc\nnew\n"
     );
 }
+
+#[tokio::test]
+async fn root_debian_image_runs_its_tools_as_its_users() {
+    if !require_root() {
+        return;
+    }
+    let layout = kiln_testkit::debian_layout();
+    let state = tempfile::tempdir().unwrap();
+    let engine = engine(state.path());
+    let image = engine.load_image(layout.to_str().unwrap(), None, None).await.unwrap();
+    let debian = Node::new(
+        Op::ImageImport {
+            path: layout.to_str().unwrap().into(),
+            tag: None,
+            manifest_digest: image.manifest_digest.to_string(),
+            platform: image.platform().to_string(),
+        },
+        vec![],
+    );
+    let mut e = exec("cat /etc/debian_version | cut -d. -f1; id -un; python3 -c 'print(6 * 7)'");
+    e.env = vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()];
+    e.user = "nobody".into();
+    let out = output(&engine.session(), &Node::new(Op::Exec(e), vec![debian.output(0)])).await;
+    assert_eq!(out, "12\nnobody\n42\n");
+}
