@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_measured(cmd, env=None, stdin=None, cwd=None):
-    """Runs cmd, returns (seconds, peak RSS in KiB, stdout)."""
+    """Runs cmd, returns (seconds, stdout)."""
     start = time.perf_counter()
     p = subprocess.Popen(
         cmd, env=env, cwd=cwd, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
@@ -38,9 +38,11 @@ def run_measured(cmd, env=None, stdin=None, cwd=None):
     )
     out, err = p.communicate(stdin.encode() if stdin else None)
     elapsed = time.perf_counter() - start
-    # ru_maxrss of children reaped so far: measure in a fresh child process.
     if p.returncode != 0:
-        sys.exit(f"benchmark command failed ({p.returncode}): {' '.join(cmd)}\n{err.decode()[-3000:]}")
+        sys.exit(
+            f"benchmark command failed ({p.returncode}): {' '.join(cmd)}\n"
+            f"{out.decode()[-3000:]}\n{err.decode()[-3000:]}"
+        )
     return elapsed, out.decode()
 
 
@@ -60,7 +62,7 @@ def peak_rss_kib(cmd, env=None, stdin=None):
 
 def chain_query(image, steps, nonce, kind="exec"):
     q = f'container {{ from(address: "{image}") {{ withEnvVariable(name: "NONCE", value: "{nonce}") {{ '
-    close = "} }"
+    close = "} } }"
     for i in range(steps):
         if kind == "exec":
             q += f'withExec(args: ["true", "{i}"]) {{ '
@@ -168,7 +170,7 @@ def table(rows):
     lines = ["| benchmark | value | peak RSS |", "|---|---|---|"]
     for name, value, rss in rows:
         unit = "x" if "ratio" in name else "ms"
-        v = f"{value:.2f} {unit}" if unit == "x" else f"{value:.1f} ms"
+        v = f"{value:.2f} x" if unit == "x" else (f"{value:.3f} ms" if value < 10 else f"{value:.1f} ms")
         r = f"{rss / 1024:.1f} MiB" if rss else ""
         lines.append(f"| {name} | {v} | {r} |")
     return "\n".join(lines)

@@ -22,6 +22,9 @@ use crate::values::Object as ApiObject;
 /// The Dagger core schema kiln serves (derived by scripts/gen-schema.py).
 pub const SDL: &str = include_str!("../schema/dagger-core.graphqls");
 
+/// How deeply a query may nest (chained calls).
+pub const MAX_QUERY_DEPTH: usize = 1024;
+
 const BUILTIN_SCALARS: [&str; 5] = ["String", "Int", "Float", "Boolean", "ID"];
 
 fn type_ref(ty: &Type) -> TypeRef {
@@ -135,7 +138,9 @@ pub fn build(api: Arc<Api>) -> Result<Schema, SchemaError> {
             _ => None,
         })
         .collect();
-    let mut builder = Schema::build("Query", None, None);
+    // SDK queries nest one level per chained call (a 100-step pipeline is a
+    // 100-deep query); the parser's default limit of 32 is far too low.
+    let mut builder = Schema::build("Query", None, None).limit_recursive_depth(MAX_QUERY_DEPTH);
     for def in &doc {
         let TypeSystemDefinition::Type(t) = def else { continue };
         let t = &t.node;

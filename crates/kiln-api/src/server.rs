@@ -53,6 +53,9 @@ pub fn new_token() -> std::io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The nesting depth the GraphQL parser (async-graphql-parser) accepts.
+const PARSER_DEPTH: usize = 64;
+
 const LENIENT: GeneralPurposeConfig =
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
 
@@ -99,8 +102,7 @@ async fn query(State(server): State<Server>, headers: HeaderMap, body: Bytes) ->
             return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
         }
     };
-    let response = server.schema.execute(request).await;
-    axum::Json(response).into_response()
+    axum::Json(server.run(request).await).into_response()
 }
 
 impl Server {
@@ -114,7 +116,20 @@ impl Server {
 
     /// Runs one GraphQL request in-process (for `kiln query`).
     pub async fn execute(&self, query: &str) -> async_graphql::Response {
-        self.schema.execute(async_graphql::Request::new(query)).await
+        self.run(async_graphql::Request::new(query)).await
+    }
+
+    async fn run(&self, request: async_graphql::Request) -> async_graphql::Response {
+        let mut response = self.schema.execute(request).await;
+        for e in &mut response.errors {
+            if e.message == "recursion limit exceeded." {
+                e.message = format!(
+                    "the query nests more than {PARSER_DEPTH} levels deep, the limit of kiln's GraphQL parser: \
+                     split long chains (e.g. call sync() and continue from the returned ID)"
+                );
+            }
+        }
+        response
     }
 
     /// Starts listening on 127.0.0.1 (port 0: any free port).

@@ -139,8 +139,9 @@ impl BlobWriter {
     /// Verifies the content against `expected` (if given) and makes the blob
     /// visible under its digest. A mismatch discards the data.
     pub fn commit(mut self, expected: Option<&Digest>) -> Result<Digest, BlobError> {
+        // No fsync here: the store syncs the filesystem before it makes the
+        // records that refer to blobs durable (Store::flush).
         self.file.flush().map_err(io_err(&self.path))?;
-        self.file.sync_data().map_err(io_err(&self.path))?;
         let actual = Digest::from_bytes(self.hasher.clone().finalize().into());
         if let Some(expected) = expected
             && *expected != actual

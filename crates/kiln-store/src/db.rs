@@ -140,13 +140,25 @@ impl Db {
         t.len().map_err(|e| StoreError::db("cache count", e))
     }
 
-    /// Atomically records new snapshots and a cache record.
+    /// Makes every earlier commit durable (one fsync of the database).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| StoreError::db("flush", e))?;
+        tx.commit().map_err(|e| StoreError::db("flush", e))
+    }
+
+    /// Atomically records new snapshots and a cache record. The commit is
+    /// not fsynced: [`Db::flush`] makes it durable, and a crash before that
+    /// rolls the database back to the last flush as a whole.
     pub fn commit(
         &self,
         snapshots: &[(SnapshotId, SnapshotRecord)],
         cache: Option<(&[u8; 32], &CacheRecord)>,
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(|e| StoreError::db("record result", e))?;
+        let mut tx = self.db.begin_write().map_err(|e| StoreError::db("record result", e))?;
+        tx.set_durability(redb::Durability::None).map_err(|e| StoreError::Db {
+            op: "record result",
+            message: e.to_string(),
+        })?;
         {
             let mut t = tx
                 .open_table(SNAPSHOTS)

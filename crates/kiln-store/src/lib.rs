@@ -19,7 +19,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use blobs::{BlobError, BlobStore, BlobWriter};
 pub use copy::{CopyError, CopyOptions, CopyStats, copy_tree, prepare_parents, whiteout};
@@ -86,8 +86,13 @@ pub struct Store {
     db: Db,
     next_id: AtomicU64,
     records: Mutex<HashMap<SnapshotId, SnapshotRecord>>,
+    last_flush: Mutex<Instant>,
     _lock: File,
 }
+
+/// How long a commit may stay non-durable: a crash loses at most this much
+/// recorded work (which then simply runs again).
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Store {
     /// Opens (creating if needed) the state directory `root`, takes its lock,
@@ -139,6 +144,7 @@ impl Store {
             db,
             next_id: AtomicU64::new(max + 1),
             records: Mutex::new(HashMap::new()),
+            last_flush: Mutex::new(Instant::now()),
             _lock: lock,
         })
     }
@@ -205,10 +211,27 @@ impl Store {
             ));
         }
         self.db.commit(&records, cache)?;
-        let mut cached = self.records.lock().expect("records lock");
-        for (id, rec) in records {
-            cached.insert(id, rec);
+        {
+            let mut cached = self.records.lock().expect("records lock");
+            for (id, rec) in records {
+                cached.insert(id, rec);
+            }
         }
+        if self.last_flush.lock().expect("flush lock").elapsed() >= FLUSH_INTERVAL {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything recorded so far durable: syncs the state
+    /// directory's filesystem (snapshot files, blobs), then commits the
+    /// database durably, so a durable record never points at lost data.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let mut last = self.last_flush.lock().expect("flush lock");
+        let dir = File::open(&self.root).map_err(StoreError::io(&self.root))?;
+        rustix::fs::syncfs(&dir).map_err(|e| StoreError::io(&self.root)(e.into()))?;
+        self.db.flush()?;
+        *last = Instant::now();
         Ok(())
     }
 
@@ -273,6 +296,14 @@ impl Store {
         };
         self.commit(vec![staged], Some((&key, &record)))?;
         Ok(vec![self.layer_dir(flat)])
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!("flushing the state directory on exit: {e}");
+        }
     }
 }
 

@@ -91,7 +91,12 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Deeply chained queries resolve recursively: give threads room.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(16 << 20)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("kiln: cannot start the async runtime: {e}");
@@ -151,6 +156,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("running {:?}", command[0]))?;
             handle.stop().await;
             printer.abort();
+            flush(&engine);
             if cli.progress != Progress::Quiet {
                 eprintln!("{}", progress::summary(&engine.stats(), started.elapsed()));
             }
@@ -172,6 +178,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             handle.stop().await;
             printer.abort();
+            flush(&engine);
             Ok(ExitCode::SUCCESS)
         }
         Command::Query { file } => {
@@ -191,9 +198,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let engine = open_engine(&cli)?;
             let printer = progress::spawn(cli.progress, engine.events().subscribe());
             let cwd = std::env::current_dir().context("reading the working directory")?;
-            let server = Server::new(Api::new(engine, cwd), String::new()).context("building the schema")?;
+            let server = Server::new(Api::new(engine.clone(), cwd), String::new()).context("building the schema")?;
             let response = server.execute(&query).await;
             printer.abort();
+            flush(&engine);
             let mut out = std::io::stdout().lock();
             // A closed pipe (`kiln query | head`) is not an error worth reporting.
             let _ = writeln!(out, "{}", serde_json::to_string_pretty(&response)?);
@@ -203,6 +211,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+/// Makes the session's cache records durable before exiting.
+fn flush(engine: &Engine) {
+    if let Err(e) = engine.store().flush() {
+        eprintln!("kiln: warning: could not make the cache durable: {e}");
     }
 }
 
