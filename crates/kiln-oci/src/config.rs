@@ -36,6 +36,10 @@ pub struct RegistryConfig {
     pub docker_config: Option<PathBuf>,
     /// Parallel layer downloads per image (0 means the default, 4).
     pub max_concurrent_downloads: usize,
+    /// Registries with mirrors are only reached through them: when every
+    /// mirror fails, the pull fails instead of going to the registry
+    /// (for air-gapped machines and hermetic tests).
+    pub mirrors_only: bool,
 }
 
 impl RegistryConfig {
@@ -50,7 +54,8 @@ impl RegistryConfig {
             })
     }
 
-    /// The hosts to try for `registry`, in order: its mirrors, then itself.
+    /// The hosts to try for `registry`, in order: its mirrors, then itself
+    /// (unless `mirrors_only` and it has mirrors).
     pub fn sources(&self, registry: &str) -> Vec<String> {
         let key = canonical_registry(registry);
         let mut out: Vec<String> = self
@@ -60,7 +65,9 @@ impl RegistryConfig {
             .flat_map(|(_, v)| v.iter().map(|m| strip_scheme(m).0.trim_end_matches('/').to_string()))
             .filter(|m| !m.is_empty())
             .collect();
-        out.push(registry.to_string());
+        if out.is_empty() || !self.mirrors_only {
+            out.push(registry.to_string());
+        }
         let mut seen = std::collections::HashSet::new();
         out.retain(|h| seen.insert(h.clone()));
         out
@@ -165,6 +172,19 @@ mod tests {
         );
         assert_eq!(c.sources("ghcr.io"), ["ghcr.io"]);
         assert!(toml::from_str::<RegistryConfig>("mirror = {}").is_err());
+        let strict = RegistryConfig {
+            mirrors_only: true,
+            ..c
+        };
+        assert_eq!(
+            strict.sources("docker.io"),
+            ["127.0.0.1:5001", "mirror.internal", "m2.example.com"]
+        );
+        assert_eq!(
+            strict.sources("ghcr.io"),
+            ["ghcr.io"],
+            "registries without mirrors are still reachable"
+        );
     }
 
     #[test]

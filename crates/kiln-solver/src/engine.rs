@@ -191,11 +191,8 @@ impl Engine {
             Ok(out) => out,
             Err(e) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                self.events.emit(
-                    node.digest(),
-                    &description,
-                    EventKind::Failed { message: e.to_string() },
-                );
+                self.events
+                    .emit(node.digest(), &description, EventKind::Failed { message: e.report() });
                 return Err(e);
             }
         };

@@ -39,7 +39,7 @@ pub enum StoreError {
     #[error("state directory {}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error(
-        "state directory {} is in use by another kiln process; stop it or use another --state-dir",
+        "state directory {} stayed in use by another kiln process; stop it or use another --state-dir",
         .0.display()
     )]
     Locked(PathBuf),
@@ -110,8 +110,7 @@ impl Store {
             .write(true)
             .open(&lock_path)
             .map_err(StoreError::io(&lock_path))?;
-        rustix::fs::flock(lock.as_fd(), rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|_| StoreError::Locked(root.clone()))?;
+        lock_exclusive(&lock, &lock_path, &root)?;
 
         // Anything staged by a previous process is garbage now.
         let tmp = root.join("tmp");
@@ -299,6 +298,38 @@ impl Store {
     }
 }
 
+/// How long opening a state directory waits for another kiln process to
+/// release it.
+pub const LOCK_WAIT: Duration = Duration::from_secs(300);
+
+/// Takes the state directory's lock, waiting (and saying so) while another
+/// process holds it; records our pid in the lock file for the next waiter.
+fn lock_exclusive(lock: &File, lock_path: &Path, root: &Path) -> Result<(), StoreError> {
+    use rustix::fs::{FlockOperation, flock};
+    let started = Instant::now();
+    let mut announced = false;
+    while flock(lock.as_fd(), FlockOperation::NonBlockingLockExclusive).is_err() {
+        if started.elapsed() >= LOCK_WAIT {
+            return Err(StoreError::Locked(root.to_path_buf()));
+        }
+        if !announced {
+            let holder = fs::read_to_string(lock_path).unwrap_or_default();
+            tracing::warn!(
+                "waiting for state directory {} (in use by kiln pid {})",
+                root.display(),
+                holder.trim()
+            );
+            announced = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut f = lock;
+    let _ = f
+        .set_len(0)
+        .and_then(|_| std::io::Write::write_all(&mut f, std::process::id().to_string().as_bytes()));
+    Ok(())
+}
+
 impl Drop for Store {
     fn drop(&mut self) {
         if let Err(e) = self.flush() {
@@ -312,4 +343,32 @@ fn flatten_key(id: SnapshotId) -> [u8; 32] {
     key[..8].copy_from_slice(b"flatten:");
     key[8..16].copy_from_slice(&id.0.to_le_bytes());
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_opener_waits_for_the_first_to_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let path = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let store = Store::open(&path);
+            tx.send(()).unwrap();
+            store.map(|_| ())
+        });
+        // Still waiting while the first store is open.
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        assert_eq!(
+            fs::read_to_string(dir.path().join("lock")).unwrap(),
+            std::process::id().to_string()
+        );
+        drop(first);
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the second opener got the lock");
+        waiter.join().unwrap().unwrap();
+    }
 }

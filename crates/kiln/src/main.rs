@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use kiln_api::server::new_token;
 use kiln_api::{Api, Server};
 use kiln_solver::{Engine, EngineConfig};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
 use crate::progress::Progress;
@@ -147,17 +148,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let started = Instant::now();
             let (engine, handle) = serve(&cli).await?;
             let printer = progress::spawn(cli.progress, engine.events().subscribe());
-            let status = tokio::process::Command::new(&command[0])
+            let failures = progress::Failures::listen(engine.events().subscribe());
+            let mut child = tokio::process::Command::new(&command[0])
                 .args(&command[1..])
                 .env("DAGGER_SESSION_PORT", handle.port.to_string())
                 .env("DAGGER_SESSION_TOKEN", &handle.token)
-                .status()
-                .await
+                .spawn()
                 .with_context(|| format!("running {:?}", command[0]))?;
+            let status = wait_forwarding_signals(&mut child).await?;
             handle.stop().await;
             printer.abort();
             flush(&engine);
             if cli.progress != Progress::Quiet {
+                for failure in failures.take() {
+                    eprintln!("\n{failure}");
+                }
                 eprintln!("{}", progress::summary(&engine.stats(), started.elapsed()));
             }
             Ok(exit_code(status))
@@ -170,12 +175,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             writeln!(stdout, "{line}")
                 .and_then(|_| stdout.flush())
                 .context("writing the session line")?;
-            // The SDK ends the session by closing our stdin.
-            tokio::task::spawn_blocking(|| {
+            // SDKs end the session by closing our stdin (Python, Rust) or
+            // with SIGTERM (TypeScript): both are a normal end.
+            let stdin_closed = tokio::task::spawn_blocking(|| {
                 let mut sink = Vec::new();
                 let _ = std::io::stdin().read_to_end(&mut sink);
-            })
-            .await?;
+            });
+            let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+            let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+            tokio::select! {
+                _ = stdin_closed => {}
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
             handle.stop().await;
             printer.abort();
             flush(&engine);
@@ -210,6 +222,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+    }
+}
+
+/// Waits for the pipeline program. SIGTERM to kiln is passed on to it; on
+/// SIGINT (Ctrl-C, which the terminal also sends to the program) kiln keeps
+/// waiting, so that it can clean up after the program stops.
+async fn wait_forwarding_signals(child: &mut tokio::process::Child) -> anyhow::Result<std::process::ExitStatus> {
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    loop {
+        tokio::select! {
+            status = child.wait() => return status.context("waiting for the pipeline program"),
+            _ = term.recv() => {
+                if let Some(pid) = child.id() {
+                    // SAFETY: kill(2) on our own child's pid.
+                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                }
+            }
+            _ = int.recv() => {}
         }
     }
 }

@@ -51,6 +51,32 @@ pub fn spawn(mode: Progress, mut events: broadcast::Receiver<Event>) -> tokio::t
     })
 }
 
+/// Full reports of the operations that fail, drained at the end of a run.
+pub struct Failures(broadcast::Receiver<Event>);
+
+impl Failures {
+    /// Listens from now on.
+    pub fn listen(events: broadcast::Receiver<Event>) -> Self {
+        Self(events)
+    }
+
+    /// The reports (command, exit code, output tail) of every failure seen.
+    pub fn take(mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            match self.0.try_recv() {
+                Ok(Event {
+                    description,
+                    kind: EventKind::Failed { message },
+                    ..
+                }) => out.push(format!("FAILED {description}\n{message}")),
+                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => return out,
+            }
+        }
+    }
+}
+
 /// The one-line summary at the end of a run.
 pub fn summary(stats: &Stats, wall: Duration) -> String {
     format!(
