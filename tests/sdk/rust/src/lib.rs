@@ -1,0 +1,1 @@
+//! Empty: the checks live in tests/sdk.rs.
