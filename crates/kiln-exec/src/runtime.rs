@@ -73,10 +73,23 @@ pub struct RunSpec {
     pub trees: Vec<TreeMount>,
     /// tmpfs mounts.
     pub tmpfs: Vec<String>,
+    /// Host paths bound into the container (cache volumes, secret files).
+    pub binds: Vec<Bind>,
     /// The process.
     pub process: ProcessSpec,
     /// Bytes for the process's stdin.
     pub stdin: Option<Vec<u8>>,
+}
+
+/// A host path bound into the container.
+#[derive(Debug, Clone)]
+pub struct Bind {
+    /// Host path (file or directory).
+    pub source: PathBuf,
+    /// Path in the container.
+    pub target: String,
+    /// Mount read-only.
+    pub readonly: bool,
 }
 
 /// An overlay stack mounted into the container.
@@ -214,6 +227,13 @@ impl Runtime {
         }
         for target in &spec.tmpfs {
             mounts.push(ContainerMount::Tmpfs { target: target.clone() });
+        }
+        for b in &spec.binds {
+            mounts.push(ContainerMount::Bind {
+                source: b.source.clone(),
+                target: b.target.clone(),
+                readonly: b.readonly,
+            });
         }
         let oci = spec::build(rootfs, &spec.process, &mounts, "kiln").map_err(|source| ExecError::Spec {
             id: spec.id.clone(),

@@ -47,6 +47,7 @@ fn spec(dir: &Path, id: &str, base: &Path, args: &[&str]) -> RunSpec {
         },
         trees: vec![],
         tmpfs: vec![],
+        binds: vec![],
         process: ProcessSpec {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: vec!["PATH=/bin".into(), "GREETING=hello world".into()],

@@ -15,4 +15,4 @@ mod op;
 
 pub use key::{Key, KeyBuilder};
 pub use node::{GraphError, Input, Node, cache_key, canonical};
-pub use op::{Exec, ExitExpectation, Mount, Op, Owner, SourcePolicy};
+pub use op::{CacheSharing, Exec, ExitExpectation, Mount, Op, Owner, SecretEnv, SecretRef, SourcePolicy};

@@ -154,6 +154,7 @@ mod tests {
                 mounts: vec![],
                 stdin: None,
                 expect: ExitExpectation::Success,
+                ..Default::default()
             }),
             vec![rootfs.output(0)],
         )

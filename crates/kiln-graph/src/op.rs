@@ -126,7 +126,7 @@ impl ExitExpectation {
 }
 
 /// A process to run in a container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Exec {
     /// argv; `args[0]` is looked up in `PATH` of `env` when not absolute.
     pub args: Vec<String>,
@@ -142,6 +142,50 @@ pub struct Exec {
     pub stdin: Option<String>,
     /// Which exit codes count as success.
     pub expect: ExitExpectation,
+    /// Environment variables whose values are secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<SecretEnv>,
+    /// A file of the container whose contents are the process's stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_path: Option<String>,
+    /// A file of the container that receives the process's stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_stdout: Option<String>,
+    /// A file of the container that receives the process's stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_stderr: Option<String>,
+}
+
+/// A secret, as the graph knows it: by name and by a keyed hash of its value
+/// (the plaintext lives only in engine memory).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SecretRef {
+    /// The secret's name.
+    pub name: String,
+    /// Keyed BLAKE3 hash of the value, hex (changes when the value does).
+    pub digest: String,
+}
+
+/// An environment variable set from a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretEnv {
+    /// Variable name.
+    pub name: String,
+    /// The secret.
+    pub secret: SecretRef,
+}
+
+/// How concurrent execs share a cache volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheSharing {
+    /// Everyone mounts the same directory at once.
+    #[default]
+    Shared,
+    /// An exec gets a directory no other running exec uses.
+    Private,
+    /// One exec at a time; others wait.
+    Locked,
 }
 
 /// A mount in an exec's container.
@@ -164,6 +208,31 @@ pub enum Mount {
     Tmpfs {
         /// Absolute path in the container.
         target: String,
+    },
+    /// A persistent cache volume, shared by key; its contents never enter a
+    /// snapshot or a cache key.
+    Cache {
+        /// Absolute path in the container.
+        target: String,
+        /// The volume's key.
+        key: String,
+        /// How concurrent execs share it.
+        sharing: CacheSharing,
+        /// Owner given to a new volume's root.
+        owner: Option<Owner>,
+        /// Input whose tree (at `source_path`) seeds a new volume.
+        source: Option<(usize, String)>,
+    },
+    /// A secret as a read-only file (in memory, never on disk).
+    Secret {
+        /// Absolute path in the container.
+        target: String,
+        /// The secret.
+        secret: SecretRef,
+        /// Permission bits.
+        mode: u32,
+        /// Owner (root when absent).
+        owner: Option<Owner>,
     },
 }
 
@@ -247,6 +316,7 @@ mod tests {
             mounts: vec![],
             stdin: None,
             expect: ExitExpectation::Success,
+            ..Default::default()
         });
         assert_eq!(op.describe(), r#"exec sh -c 'echo '\''hi'\'''"#);
     }

@@ -11,11 +11,13 @@ use futures::future::{BoxFuture, Shared, try_join_all};
 use kiln_exec::Runtime;
 use kiln_graph::{Key, Node, Op, SourcePolicy, cache_key};
 use kiln_oci::{Registry, RegistryConfig};
-use kiln_store::{CacheRecord, Store, now_secs};
+use kiln_store::{CacheRecord, Store, Volumes, now_secs};
 use tokio::sync::Semaphore;
 
 use crate::events::{EventKind, Events};
 use crate::ops::{self, OpOutput, Prepared};
+use crate::secrets::Secrets;
+use crate::volumes::VolumeLeases;
 use crate::{SolveError, Solved};
 
 type SharedSolve = Shared<BoxFuture<'static, Result<Arc<Solved>, SolveError>>>;
@@ -63,6 +65,8 @@ pub struct Engine {
     pub(crate) runtime: Runtime,
     pub(crate) registry: Registry,
     pub(crate) exec_slots: Semaphore,
+    pub(crate) secrets: Arc<Secrets>,
+    pub(crate) volumes: Arc<VolumeLeases>,
     events: Events,
     inflight: Mutex<HashMap<Key, SharedSolve>>,
     counters: Counters,
@@ -79,11 +83,16 @@ impl Engine {
             tracing::info!(container = %id, "removed a container left by an interrupted run");
         }
         let registry = Registry::new(config.registry.clone());
+        let secrets = Secrets::open(store.root()).map_err(|e| SolveError::op("open secrets key", e))?;
+        let volumes =
+            Volumes::open(store.root().join("volumes")).map_err(|e| SolveError::op("open cache volumes", e))?;
         Ok(Arc::new(Self {
             store: Arc::new(store),
             runtime,
             registry,
             exec_slots: Semaphore::new(config.parallelism.max(1)),
+            secrets: Arc::new(secrets),
+            volumes: VolumeLeases::new(volumes),
             events: Events::default(),
             inflight: Mutex::new(HashMap::new()),
             counters: Counters::default(),
@@ -108,6 +117,16 @@ impl Engine {
     /// Progress events.
     pub fn events(&self) -> &Events {
         &self.events
+    }
+
+    /// The secrets of this engine (plaintext in memory only).
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// The cache volumes.
+    pub fn volumes(&self) -> &Volumes {
+        self.volumes.volumes()
     }
 
     /// What the engine did so far.
@@ -166,7 +185,8 @@ impl Engine {
         prepared: Prepared,
         inputs: Vec<Arc<Solved>>,
     ) -> Result<Arc<Solved>, SolveError> {
-        let description = node.op().describe();
+        // Descriptions hold args, which may hold a secret value.
+        let description = self.secrets.scrub(&node.op().describe());
         if let Some(record) = self
             .store
             .db()
@@ -191,8 +211,13 @@ impl Engine {
             Ok(out) => out,
             Err(e) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                self.events
-                    .emit(node.digest(), &description, EventKind::Failed { message: e.report() });
+                self.events.emit(
+                    node.digest(),
+                    &description,
+                    EventKind::Failed {
+                        message: self.secrets.scrub(&e.report()),
+                    },
+                );
                 return Err(e);
             }
         };

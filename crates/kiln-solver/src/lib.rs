@@ -11,8 +11,11 @@ mod error;
 mod events;
 mod ops;
 mod result;
+pub mod secrets;
+pub mod volumes;
 
 pub use engine::{Engine, EngineConfig, Session, Stats};
 pub use error::SolveError;
 pub use events::{Event, EventKind, Events};
 pub use result::{ExecMeta, Solved};
+pub use secrets::Secrets;

@@ -296,7 +296,7 @@ fn root_kill_9_during_exec_then_clean_rerun() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let runtime_state = state.path().join("run/runtime");
+    let runtime_state = kiln_store::volatile_dir(state.path()).0.join("runtime");
     let started = (0..600).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(100));
         fs::read_dir(&runtime_state).is_ok_and(|d| {

@@ -11,6 +11,7 @@ pub mod filter;
 pub mod host;
 pub mod merged;
 pub mod snapshots;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -28,6 +29,7 @@ pub use digest::Digest;
 pub use filter::{FilterError, PathFilter};
 pub use merged::MergedView;
 pub use snapshots::{SnapshotId, Staged};
+pub use volumes::{VolumeInfo, Volumes};
 
 /// Chains deeper than this are flattened into one layer before mounting
 /// (overlayfs limits the number of lower layers and the mount option size).
@@ -87,7 +89,25 @@ pub struct Store {
     next_id: AtomicU64,
     records: Mutex<HashMap<SnapshotId, SnapshotRecord>>,
     last_flush: Mutex<Instant>,
+    run_dir: PathBuf,
+    run_dir_in_memory: bool,
     _lock: File,
+}
+
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+
+/// Where per-exec runtime state (bundles, runtime state, secret files)
+/// lives: a directory in /dev/shm (tmpfs) named after the state dir, or
+/// `<state>/run` when no tmpfs is available.
+pub fn volatile_dir(root: &Path) -> (PathBuf, bool) {
+    let shm = Path::new("/dev/shm");
+    let in_memory = rustix::fs::statfs(shm).is_ok_and(|s| s.f_type as u64 == TMPFS_MAGIC);
+    if in_memory {
+        let tag = blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex();
+        (shm.join(format!("kiln-{}", &tag[..16])), true)
+    } else {
+        (root.join("run"), false)
+    }
 }
 
 /// How long a commit may stay non-durable: a crash loses at most this much
@@ -99,7 +119,7 @@ impl Store {
     /// and cleans what an interrupted process left behind.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
-        for sub in ["s", "tmp", "empty", "run"] {
+        for sub in ["s", "tmp", "empty"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(StoreError::io(&p))?;
         }
@@ -117,6 +137,10 @@ impl Store {
         fs::remove_dir_all(&tmp).map_err(StoreError::io(&tmp))?;
         fs::create_dir(&tmp).map_err(StoreError::io(&tmp))?;
 
+        let (run_dir, run_dir_in_memory) = volatile_dir(&root);
+        fs::create_dir_all(&run_dir).map_err(StoreError::io(&run_dir))?;
+        rustix::fs::chmod(&run_dir, rustix::fs::Mode::from_raw_mode(0o700))
+            .map_err(|e| StoreError::io(&run_dir)(e.into()))?;
         let blobs = BlobStore::open(root.join("blobs"), root.join("tmp/blobs"))?;
         let db = Db::open(&root.join("db"))?;
         let known: std::collections::HashSet<u64> = db.snapshot_ids()?.into_iter().map(|s| s.0).collect();
@@ -144,6 +168,8 @@ impl Store {
             next_id: AtomicU64::new(max + 1),
             records: Mutex::new(HashMap::new()),
             last_flush: Mutex::new(Instant::now()),
+            run_dir,
+            run_dir_in_memory,
             _lock: lock,
         })
     }
@@ -165,7 +191,13 @@ impl Store {
 
     /// A directory for per-exec runtime state (bundles, runtime root).
     pub fn run_dir(&self) -> PathBuf {
-        self.root.join("run")
+        self.run_dir.clone()
+    }
+
+    /// Whether [`Store::run_dir`] is in memory (tmpfs), so that secrets
+    /// written there never reach a disk.
+    pub fn run_dir_in_memory(&self) -> bool {
+        self.run_dir_in_memory
     }
 
     /// An always-empty directory (the lower layer of an empty tree).

@@ -198,6 +198,7 @@ async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
         mounts,
         stdin: args.opt_string("stdin"),
         expect,
+        ..Default::default()
     };
     let node = api.nodes.add(Op::Exec(exec), inputs);
     let digest = node.digest();

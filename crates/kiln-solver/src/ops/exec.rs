@@ -5,16 +5,20 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kiln_exec::{Overlay, ProcessSpec, RunSpec, TreeMount};
+use std::os::unix::fs::PermissionsExt;
+
+use kiln_exec::{Bind, Overlay, ProcessSpec, RunSpec, TreeMount};
 use kiln_graph::{Exec, Mount};
 use kiln_store::merged::clean;
-use kiln_store::{MergedView, SnapshotId, Staged, Store, prepare_parents};
+use kiln_store::{CopyOptions, MergedView, PathFilter, SnapshotId, Staged, Store, copy_tree, prepare_parents};
 
-use super::files::read_text;
+use super::files::{read_text, resolve_owner};
 use super::{OpOutput, blocking};
 use crate::SolveError;
 use crate::engine::Engine;
 use crate::result::ExecMeta;
+use crate::secrets::Secrets;
+use crate::volumes::Lease;
 
 /// Mount points the runtime creates in every container.
 const RUNTIME_MOUNTS: [&str; 6] = ["/proc", "/dev/pts", "/dev/shm", "/dev/mqueue", "/dev", "/sys"];
@@ -26,7 +30,21 @@ struct Prepared {
     root: Staged,
     writable: Vec<Staged>,
     lower: MergedView,
+    /// In-memory directory with this exec's secret files (removed after).
+    secret_dir: Option<SecretDir>,
 }
+
+/// A directory of secret files in the in-memory run dir, removed on drop.
+struct SecretDir(PathBuf);
+
+impl Drop for SecretDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Host directories of the cache volumes an exec mounts, in mount order.
+type VolumePaths = Vec<PathBuf>;
 
 fn overlay(store: &Store, top: Option<SnapshotId>, upper: Option<&Staged>) -> Result<Overlay, String> {
     let lowers = store.mount_layers(top).map_err(|e| e.to_string())?;
@@ -36,20 +54,27 @@ fn overlay(store: &Store, top: Option<SnapshotId>, upper: Option<&Staged>) -> Re
     })
 }
 
+fn secret(secrets: &Secrets, r: &kiln_graph::SecretRef) -> Result<Arc<String>, String> {
+    secrets.get(r).ok_or_else(|| {
+        format!(
+            "secret {:?} is not known to this engine session: set it again (setSecret or secret(uri))",
+            r.name
+        )
+    })
+}
+
 fn prepare(
     store: &Store,
     runtime: &kiln_exec::Runtime,
+    secrets: &Secrets,
     exec: &Exec,
     inputs: &[Option<SnapshotId>],
+    volumes: &VolumePaths,
 ) -> Result<Prepared, String> {
     let rootfs = inputs[0];
     let view = store.view(rootfs).map_err(|e| e.to_string())?;
-    let identity = kiln_exec::user::resolve(
-        &exec.user,
-        &read_text(&view, "/etc/passwd"),
-        &read_text(&view, "/etc/group"),
-    )
-    .map_err(|e| e.to_string())?;
+    let (passwd, group) = (read_text(&view, "/etc/passwd"), read_text(&view, "/etc/group"));
+    let identity = kiln_exec::user::resolve(&exec.user, &passwd, &group).map_err(|e| e.to_string())?;
     let root = store.stage(rootfs).map_err(|e| e.to_string())?;
 
     // The working directory exists before the process starts, as in Docker.
@@ -60,7 +85,10 @@ fn prepare(
 
     let mut trees = Vec::new();
     let mut tmpfs = Vec::new();
+    let mut binds = Vec::new();
     let mut writable = Vec::new();
+    let mut secret_dir = None;
+    let mut volume_paths = volumes.iter();
     for m in &exec.mounts {
         match m {
             Mount::Tree {
@@ -90,36 +118,109 @@ fn prepare(
                 writable.extend(staged);
             }
             Mount::Tmpfs { target } => tmpfs.push(target.clone()),
+            Mount::Cache { target, .. } => {
+                let source = volume_paths.next().ok_or("cache volume was not leased")?.clone();
+                binds.push(Bind {
+                    source,
+                    target: target.clone(),
+                    readonly: false,
+                });
+            }
+            Mount::Secret {
+                target,
+                secret: r,
+                mode,
+                owner,
+            } => {
+                if !store.run_dir_in_memory() {
+                    return Err(format!(
+                        "cannot mount secret {:?}: no in-memory filesystem (tmpfs at /dev/shm) to hold it",
+                        r.name
+                    ));
+                }
+                let dir = secret_dir
+                    .get_or_insert_with(|| SecretDir(store.run_dir().join(format!("secrets-{}", root.id()))))
+                    .0
+                    .clone();
+                fs::create_dir_all(&dir).map_err(|e| format!("secret files: {e}"))?;
+                let file = dir.join(binds.len().to_string());
+                fs::write(&file, secret(secrets, r)?.as_bytes()).map_err(|e| format!("secret file: {e}"))?;
+                let (uid, gid) = match owner {
+                    Some(o) => resolve_owner(&view, o)?,
+                    None => (identity.uid, identity.gid),
+                };
+                std::os::unix::fs::chown(&file, Some(uid), Some(gid)).map_err(|e| format!("secret file: {e}"))?;
+                fs::set_permissions(&file, fs::Permissions::from_mode(*mode))
+                    .map_err(|e| format!("secret file: {e}"))?;
+                binds.push(Bind {
+                    source: file,
+                    target: target.clone(),
+                    readonly: true,
+                });
+            }
         }
     }
 
     let mut env = exec.env.clone();
+    for se in &exec.secret_env {
+        env.retain(|e| !e.starts_with(&format!("{}=", se.name)));
+        env.push(format!("{}={}", se.name, secret(secrets, &se.secret)?));
+    }
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(DEFAULT_PATH.into());
     }
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", identity.home));
     }
+    let stdin = match &exec.stdin_path {
+        Some(path) => Some(read_file(&view, path).map_err(|e| format!("redirectStdin {path}: {e}"))?),
+        None => exec.stdin.clone().map(String::into_bytes),
+    };
     let spec = RunSpec {
         id: runtime.container_id(root.id()),
         bundle: store.run_dir().join(format!("bundle-{}", root.id())),
         rootfs: overlay(store, rootfs, Some(&root))?,
         trees,
         tmpfs,
+        binds,
         process: ProcessSpec {
             args: exec.args.clone(),
             env,
             cwd: exec.cwd.clone(),
             identity,
         },
-        stdin: exec.stdin.clone().map(String::into_bytes),
+        stdin,
     };
     Ok(Prepared {
         spec,
         root,
         writable,
         lower: view,
+        secret_dir,
     })
+}
+
+/// Reads a whole file of a tree (symlinks followed inside the tree).
+fn read_file(view: &MergedView, path: &str) -> Result<Vec<u8>, String> {
+    let rel = view.resolve(path, true).map_err(|e| e.to_string())?;
+    match view.lookup(&rel).map_err(|e| e.to_string())? {
+        Some(e) if e.meta.is_file() => fs::read(&e.real).map_err(|e| e.to_string()),
+        Some(_) => Err("not a regular file".into()),
+        None => Err("no such file".into()),
+    }
+}
+
+/// Writes captured output into a file of the exec's new layer
+/// (redirectStdout / redirectStderr).
+fn write_redirect(lower: &MergedView, upper: &Path, cwd: &str, path: &str, bytes: &[u8]) -> Result<(), String> {
+    let abs = if path.starts_with('/') {
+        PathBuf::from(path)
+    } else {
+        Path::new(cwd).join(path)
+    };
+    let rel = clean(&abs);
+    prepare_parents(lower, upper, &rel).map_err(|e| e.to_string())?;
+    fs::write(upper.join(&rel), bytes).map_err(|e| format!("redirect to {path}: {e}"))
 }
 
 /// Removes the empty mount points the runtime had to create in the rootfs,
@@ -145,6 +246,61 @@ fn prune_mount_points(lower: &MergedView, upper: &Path, targets: &[String]) {
     }
 }
 
+/// Leases the cache volumes an exec mounts and seeds new ones.
+async fn lease_volumes(
+    engine: &Arc<Engine>,
+    exec: &Exec,
+    inputs: &[Option<SnapshotId>],
+) -> Result<(Vec<Lease>, VolumePaths), String> {
+    let mut leases = Vec::new();
+    for m in &exec.mounts {
+        let Mount::Cache {
+            key,
+            sharing,
+            owner,
+            source,
+            ..
+        } = m
+        else {
+            continue;
+        };
+        let lease = engine
+            .volumes
+            .acquire(key, *sharing)
+            .await
+            .map_err(|e| format!("cache volume {key:?}: {e}"))?;
+        if lease.created {
+            let (path, key, owner, source) = (lease.path.clone(), key.clone(), owner.clone(), source.clone());
+            let source = source.map(|(input, sub)| (inputs[input], sub));
+            let rootfs = inputs[0];
+            blocking(engine.store(), "seed cache volume", move |store| {
+                if let Some((tree, sub)) = source {
+                    let view = store.view(tree).map_err(|e| e.to_string())?;
+                    let filter = PathFilter::default();
+                    let opts = CopyOptions {
+                        filter: &filter,
+                        owner: None,
+                        file_mode: None,
+                        hardlink: false,
+                    };
+                    copy_tree(&view, Path::new(&sub), &path, &opts).map_err(|e| format!("seeding {key:?}: {e}"))?;
+                }
+                if let Some(o) = owner {
+                    let view = store.view(rootfs).map_err(|e| e.to_string())?;
+                    let (uid, gid) = resolve_owner(&view, &o)?;
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| format!("{key:?}: {e}"))?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        leases.push(lease);
+    }
+    let paths = leases.iter().map(|l| l.path.clone()).collect();
+    Ok((leases, paths))
+}
+
 pub(crate) async fn run(
     engine: &Arc<Engine>,
     desc: &str,
@@ -157,10 +313,13 @@ pub(crate) async fn run(
             "no command to run (empty args and no default args)",
         ));
     }
+    let (_leases, volumes) = lease_volumes(engine, exec, inputs)
+        .await
+        .map_err(|e| SolveError::op(desc, e))?;
     let (exec_c, inputs_c) = (exec.clone(), inputs.to_vec());
-    let runtime = engine.runtime.clone();
+    let (runtime, secrets) = (engine.runtime.clone(), engine.secrets.clone());
     let prepared = blocking(engine.store(), desc, move |store| {
-        prepare(store, &runtime, &exec_c, &inputs_c)
+        prepare(store, &runtime, &secrets, &exec_c, &inputs_c, &volumes)
     })
     .await?;
     let output = {
@@ -172,24 +331,41 @@ pub(crate) async fn run(
             .await
             .map_err(|e| SolveError::op(desc, e))?
     };
+    // Secret values never leave the container unmasked.
+    let stdout = engine.secrets.scrub_bytes(&output.stdout);
+    let stderr = engine.secrets.scrub_bytes(&output.stderr);
     if !exec.expect.accepts(output.exit_code) {
         return Err(SolveError::Exec {
-            args: exec.args.clone(),
+            args: exec.args.iter().map(|a| engine.secrets.scrub(a)).collect(),
             exit_code: output.exit_code,
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
         });
     }
+    let exec_c = exec.clone();
     blocking(engine.store(), desc, move |store| {
         let mut targets: Vec<String> = RUNTIME_MOUNTS.iter().map(|s| s.to_string()).collect();
         targets.extend(prepared.spec.trees.iter().map(|t| t.target.clone()));
         targets.extend(prepared.spec.tmpfs.iter().cloned());
-        prune_mount_points(&prepared.lower, &prepared.root.diff(), &targets);
+        targets.extend(prepared.spec.binds.iter().map(|b| b.target.clone()));
+        let upper = prepared.root.diff();
+        prune_mount_points(&prepared.lower, &upper, &targets);
+        let mut shown = (stdout, stderr);
+        for (path, bytes) in [
+            (&exec_c.redirect_stdout, &mut shown.0),
+            (&exec_c.redirect_stderr, &mut shown.1),
+        ] {
+            if let Some(path) = path {
+                write_redirect(&prepared.lower, &upper, &exec_c.cwd, path, bytes)?;
+                bytes.clear();
+            }
+        }
         let meta = ExecMeta {
             exit_code: output.exit_code,
-            stdout: store.blobs().put(&output.stdout).map_err(|e| e.to_string())?,
-            stderr: store.blobs().put(&output.stderr).map_err(|e| e.to_string())?,
+            stdout: store.blobs().put(&shown.0).map_err(|e| e.to_string())?,
+            stderr: store.blobs().put(&shown.1).map_err(|e| e.to_string())?,
         };
+        drop(prepared.secret_dir);
         let mut staged = vec![prepared.root];
         staged.extend(prepared.writable);
         let outputs = staged.iter().map(|s| Some(s.id())).collect();

@@ -51,6 +51,7 @@ pub fn exec(script: &str) -> Exec {
         mounts: vec![],
         stdin: None,
         expect: ExitExpectation::Success,
+        ..Default::default()
     }
 }
 
