@@ -34,7 +34,7 @@ PACKAGES=(
   crun runc
   # fixtures: busybox rootfs, debian rootfs, OCI tooling
   busybox-static debootstrap debian-archive-keyring gpgv wget
-  skopeo umoci zstd gzip tar python3 ca-certificates
+  skopeo umoci zstd gzip tar python3 python3-venv ca-certificates
   # loopback registry and its htpasswd files
   docker-registry apache2-utils
   # flock, unshare, mount, ip (netns/veth for services)

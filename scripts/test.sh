@@ -20,6 +20,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 section "cargo test"
 cargo test --workspace
 
-# ---- further steps go here (SDK end-to-end runs, benchmarks, ...) ----------
+section "Python SDK suite (unmodified dagger-io)"
+./tests/sdk/python/run.sh
+
+section "TypeScript SDK suite (unmodified @dagger.io/dagger)"
+./tests/sdk/typescript/run.sh
+
+section "Rust SDK suite (unmodified dagger-sdk crate)"
+./tests/sdk/rust/run.sh
 
 section "all checks passed"

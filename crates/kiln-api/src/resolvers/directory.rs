@@ -58,10 +58,12 @@ async fn entries(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiEr
     let path = join_path(&d.path, &args.opt_string("path").unwrap_or_default());
     let view = api.view(d.tree).await?;
     let rel = view.resolve(&path, true).map_err(ApiError::internal)?;
-    let listing = view
-        .read_dir(&rel)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::invalid(format!("{path}: no such directory")))?;
+    let Some(listing) = view.read_dir(&rel).map_err(ApiError::internal)? else {
+        return Err(match view.lookup(&rel).map_err(ApiError::internal)? {
+            Some(_) => ApiError::invalid(format!("{path} is a file, not a directory")),
+            None => ApiError::invalid(format!("{path}: no such directory")),
+        });
+    };
     let names = listing
         .into_iter()
         .map(|(name, e)| {
