@@ -12,7 +12,8 @@ use kiln_store::{MergedView, SnapshotId};
 use crate::args::Args;
 use crate::error::ApiError;
 use crate::nodes::Nodes;
-use crate::values::{Container, Directory, File, Object, TreeRef};
+use crate::values::{Container, Directory, File, Object, Secret, TreeRef};
+use kiln_graph::SecretRef;
 
 /// What a resolver returns.
 pub enum Output {
@@ -150,6 +151,39 @@ impl Api {
         }
     }
 
+    /// A secret ID argument.
+    pub fn arg_secret(&self, args: &Args, name: &str) -> Result<Secret, ApiError> {
+        match self.arg_object(args, name)? {
+            Object::Secret(s) => Ok(s),
+            other => Err(ApiError::invalid(format!(
+                "argument {name} must be a Secret ID, got a {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// The graph's name for a secret, reading a `secret(uri)` value again
+    /// when this engine does not hold it (an ID from an earlier session).
+    pub fn secret_ref(&self, secret: &Secret) -> Result<SecretRef, ApiError> {
+        let known = SecretRef {
+            name: secret.name.clone(),
+            digest: secret.digest.clone(),
+        };
+        if self.engine.secrets().get(&known).is_some() {
+            return Ok(known);
+        }
+        match &secret.uri {
+            Some(uri) => {
+                let plaintext = crate::resolvers::secret::read_uri(uri)?;
+                Ok(self.engine.secrets().add(&secret.name, plaintext))
+            }
+            None => Err(ApiError::invalid(format!(
+                "secret {:?} is not held by this engine session: set it again with setSecret",
+                secret.name
+            ))),
+        }
+    }
+
     /// Solves a tree and returns its top snapshot.
     pub async fn solve_tree(&self, tree: Option<TreeRef>) -> Result<Option<SnapshotId>, ApiError> {
         let input = self.nodes.input(tree)?;
@@ -177,6 +211,45 @@ impl Api {
     pub fn id(&self, object: &Object) -> Result<Output, ApiError> {
         Ok(Output::Value(Value::String(self.nodes.id_of(object)?)))
     }
+}
+
+/// Replaces `$VAR` and `${VAR}` with values from `env` (unknown: empty), as
+/// the `expand` arguments ask. `$$` stays a literal `$`.
+pub fn expand(text: &str, env: &[(String, String)]) -> String {
+    let lookup = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    };
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(braced) = after.strip_prefix('{')
+            && let Some(end) = braced.find('}')
+        {
+            out.push_str(lookup(&braced[..end]));
+            rest = &braced[end + 1..];
+        } else if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            if end == 0 {
+                out.push('$');
+            } else {
+                out.push_str(lookup(&after[..end]));
+            }
+            rest = &after[end..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Joins `path` onto `base` unless absolute, and normalizes it.
@@ -226,6 +299,17 @@ pub fn file(obj: Object) -> Result<File, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expands_variables_like_a_shell() {
+        let env = vec![
+            ("HOME".to_string(), "/root".to_string()),
+            ("V".to_string(), "x".to_string()),
+        ];
+        assert_eq!(expand("$HOME/a", &env), "/root/a");
+        assert_eq!(expand("${V}y-$V-$NOPE-$$-$", &env), "xy-x--$-$");
+        assert_eq!(expand("no vars", &env), "no vars");
+    }
 
     #[test]
     fn joins_and_cleans_paths() {

@@ -3,7 +3,7 @@
 //! digest and live in the [`crate::nodes::Nodes`] registry, so a value can be
 //! serialized into an ID and loaded back in a later session.
 
-use kiln_graph::Key;
+use kiln_graph::{CacheSharing, Key};
 use serde::{Deserialize, Serialize};
 
 /// One output tree of a graph node.
@@ -47,6 +47,38 @@ pub enum MountSource {
     },
     /// A fresh tmpfs.
     Temp,
+    /// A cache volume.
+    Cache {
+        /// The volume's key.
+        key: String,
+        /// How concurrent execs share it.
+        sharing: CacheSharing,
+        /// Owner of a new volume's root (`user[:group]`).
+        owner: Option<String>,
+        /// Contents a new volume starts with.
+        source: Option<Directory>,
+    },
+    /// A secret as a read-only file.
+    Secret {
+        /// The secret.
+        secret: Secret,
+        /// Owner (`user[:group]`; the exec's user when absent).
+        owner: Option<String>,
+        /// Permission bits.
+        mode: u32,
+    },
+}
+
+/// A secret: its name and the keyed hash of its value; the plaintext stays
+/// in engine memory (a `secret(uri)` secret can be read again from its URI).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    /// Name (for `setSecret`) or the URI it came from.
+    pub name: String,
+    /// Keyed hash of the value.
+    pub digest: String,
+    /// Where the value comes from, for `secret(uri)`.
+    pub uri: Option<String>,
 }
 
 /// A mount of a container.
@@ -83,6 +115,9 @@ pub struct Container {
     pub last_exec: Option<Key>,
     /// The image reference it was created from.
     pub image_ref: Option<String>,
+    /// Environment variables set from secrets.
+    #[serde(default)]
+    pub secret_env: Vec<(String, Secret)>,
 }
 
 /// Every kind of object the API returns.
@@ -112,6 +147,8 @@ pub enum Object {
         /// Its value.
         value: String,
     },
+    /// A secret.
+    Secret(Secret),
     /// A cache volume (by key).
     CacheVolume {
         /// The volume's key.
@@ -131,6 +168,7 @@ impl Object {
             Object::EnvVariable { .. } => "EnvVariable",
             Object::Label { .. } => "Label",
             Object::CacheVolume { .. } => "CacheVolume",
+            Object::Secret(_) => "Secret",
         }
     }
 
@@ -144,7 +182,8 @@ impl Object {
                 .into_iter()
                 .chain(c.mounts.iter().filter_map(|m| match &m.source {
                     MountSource::Tree { tree, .. } => trees(tree),
-                    MountSource::Temp => None,
+                    MountSource::Cache { source: Some(d), .. } => trees(&d.tree),
+                    _ => None,
                 }))
                 .chain(c.last_exec)
                 .collect(),

@@ -3,6 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -112,6 +113,8 @@ pub struct ExecOutput {
     pub stdout: Vec<u8>,
     /// Captured stderr (includes the runtime's own error messages).
     pub stderr: Vec<u8>,
+    /// Both streams interleaved in the order their chunks arrived.
+    pub combined: Vec<u8>,
 }
 
 impl Runtime {
@@ -275,9 +278,11 @@ impl Runtime {
                 let _ = stdin.write_all(&data).await;
             });
         }
-        let stdout = read_limited(child.stdout.take().expect("piped"));
-        let stderr = read_limited(child.stderr.take().expect("piped"));
+        let combined = Mutex::new(Vec::new());
+        let stdout = read_limited(child.stdout.take().expect("piped"), &combined);
+        let stderr = read_limited(child.stderr.take().expect("piped"), &combined);
         let (status, stdout, stderr) = tokio::join!(child.wait(), stdout, stderr);
+        let combined = combined.into_inner().expect("output lock");
         let status = status.map_err(setup("waiting for the runtime"))?;
         let mut guard = guard;
         guard.armed = false;
@@ -287,22 +292,26 @@ impl Runtime {
             exit_code,
             stdout,
             stderr,
+            combined,
         })
     }
 }
 
-async fn read_limited(mut r: impl AsyncRead + Unpin) -> Vec<u8> {
+/// Reads a stream to its end, keeping at most [`OUTPUT_LIMIT`] bytes of it
+/// and appending what it keeps to `combined` as it arrives.
+async fn read_limited(mut r: impl AsyncRead + Unpin, combined: &Mutex<Vec<u8>>) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     let mut dropped = 0usize;
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
+            Ok(n) if out.len() + n > OUTPUT_LIMIT => dropped += n,
             Ok(n) => {
-                if out.len() + n > OUTPUT_LIMIT {
-                    dropped += n;
-                } else {
-                    out.extend_from_slice(&buf[..n]);
+                out.extend_from_slice(&buf[..n]);
+                let mut all = combined.lock().expect("output lock");
+                if all.len() + n <= 2 * OUTPUT_LIMIT {
+                    all.extend_from_slice(&buf[..n]);
                 }
             }
         }

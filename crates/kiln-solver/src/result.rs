@@ -26,6 +26,9 @@ pub struct ExecMeta {
     pub stdout: Digest,
     /// Blob holding stderr.
     pub stderr: Digest,
+    /// Blob holding both, interleaved as they arrived.
+    #[serde(default)]
+    pub combined: Option<Digest>,
 }
 
 #[derive(Serialize, Deserialize)]

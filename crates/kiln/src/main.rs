@@ -66,9 +66,10 @@ enum Command {
     /// stdin closes, then exits. SDK flags such as --label are accepted and
     /// ignored.
     Session {
-        /// Flags passed by the SDK (ignored)
+        /// Flags passed by the SDK: `--workdir DIR` sets the directory relative
+        /// host paths are resolved against; others (--label ...) are ignored
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        ignored: Vec<String>,
+        sdk_flags: Vec<String>,
     },
     /// Run one GraphQL query (from FILE, or stdin) and print the JSON result
     Query {
@@ -132,9 +133,24 @@ fn open_engine(cli: &Cli) -> anyhow::Result<Arc<Engine>> {
     Ok(engine)
 }
 
-async fn serve(cli: &Cli) -> anyhow::Result<(Arc<Engine>, kiln_api::ServerHandle)> {
+/// The value of `--workdir DIR` or `--workdir=DIR` among SDK flags.
+fn workdir_flag(flags: &[String]) -> Option<PathBuf> {
+    flags
+        .iter()
+        .enumerate()
+        .find_map(|(i, f)| match f.strip_prefix("--workdir") {
+            Some("") => flags.get(i + 1).map(PathBuf::from),
+            Some(rest) => rest.strip_prefix('=').map(PathBuf::from),
+            None => None,
+        })
+}
+
+async fn serve(cli: &Cli, workdir: Option<PathBuf>) -> anyhow::Result<(Arc<Engine>, kiln_api::ServerHandle)> {
     let engine = open_engine(cli)?;
-    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let cwd = match workdir {
+        Some(dir) => dir,
+        None => std::env::current_dir().context("reading the working directory")?,
+    };
     let api = Api::new(engine.clone(), cwd);
     let server = Server::new(api, new_token().context("generating a session token")?).context("building the schema")?;
     let handle = server.start(0).await.context("listening on 127.0.0.1")?;
@@ -146,7 +162,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Version => unreachable!("handled before the runtime starts"),
         Command::Run { command } => {
             let started = Instant::now();
-            let (engine, handle) = serve(&cli).await?;
+            let (engine, handle) = serve(&cli, None).await?;
             let printer = progress::spawn(cli.progress, engine.events().subscribe());
             let failures = progress::Failures::listen(engine.events().subscribe());
             let mut child = tokio::process::Command::new(&command[0])
@@ -167,8 +183,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(exit_code(status))
         }
-        Command::Session { .. } => {
-            let (engine, handle) = serve(&cli).await?;
+        Command::Session { sdk_flags } => {
+            let (engine, handle) = serve(&cli, workdir_flag(sdk_flags)).await?;
             let printer = progress::spawn(cli.progress, engine.events().subscribe());
             let line = serde_json::json!({ "port": handle.port, "session_token": handle.token });
             let mut stdout = std::io::stdout();
@@ -257,4 +273,24 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
     use std::os::unix::process::ExitStatusExt;
     let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_sdk_workdir_flag_in_both_spellings() {
+        let flags = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            workdir_flag(&flags(&["--label", "a:b", "--workdir", "/w"])),
+            Some(PathBuf::from("/w"))
+        );
+        assert_eq!(
+            workdir_flag(&flags(&["--workdir=/x", "--label", "y"])),
+            Some(PathBuf::from("/x"))
+        );
+        assert_eq!(workdir_flag(&flags(&["--label", "--workdirs"])), None);
+        assert_eq!(workdir_flag(&flags(&["--workdir"])), None);
+    }
 }

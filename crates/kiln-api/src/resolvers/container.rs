@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use async_graphql::Value;
-use kiln_graph::{Exec, ExitExpectation, Mount, Op, Owner};
+use kiln_graph::{CacheSharing, Exec, ExitExpectation, Mount, Op, Owner, SecretEnv};
 
 use super::file::read_blob;
-use crate::api::{Api, Output, Registry, container, join_path};
+use crate::api::{Api, Output, Registry, container, expand, join_path};
 use crate::args::Args;
 use crate::error::ApiError;
 use crate::resolver;
@@ -52,6 +52,11 @@ pub fn register(r: &mut Registry) {
     r.add("Container", "withRootfs", resolver!(with_rootfs));
     r.add("Container", "platform", resolver!(platform));
     r.add("Container", "imageRef", resolver!(image_ref));
+    r.add("Container", "withMountedCache", resolver!(with_mounted_cache));
+    r.add("Container", "withMountedSecret", resolver!(with_mounted_secret));
+    r.add("Container", "withSecretVariable", resolver!(with_secret_variable));
+    r.add("Container", "withoutSecretVariable", resolver!(without_secret_variable));
+    r.add("Container", "combinedOutput", resolver!(combined_output));
 }
 
 fn out(c: Container) -> Result<Output, ApiError> {
@@ -62,27 +67,32 @@ fn strings(v: &[String]) -> Output {
     Output::Value(Value::List(v.iter().map(|s| Value::String(s.clone())).collect()))
 }
 
-fn reject_expand(args: &Args) -> Result<(), ApiError> {
-    if args.bool("expand") {
-        return Err(ApiError::NotImplemented("the expand argument".into()));
-    }
-    Ok(())
-}
-
-/// The container's path for a user path (relative to the workdir).
+/// The container's path for a user path (relative to the workdir), with
+/// `$VAR`/`${VAR}` expanded from the container's env when `expand` is set.
 fn path_arg(c: &Container, args: &Args, name: &str) -> Result<String, ApiError> {
-    reject_expand(args)?;
-    Ok(join_path(&c.workdir, &args.string(name)?))
+    let mut path = args.string(name)?;
+    if args.bool("expand") {
+        path = expand(&path, &c.env);
+    }
+    Ok(join_path(&c.workdir, &path))
 }
 
-fn owner_arg(args: &Args) -> Option<Owner> {
-    args.opt_string("owner").map(|o| match o.split_once(':') {
+/// `user`, `user:group`, `uid:gid` as an owner.
+fn parse_owner(o: &str) -> Owner {
+    match o.split_once(':') {
         Some((u, g)) => Owner {
             user: u.into(),
             group: Some(g.into()),
         },
-        None => Owner { user: o, group: None },
-    })
+        None => Owner {
+            user: o.into(),
+            group: None,
+        },
+    }
+}
+
+fn owner_arg(args: &Args) -> Option<Owner> {
+    args.opt_string("owner").as_deref().map(parse_owner)
 }
 
 async fn id(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
@@ -147,20 +157,16 @@ async fn from(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError
         mounts: Vec::new(),
         last_exec: None,
         image_ref: Some(format!("{reference}@{}", image.manifest_digest)),
+        secret_env: Vec::new(),
     })
 }
 
 async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let mut c = container(obj)?;
-    reject_expand(&args)?;
-    for unsupported in ["redirectStdin", "redirectStdout", "redirectStderr"] {
-        if args.opt_string(unsupported).is_some() {
-            return Err(ApiError::NotImplemented(format!(
-                "the {unsupported} argument of Container.withExec"
-            )));
-        }
-    }
     let mut argv = args.strings("args");
+    if args.bool("expand") {
+        argv = argv.iter().map(|a| expand(a, &c.env)).collect();
+    }
     if args.bool("useEntrypoint") {
         argv = c.entrypoint.iter().cloned().chain(argv).collect();
     }
@@ -175,21 +181,58 @@ async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
     let mut inputs = vec![api.nodes.input(c.rootfs)?];
     let mut mounts = Vec::new();
     for m in &c.mounts {
+        let target = m.target.clone();
         match &m.source {
             MountSource::Tree { tree, path, readonly } => {
                 inputs.push(api.nodes.input(*tree)?);
                 mounts.push(Mount::Tree {
-                    target: m.target.clone(),
+                    target,
                     input: inputs.len() - 1,
                     source_path: path.clone(),
                     readonly: *readonly,
                 });
             }
-            MountSource::Temp => mounts.push(Mount::Tmpfs {
-                target: m.target.clone(),
+            MountSource::Temp => mounts.push(Mount::Tmpfs { target }),
+            MountSource::Cache {
+                key,
+                sharing,
+                owner,
+                source,
+            } => {
+                let source = match source {
+                    Some(dir) => {
+                        inputs.push(api.nodes.input(dir.tree)?);
+                        Some((inputs.len() - 1, dir.path.clone()))
+                    }
+                    None => None,
+                };
+                let owner = owner.as_deref().map(parse_owner);
+                mounts.push(Mount::Cache {
+                    target,
+                    key: key.clone(),
+                    sharing: *sharing,
+                    owner,
+                    source,
+                });
+            }
+            MountSource::Secret { secret, owner, mode } => mounts.push(Mount::Secret {
+                target,
+                secret: api.secret_ref(secret)?,
+                mode: *mode,
+                owner: owner.as_deref().map(parse_owner),
             }),
         }
     }
+    let secret_env = c
+        .secret_env
+        .iter()
+        .map(|(name, secret)| {
+            Ok(SecretEnv {
+                name: name.clone(),
+                secret: api.secret_ref(secret)?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let exec = Exec {
         args: argv,
         env: c.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
@@ -198,7 +241,10 @@ async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
         mounts,
         stdin: args.opt_string("stdin"),
         expect,
-        ..Default::default()
+        secret_env,
+        stdin_path: args.opt_string("redirectStdin"),
+        redirect_stdout: args.opt_string("redirectStdout"),
+        redirect_stderr: args.opt_string("redirectStderr"),
     };
     let node = api.nodes.add(Op::Exec(exec), inputs);
     let digest = node.digest();
@@ -252,8 +298,10 @@ async fn exit_code(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiErr
 
 async fn with_env_variable(_: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let mut c = container(obj)?;
-    reject_expand(&args)?;
-    let (name, value) = (args.string("name")?, args.opt_string("value").unwrap_or_default());
+    let (name, mut value) = (args.string("name")?, args.opt_string("value").unwrap_or_default());
+    if args.bool("expand") {
+        value = expand(&value, &c.env);
+    }
     match c.env.iter_mut().find(|(k, _)| *k == name) {
         Some(slot) => slot.1 = value,
         None => c.env.push((name, value)),
@@ -511,10 +559,12 @@ fn locate(c: &Container, path: &str) -> Result<(Option<TreeRef>, String), ApiErr
                 let rest = path[m.target.len()..].trim_start_matches('/');
                 Ok((*tree, join_path(base, rest)))
             }
-            MountSource::Temp => Err(ApiError::invalid(format!(
-                "{path} is on the temporary mount {}, whose contents are not kept",
-                m.target
-            ))),
+            MountSource::Temp | MountSource::Cache { .. } | MountSource::Secret { .. } => {
+                Err(ApiError::invalid(format!(
+                    "{path} is on the mount at {}, whose contents are not part of the container",
+                    m.target
+                )))
+            }
         },
     }
 }
@@ -568,4 +618,76 @@ async fn image_ref(_: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError
         .image_ref
         .map(Output::string)
         .ok_or_else(|| ApiError::invalid("the container was not created from an image reference"))
+}
+
+async fn with_mounted_cache(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let c = container(obj)?;
+    let target = path_arg(&c, &args, "path")?;
+    let key = match api.arg_object(&args, "cache")? {
+        Object::CacheVolume { key } => key,
+        other => {
+            return Err(ApiError::invalid(format!(
+                "argument cache must be a CacheVolume ID, got a {}",
+                other.type_name()
+            )));
+        }
+    };
+    let source = match args.opt_string("source") {
+        Some(_) => Some(api.arg_directory(&args, "source")?),
+        None => None,
+    };
+    let sharing = match args.opt_string("sharing").as_deref() {
+        Some("PRIVATE") => CacheSharing::Private,
+        Some("LOCKED") => CacheSharing::Locked,
+        _ => CacheSharing::Shared,
+    };
+    with_mount(
+        c,
+        target,
+        MountSource::Cache {
+            key,
+            sharing,
+            owner: args.opt_string("owner"),
+            source,
+        },
+    )
+}
+
+async fn with_mounted_secret(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let c = container(obj)?;
+    let target = path_arg(&c, &args, "path")?;
+    let secret = api.arg_secret(&args, "source")?;
+    let mode = args.int("mode").unwrap_or(0o400) as u32;
+    with_mount(
+        c,
+        target,
+        MountSource::Secret {
+            secret,
+            owner: args.opt_string("owner"),
+            mode,
+        },
+    )
+}
+
+async fn with_secret_variable(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let mut c = container(obj)?;
+    let name = args.string("name")?;
+    let secret = api.arg_secret(&args, "secret")?;
+    c.env.retain(|(k, _)| *k != name);
+    c.secret_env.retain(|(k, _)| *k != name);
+    c.secret_env.push((name, secret));
+    out(c)
+}
+
+async fn without_secret_variable(_: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let mut c = container(obj)?;
+    let name = args.string("name")?;
+    c.secret_env.retain(|(k, _)| *k != name);
+    out(c)
+}
+
+async fn combined_output(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
+    let meta = last_exec(&api, &container(obj)?).await?;
+    let combined = meta.combined.unwrap_or(meta.stdout);
+    Ok(Output::string(read_blob(&api, &combined)?))
 }

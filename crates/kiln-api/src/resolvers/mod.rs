@@ -5,6 +5,7 @@ mod directory;
 mod file;
 mod host;
 mod query;
+pub mod secret;
 
 use crate::api::Registry;
 
@@ -15,6 +16,7 @@ pub fn register(r: &mut Registry) {
     directory::register(r);
     file::register(r);
     host::register(r);
+    secret::register(r);
 }
 
 /// The Dagger API version kiln serves.

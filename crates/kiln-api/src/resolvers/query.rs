@@ -51,6 +51,7 @@ async fn container(_: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiErro
         mounts: Vec::new(),
         last_exec: None,
         image_ref: None,
+        secret_env: Vec::new(),
     }))))
 }
 

@@ -334,6 +334,7 @@ pub(crate) async fn run(
     // Secret values never leave the container unmasked.
     let stdout = engine.secrets.scrub_bytes(&output.stdout);
     let stderr = engine.secrets.scrub_bytes(&output.stderr);
+    let combined = engine.secrets.scrub_bytes(&output.combined);
     if !exec.expect.accepts(output.exit_code) {
         return Err(SolveError::Exec {
             args: exec.args.iter().map(|a| engine.secrets.scrub(a)).collect(),
@@ -364,6 +365,7 @@ pub(crate) async fn run(
             exit_code: output.exit_code,
             stdout: store.blobs().put(&shown.0).map_err(|e| e.to_string())?,
             stderr: store.blobs().put(&shown.1).map_err(|e| e.to_string())?,
+            combined: Some(store.blobs().put(&combined).map_err(|e| e.to_string())?),
         };
         drop(prepared.secret_dir);
         let mut staged = vec![prepared.root];

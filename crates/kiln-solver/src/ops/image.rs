@@ -26,13 +26,14 @@ impl Engine {
     /// Resolves an image reference (a tag goes to the registry) to its
     /// platform-specific manifest; the manifest and config are stored.
     pub async fn resolve_image(&self, reference: &str, platform: Option<&str>) -> Result<ResolvedImage, SolveError> {
-        let op = format!("resolve {reference}");
-        let r = Reference::parse(reference).map_err(|e| SolveError::op(&op, e))?;
-        let p = parse_platform(&op, platform)?;
+        // The errors of kiln-oci name the reference already.
+        let op = "resolve image";
+        let r = Reference::parse(reference).map_err(|e| SolveError::op(op, e))?;
+        let p = parse_platform(op, platform)?;
         self.registry
             .resolve(&r, &p, self.store.blobs())
             .await
-            .map_err(|e| SolveError::op(&op, e))
+            .map_err(|e| SolveError::op(op, e))
     }
 
     /// Loads an image from an OCI layout directory or an OCI/docker archive.
