@@ -83,6 +83,15 @@ pub enum Op {
         /// Owner (root when absent).
         owner: Option<Owner>,
     },
+    /// The entries under `upper_path` of input 1 that are new or differ from
+    /// those under `lower_path` of input 0, as a new tree (deletions are not
+    /// represented).
+    Diff {
+        /// Directory of input 0 to compare against.
+        lower_path: String,
+        /// Directory of input 1 whose changes are kept.
+        upper_path: String,
+    },
     /// Removes a path from input 0's tree.
     Rm {
         /// Absolute path to remove.
@@ -260,6 +269,7 @@ impl Op {
             Op::MkFile { path, .. } => format!("write {path}"),
             Op::MkDir { path, .. } => format!("mkdir {path}"),
             Op::Rm { path, .. } => format!("rm {path}"),
+            Op::Diff { lower_path, upper_path } => format!("diff {lower_path} {upper_path}"),
         }
     }
 
@@ -268,6 +278,28 @@ impl Op {
         match self {
             Op::HostDir { .. } => SourcePolicy::Content,
             _ => SourcePolicy::Definition,
+        }
+    }
+
+    /// The inputs the op reads only a part of, with that part's path. Their
+    /// cache keys can be replaced by the content digest of that part, so a
+    /// change elsewhere in the input does not invalidate the op.
+    pub fn selectors(&self) -> Vec<(usize, &str)> {
+        let partial = |p: &str| !p.trim_matches('/').is_empty() && p != ".";
+        match self {
+            Op::Copy { src_path, .. } if partial(src_path) => vec![(1, src_path.as_str())],
+            Op::Exec(e) => e
+                .mounts
+                .iter()
+                .filter_map(|m| match m {
+                    Mount::Tree { input, source_path, readonly: true, .. } if partial(source_path) => {
+                        Some((*input, source_path.as_str()))
+                    }
+                    Mount::Cache { source: Some((input, path)), .. } if partial(path) => Some((*input, path.as_str())),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
         }
     }
 

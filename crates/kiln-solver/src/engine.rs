@@ -9,9 +9,9 @@ use std::time::Instant;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, try_join_all};
 use kiln_exec::Runtime;
-use kiln_graph::{Key, Node, Op, SourcePolicy, cache_key};
+use kiln_graph::{Key, KeyBuilder, Node, Op, SourcePolicy, cache_key};
 use kiln_oci::{Registry, RegistryConfig};
-use kiln_store::{CacheRecord, Store, Volumes, now_secs};
+use kiln_store::{CacheRecord, Digest, SnapshotId, Store, Volumes, now_secs, tree_digest};
 use tokio::sync::Semaphore;
 
 use crate::events::{EventKind, Events};
@@ -69,6 +69,7 @@ pub struct Engine {
     pub(crate) volumes: Arc<VolumeLeases>,
     events: Events,
     inflight: Mutex<HashMap<Key, SharedSolve>>,
+    part_digests: Mutex<HashMap<(Option<SnapshotId>, String), Option<Digest>>>,
     counters: Counters,
 }
 
@@ -95,6 +96,7 @@ impl Engine {
             volumes: VolumeLeases::new(volumes),
             events: Events::default(),
             inflight: Mutex::new(HashMap::new()),
+            part_digests: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         }))
     }
@@ -127,6 +129,26 @@ impl Engine {
     /// The cache volumes.
     pub fn volumes(&self) -> &Volumes {
         self.volumes.volumes()
+    }
+
+    /// The content digest of `path` in a tree (`None`: nothing there), memoized
+    /// per snapshot since snapshots never change.
+    pub(crate) async fn part_digest(&self, tree: Option<SnapshotId>, path: &str) -> Result<Option<Digest>, SolveError> {
+        let memo_key = (tree, path.to_string());
+        if let Some(d) = self.part_digests.lock().expect("digest memo").get(&memo_key) {
+            return Ok(*d);
+        }
+        let store = self.store.clone();
+        let p = path.to_string();
+        let digest = tokio::task::spawn_blocking(move || {
+            let view = store.view(tree).map_err(|e| e.to_string())?;
+            tree_digest(&view, &p).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| SolveError::op(format!("digest {path}"), e))?
+        .map_err(|e| SolveError::op(format!("digest {path}"), e))?;
+        self.part_digests.lock().expect("digest memo").insert(memo_key, digest);
+        Ok(digest)
     }
 
     /// What the engine did so far.
@@ -290,12 +312,16 @@ impl Session {
             SourcePolicy::Content => prepared.content_key(),
             SourcePolicy::Definition => None,
         };
-        let input_keys: Vec<(Key, usize)> = node
-            .inputs()
-            .iter()
-            .zip(&inputs)
-            .map(|(i, s)| (s.key, i.output))
-            .collect();
+        let mut input_keys: Vec<(Key, usize)> =
+            node.inputs().iter().zip(&inputs).map(|(i, s)| (s.key, i.output)).collect();
+        // An input read only in part is keyed by that part's content.
+        for (index, path) in node.op().selectors() {
+            let tree = inputs[index].output(node.inputs()[index].output);
+            if let Some(digest) = self.engine.part_digest(tree, path).await? {
+                let key = KeyBuilder::new("kiln/selector/v1").bytes(digest.as_bytes()).finish();
+                input_keys[index] = (key, 0);
+            }
+        }
         let key = cache_key(node.op(), &input_keys, content.as_ref());
         self.engine.solve_keyed(node, key, prepared, inputs).await
     }

@@ -379,3 +379,39 @@ async fn root_very_deep_layer_stacks_are_flattened_for_execs() {
     let snapshots = fs::read_dir(state.path().join("s")).unwrap().count() as u32;
     assert_eq!(snapshots, 1 + (kiln_store::MAX_MOUNT_DEPTH + 5) + 1 + 1);
 }
+
+#[tokio::test]
+async fn root_ops_reading_one_file_ignore_edits_elsewhere_in_the_directory() {
+    if !require_root() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("a.txt"), "A").unwrap();
+    fs::write(src.path().join("b.txt"), "B1").unwrap();
+    let engine = engine(state.path());
+    let base = busybox(&engine).await;
+    let pipeline = || {
+        let with_a = Node::new(
+            Op::Copy {
+                src_path: "/a.txt".into(),
+                dest_path: "/a.txt".into(),
+                contents_only: true,
+                include: vec![],
+                exclude: vec![],
+                owner: None,
+                mode: None,
+            },
+            vec![base.output(0), host_dir(src.path(), &[]).output(0)],
+        );
+        run(&with_a, "cat /a.txt")
+    };
+    assert_eq!(output(&engine.session(), &pipeline()).await, "A");
+    fs::write(src.path().join("b.txt"), "B2").unwrap();
+    let again = engine.session().solve(&pipeline()).await.unwrap();
+    assert!(again.cached, "an edit to b.txt invalidated an exec that only reads a.txt");
+    fs::write(src.path().join("a.txt"), "A2").unwrap();
+    let changed = engine.session().solve(&pipeline()).await.unwrap();
+    assert!(!changed.cached);
+    assert_eq!(stdout(&engine, &changed), "A2");
+}

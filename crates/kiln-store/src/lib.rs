@@ -11,6 +11,7 @@ pub mod filter;
 pub mod host;
 pub mod merged;
 pub mod snapshots;
+pub mod tree_digest;
 pub mod volumes;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ pub use digest::Digest;
 pub use filter::{FilterError, PathFilter};
 pub use merged::MergedView;
 pub use snapshots::{SnapshotId, Staged};
+pub use tree_digest::tree_digest;
 pub use volumes::{VolumeInfo, Volumes};
 
 /// Chains deeper than this are flattened into one layer before mounting

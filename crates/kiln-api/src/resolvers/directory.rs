@@ -26,6 +26,14 @@ pub fn register(r: &mut Registry) {
     r.add("Directory", "withoutFile", resolver!(without));
     r.add("Directory", "withoutDirectory", resolver!(without));
     r.add("Directory", "export", resolver!(export));
+    r.add("Directory", "glob", resolver!(glob));
+    r.add("Directory", "exists", resolver!(exists));
+    r.add("Directory", "digest", resolver!(digest));
+    r.add("Directory", "name", resolver!(name));
+    r.add("Directory", "filter", resolver!(filter));
+    r.add("Directory", "withFiles", resolver!(with_files));
+    r.add("Directory", "withoutFiles", resolver!(without_files));
+    r.add("Directory", "diff", resolver!(diff));
 }
 
 fn out(d: Directory) -> Result<Output, ApiError> {
@@ -202,4 +210,134 @@ async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
     .await
     .map_err(ApiError::internal)??;
     Ok(Output::string(target.display().to_string()))
+}
+
+async fn glob(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let d = directory(obj)?;
+    let pattern = args.string("pattern")?;
+    let matcher = globset::GlobBuilder::new(pattern.trim_start_matches("./"))
+        .literal_separator(true)
+        .build()
+        .map_err(|e| ApiError::invalid(format!("invalid glob pattern {pattern:?}: {}", e.kind())))?
+        .compile_matcher();
+    let view = api.view(d.tree).await?;
+    let root = view.resolve(&d.path, true).map_err(ApiError::internal)?;
+    let mut found = Vec::new();
+    view.walk(&root, &mut |rel, e| {
+        if matcher.is_match(rel) {
+            let mut name = rel.to_string_lossy().into_owned();
+            if e.is_dir() {
+                name.push('/');
+            }
+            found.push(Value::String(name));
+        }
+        Ok(true)
+    })
+    .map_err(ApiError::internal)?;
+    Ok(Output::Value(Value::List(found)))
+}
+
+async fn exists(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let d = directory(obj)?;
+    let path = join_path(&d.path, &args.string("path")?);
+    let view = api.view(d.tree).await?;
+    let rel = view.resolve(&path, !args.bool("doNotFollowSymlinks")).map_err(ApiError::internal)?;
+    let entry = view.lookup(&rel).map_err(ApiError::internal)?;
+    let found = match (entry, args.opt_string("expectedType").as_deref()) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(e), Some("REGULAR_TYPE")) => e.meta.is_file(),
+        (Some(e), Some("DIRECTORY_TYPE")) => e.is_dir(),
+        (Some(e), Some("SYMLINK_TYPE")) => e.meta.file_type().is_symlink(),
+        (Some(_), Some(other)) => return Err(ApiError::invalid(format!("unknown expectedType {other}"))),
+    };
+    Ok(Output::Value(Value::Boolean(found)))
+}
+
+/// The content digest of a path of a tree, as `sha256:<hex>`.
+pub async fn content_digest(api: &Api, tree: Option<TreeRef>, path: &str) -> Result<Output, ApiError> {
+    let view = api.view(tree).await?;
+    let p = path.to_string();
+    let digest = tokio::task::spawn_blocking(move || kiln_store::tree_digest(&view, &p))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::invalid(format!("{path}: no such file or directory")))?;
+    Ok(Output::string(digest.to_string()))
+}
+
+async fn digest(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
+    let d = directory(obj)?;
+    content_digest(&api, d.tree, &d.path).await
+}
+
+async fn name(_: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
+    let d = directory(obj)?;
+    let base = Path::new(&d.path).file_name().map(|n| format!("{}/", n.to_string_lossy()));
+    Ok(Output::string(base.unwrap_or_else(|| "/".into())))
+}
+
+async fn filter(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let d = directory(obj)?;
+    if args.bool("gitignore") {
+        return Err(ApiError::NotImplemented("the gitignore argument of Directory.filter".into()));
+    }
+    let op = Op::Copy {
+        src_path: d.path.clone(),
+        dest_path: "/".into(),
+        contents_only: true,
+        include: args.strings("include"),
+        exclude: args.strings("exclude"),
+        owner: None,
+        mode: None,
+    };
+    apply(&api, Directory { tree: None, path: "/".into() }, op, Some(d.tree))
+}
+
+async fn with_files(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let mut d = directory(obj)?;
+    let dest = join_path(&d.path, &args.string("path")?);
+    let mode = args.int("permissions").map(|p| p as u32);
+    for id in args.strings("sources") {
+        let f = match api.nodes.load(&id)? {
+            Object::File(f) => f,
+            other => return Err(ApiError::invalid(format!("sources must be File IDs, got a {}", other.type_name()))),
+        };
+        let name = Path::new(&f.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let op = Op::Copy {
+            src_path: f.path,
+            dest_path: join_path(&dest, &name),
+            contents_only: true,
+            include: vec![],
+            exclude: vec![],
+            owner: None,
+            mode,
+        };
+        d = match apply(&api, d, op, Some(f.tree))? {
+            Output::Object(Object::Directory(next)) => next,
+            _ => return Err(ApiError::internal("withFiles built no directory")),
+        };
+    }
+    out(d)
+}
+
+async fn without_files(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let mut d = directory(obj)?;
+    for path in args.strings("paths") {
+        let op = Op::Rm { path: join_path(&d.path, &path), allow_not_found: true };
+        d = match apply(&api, d, op, None)? {
+            Output::Object(Object::Directory(next)) => next,
+            _ => return Err(ApiError::internal("withoutFiles built no directory")),
+        };
+    }
+    out(d)
+}
+
+async fn diff(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let d = directory(obj)?;
+    let other = api.arg_directory(&args, "other")?;
+    let op = Op::Diff { lower_path: d.path.clone(), upper_path: other.path };
+    let inputs = vec![api.nodes.input(d.tree)?, api.nodes.input(other.tree)?];
+    let node = api.nodes.add(op, inputs);
+    out(Directory { tree: Some(TreeRef { node: node.digest(), output: 0 }), path: "/".into() })
 }

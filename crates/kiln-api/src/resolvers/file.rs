@@ -19,6 +19,8 @@ pub fn register(r: &mut Registry) {
     r.add("File", "size", resolver!(size));
     r.add("File", "name", resolver!(name));
     r.add("File", "export", resolver!(export));
+    r.add("File", "digest", resolver!(digest));
+    r.add("File", "withName", resolver!(with_name));
 }
 
 /// Reads a blob as text (exec output).
@@ -121,4 +123,33 @@ async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
     .await
     .map_err(ApiError::internal)??;
     Ok(Output::string(dest.display().to_string()))
+}
+
+async fn digest(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
+    let f = file(obj)?;
+    super::directory::content_digest(&api, f.tree, &f.path).await
+}
+
+async fn with_name(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let f = file(obj)?;
+    let name = args.string("name")?;
+    if name.contains('/') || name == "." || name == ".." {
+        return Err(ApiError::invalid(format!("file name {name:?} must be a plain name")));
+    }
+    let path = format!("/{name}");
+    let op = kiln_graph::Op::Copy {
+        src_path: f.path,
+        dest_path: path.clone(),
+        contents_only: true,
+        include: vec![],
+        exclude: vec![],
+        owner: None,
+        mode: None,
+    };
+    let inputs = vec![api.nodes.input(None)?, api.nodes.input(f.tree)?];
+    let node = api.nodes.add(op, inputs);
+    Ok(Output::Object(Object::File(File {
+        tree: Some(crate::values::TreeRef { node: node.digest(), output: 0 }),
+        path,
+    })))
 }

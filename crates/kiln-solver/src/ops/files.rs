@@ -2,12 +2,12 @@
 //! Each writes one new layer on top of the destination tree.
 
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, lchown};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_graph::{Op, Owner};
-use kiln_store::merged::clean;
+use kiln_store::merged::{Entry, clean};
 use kiln_store::{CopyOptions, MergedView, PathFilter, SnapshotId, Store, copy_tree, prepare_parents, whiteout};
 
 use super::{OpOutput, blocking};
@@ -45,7 +45,66 @@ pub(crate) async fn run(
     blocking(engine.store(), desc, move |store| apply(store, &op, dest, src)).await
 }
 
+/// Whether two entries hold the same thing (kind, bits, owner, content).
+fn same_entry(a: &Entry, b: &Entry) -> Result<bool, String> {
+    let (ma, mb) = (&a.meta, &b.meta);
+    if ma.file_type() != mb.file_type() || ma.mode() != mb.mode() || (ma.uid(), ma.gid()) != (mb.uid(), mb.gid()) {
+        return Ok(false);
+    }
+    if ma.is_file() {
+        if (ma.dev(), ma.ino()) == (mb.dev(), mb.ino()) {
+            return Ok(true);
+        }
+        if ma.len() != mb.len() {
+            return Ok(false);
+        }
+        let read = |e: &Entry| fs::read(&e.real).map_err(|err| format!("{}: {err}", e.real.display()));
+        return Ok(read(a)? == read(b)?);
+    }
+    if ma.file_type().is_symlink() {
+        return Ok(fs::read_link(&a.real).ok() == fs::read_link(&b.real).ok());
+    }
+    Ok(true)
+}
+
+/// Copies into `diff` what `upper` holds under `upper_path` that `lower`
+/// lacks or holds differently under `lower_path`.
+fn diff_trees(lower: &MergedView, lower_path: &str, upper: &MergedView, upper_path: &str, diff: &Path) -> Result<(), String> {
+    let lower_root = lower.resolve(lower_path, true).map_err(|e| e.to_string())?;
+    let upper_root = upper.resolve(upper_path, true).map_err(|e| e.to_string())?;
+    let filter = PathFilter::default();
+    let opts = CopyOptions { filter: &filter, owner: None, file_mode: None, hardlink: true };
+    let mut changed: Vec<PathBuf> = Vec::new();
+    upper
+        .walk(&upper_root, &mut |rel, e| {
+            let old = lower.lookup(lower_root.join(rel))?;
+            let same = match &old {
+                Some(o) if o.is_dir() && e.is_dir() => true,
+                Some(o) => same_entry(o, e).map_err(std::io::Error::other)?,
+                None => false,
+            };
+            if !same {
+                changed.push(rel.to_path_buf());
+            }
+            // A new directory is copied whole; a kept one is looked into.
+            Ok(same || !e.is_dir())
+        })
+        .map_err(|e| e.to_string())?;
+    for rel in changed {
+        let view_parent = MergedView::new(vec![]);
+        prepare_parents(&view_parent, diff, &rel).map_err(|e| e.to_string())?;
+        copy_tree(upper, &upper_root.join(&rel), &diff.join(&rel), &opts).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 fn apply(store: &Store, op: &Op, dest: Option<SnapshotId>, src: Option<SnapshotId>) -> Result<OpOutput, String> {
+    if let Op::Diff { lower_path, upper_path } = op {
+        let (lower, upper) = (store.view(dest).map_err(|e| e.to_string())?, store.view(src).map_err(|e| e.to_string())?);
+        let staged = store.stage(None).map_err(|e| e.to_string())?;
+        diff_trees(&lower, lower_path, &upper, upper_path, &staged.diff())?;
+        return Ok(OpOutput::single(staged));
+    }
     let view = store.view(dest).map_err(|e| e.to_string())?;
     let staged = store.stage(dest).map_err(|e| e.to_string())?;
     let diff = staged.diff();

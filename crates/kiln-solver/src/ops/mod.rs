@@ -112,7 +112,7 @@ pub(crate) async fn run(
             let mounts: Vec<Option<SnapshotId>> = (0..node.inputs().len()).map(input).collect();
             exec::run(engine, &desc, exec, &mounts).await
         }
-        (op @ (Op::Copy { .. } | Op::MkFile { .. } | Op::MkDir { .. } | Op::Rm { .. }), _) => {
+        (op @ (Op::Copy { .. } | Op::MkFile { .. } | Op::MkDir { .. } | Op::Rm { .. } | Op::Diff { .. }), _) => {
             let src = if node.inputs().len() > 1 { input(1) } else { None };
             files::run(engine, &desc, op.clone(), input(0), src).await
         }
