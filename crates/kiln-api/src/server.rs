@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_graphql::dynamic::Schema;
 use axum::Router;
@@ -24,6 +24,8 @@ use crate::api::Api;
 pub struct Server {
     schema: Schema,
     token: Arc<String>,
+    /// The first W3C `traceparent` header a client sent.
+    traceparent: Arc<OnceLock<String>>,
 }
 
 /// A running server.
@@ -37,14 +39,20 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// Stops accepting requests and waits for the server to finish.
+    /// Stops accepting requests and waits (briefly: clients may hold idle
+    /// keep-alive connections open) for requests in flight to finish.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let _ = (&mut self.task).await;
+        if tokio::time::timeout(STOP_GRACE, &mut self.task).await.is_err() {
+            self.task.abort();
+        }
     }
 }
+
+/// How long stopping waits for requests in flight.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A fresh random session token.
 pub fn new_token() -> std::io::Result<String> {
@@ -94,6 +102,9 @@ async fn query(State(server): State<Server>, headers: HeaderMap, body: Bytes) ->
         )
             .into_response();
     }
+    if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let _ = server.traceparent.set(traceparent.to_string());
+    }
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -111,7 +122,14 @@ impl Server {
         Ok(Self {
             schema: crate::schema::build(api)?,
             token: Arc::new(token),
+            traceparent: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// Where the server keeps the `traceparent` header of the first request
+    /// that carried one (the SDK's span, under which kiln traces the session).
+    pub fn first_traceparent(&self) -> Arc<OnceLock<String>> {
+        self.traceparent.clone()
     }
 
     /// Runs one GraphQL request in-process (for `kiln query`).

@@ -89,3 +89,14 @@ anyio.run(main)
     assert second.summary()[0] == 1, second.stderr
     assert "RUN    upload" in second.stderr
     assert "CACHED exec cat /a.txt" in second.stderr, f"an edit to b.txt re-ran the exec:\n{second.stderr}"
+
+
+async def test_mounts_with_an_owner(dag):
+    d = dag.directory().with_new_file("f", "x")
+    ctr = (
+        dag.container().from_("busybox")
+        .with_mounted_directory("/m", d, owner="app")
+        .with_mounted_file("/one", d.file("f"), owner="1234:4321")
+        .with_exec(["stat", "-c", "%u %g", "/m/f", "/one"])
+    )
+    assert await ctr.stdout() == "1000 1000\n1234 4321\n"

@@ -1,5 +1,6 @@
 //! `Container`: image, configuration, mounts, execs and their results.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use async_graphql::Value;
@@ -484,45 +485,49 @@ fn with_mount(mut c: Container, target: String, source: MountSource) -> Result<O
     out(c)
 }
 
+/// The tree and path to mount for a source, re-owned when `owner` is set
+/// (a copy of the source, owned as asked, as Dagger does).
+fn mount_source(
+    api: &Api,
+    tree: Option<TreeRef>,
+    path: String,
+    owner: Option<Owner>,
+    is_file: bool,
+) -> Result<(Option<TreeRef>, String), ApiError> {
+    let Some(owner) = owner else { return Ok((tree, path)) };
+    let name = Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned());
+    let dest = match (&name, is_file) {
+        (Some(n), true) => format!("/{n}"),
+        _ => "/".into(),
+    };
+    let op = Op::Copy {
+        src_path: path,
+        dest_path: dest.clone(),
+        contents_only: true,
+        include: vec![],
+        exclude: vec![],
+        owner: Some(owner),
+        mode: None,
+    };
+    let inputs = vec![api.nodes.input(None)?, api.nodes.input(tree)?];
+    let node = api.nodes.add(op, inputs);
+    Ok((Some(TreeRef { node: node.digest(), output: 0 }), dest))
+}
+
 async fn with_mounted_directory(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let c = container(obj)?;
     let target = path_arg(&c, &args, "path")?;
-    if owner_arg(&args).is_some() {
-        return Err(ApiError::NotImplemented(
-            "the owner argument of Container.withMountedDirectory".into(),
-        ));
-    }
     let src = api.arg_directory(&args, "source")?;
-    let readonly = args.bool("readOnly");
-    with_mount(
-        c,
-        target,
-        MountSource::Tree {
-            tree: src.tree,
-            path: src.path,
-            readonly,
-        },
-    )
+    let (tree, path) = mount_source(&api, src.tree, src.path, owner_arg(&args), false)?;
+    with_mount(c, target, MountSource::Tree { tree, path, readonly: args.bool("readOnly") })
 }
 
 async fn with_mounted_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let c = container(obj)?;
     let target = path_arg(&c, &args, "path")?;
-    if owner_arg(&args).is_some() {
-        return Err(ApiError::NotImplemented(
-            "the owner argument of Container.withMountedFile".into(),
-        ));
-    }
     let src = api.arg_file(&args, "source")?;
-    with_mount(
-        c,
-        target,
-        MountSource::Tree {
-            tree: src.tree,
-            path: src.path,
-            readonly: false,
-        },
-    )
+    let (tree, path) = mount_source(&api, src.tree, src.path, owner_arg(&args), true)?;
+    with_mount(c, target, MountSource::Tree { tree, path, readonly: false })
 }
 
 async fn with_mounted_temp(_: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
