@@ -292,10 +292,16 @@ impl Op {
                 .mounts
                 .iter()
                 .filter_map(|m| match m {
-                    Mount::Tree { input, source_path, readonly: true, .. } if partial(source_path) => {
-                        Some((*input, source_path.as_str()))
-                    }
-                    Mount::Cache { source: Some((input, path)), .. } if partial(path) => Some((*input, path.as_str())),
+                    Mount::Tree {
+                        input,
+                        source_path,
+                        readonly: true,
+                        ..
+                    } if partial(source_path) => Some((*input, source_path.as_str())),
+                    Mount::Cache {
+                        source: Some((input, path)),
+                        ..
+                    } if partial(path) => Some((*input, path.as_str())),
                     _ => None,
                 })
                 .collect(),

@@ -20,6 +20,9 @@ use crate::secrets::Secrets;
 use crate::volumes::VolumeLeases;
 use crate::{SolveError, Solved};
 
+/// Content digests of parts of trees, by (tree, path).
+type PartDigests = HashMap<(Option<SnapshotId>, String), Option<Digest>>;
+
 type SharedSolve = Shared<BoxFuture<'static, Result<Arc<Solved>, SolveError>>>;
 
 /// Engine settings.
@@ -69,7 +72,7 @@ pub struct Engine {
     pub(crate) volumes: Arc<VolumeLeases>,
     events: Events,
     inflight: Mutex<HashMap<Key, SharedSolve>>,
-    part_digests: Mutex<HashMap<(Option<SnapshotId>, String), Option<Digest>>>,
+    part_digests: Mutex<PartDigests>,
     counters: Counters,
 }
 
@@ -312,8 +315,12 @@ impl Session {
             SourcePolicy::Content => prepared.content_key(),
             SourcePolicy::Definition => None,
         };
-        let mut input_keys: Vec<(Key, usize)> =
-            node.inputs().iter().zip(&inputs).map(|(i, s)| (s.key, i.output)).collect();
+        let mut input_keys: Vec<(Key, usize)> = node
+            .inputs()
+            .iter()
+            .zip(&inputs)
+            .map(|(i, s)| (s.key, i.output))
+            .collect();
         // An input read only in part is keyed by that part's content.
         for (index, path) in node.op().selectors() {
             let tree = inputs[index].output(node.inputs()[index].output);

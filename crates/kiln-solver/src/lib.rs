@@ -17,5 +17,6 @@ pub mod volumes;
 pub use engine::{Engine, EngineConfig, Session, Stats};
 pub use error::SolveError;
 pub use events::{Event, EventKind, Events};
+pub use ops::files::resolve_owner;
 pub use result::{ExecMeta, Solved};
 pub use secrets::Secrets;

@@ -409,7 +409,10 @@ async fn root_ops_reading_one_file_ignore_edits_elsewhere_in_the_directory() {
     assert_eq!(output(&engine.session(), &pipeline()).await, "A");
     fs::write(src.path().join("b.txt"), "B2").unwrap();
     let again = engine.session().solve(&pipeline()).await.unwrap();
-    assert!(again.cached, "an edit to b.txt invalidated an exec that only reads a.txt");
+    assert!(
+        again.cached,
+        "an edit to b.txt invalidated an exec that only reads a.txt"
+    );
     fs::write(src.path().join("a.txt"), "A2").unwrap();
     let changed = engine.session().solve(&pipeline()).await.unwrap();
     assert!(!changed.cached);

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::merged::{Entry, MergedView};
 use crate::Digest;
+use crate::merged::{Entry, MergedView};
 
 fn entry_bytes(h: &mut Sha256, rel: &[u8], e: &Entry) -> io::Result<()> {
     let m = &e.meta;
@@ -92,9 +92,16 @@ mod tests {
         fs::write(b.join("other.txt"), "changed elsewhere").unwrap();
         let (va, vb) = (MergedView::new(vec![a.clone()]), MergedView::new(vec![b.clone()]));
         let da = tree_digest(&va, "/src").unwrap().unwrap();
-        assert_eq!(da, tree_digest(&vb, "src").unwrap().unwrap(), "same content, other tree");
+        assert_eq!(
+            da,
+            tree_digest(&vb, "src").unwrap().unwrap(),
+            "same content, other tree"
+        );
         assert_ne!(tree_digest(&va, "/").unwrap(), tree_digest(&vb, "/").unwrap());
-        assert_eq!(tree_digest(&va, "/src/y.txt").unwrap(), tree_digest(&vb, "/src/y.txt").unwrap());
+        assert_eq!(
+            tree_digest(&va, "/src/y.txt").unwrap(),
+            tree_digest(&vb, "/src/y.txt").unwrap()
+        );
         fs::write(b.join("src/sub/x.txt"), "X").unwrap();
         assert_ne!(da, tree_digest(&vb, "/src").unwrap().unwrap());
         assert!(tree_digest(&va, "/missing").unwrap().is_none());

@@ -487,14 +487,22 @@ fn with_mount(mut c: Container, target: String, source: MountSource) -> Result<O
 
 /// The tree and path to mount for a source, re-owned when `owner` is set
 /// (a copy of the source, owned as asked, as Dagger does).
-fn mount_source(
+async fn mount_source(
     api: &Api,
+    c: &Container,
     tree: Option<TreeRef>,
     path: String,
     owner: Option<Owner>,
     is_file: bool,
 ) -> Result<(Option<TreeRef>, String), ApiError> {
     let Some(owner) = owner else { return Ok((tree, path)) };
+    // Names mean what the container's /etc/passwd says.
+    let view = api.view(c.rootfs).await?;
+    let (uid, gid) = kiln_solver::resolve_owner(&view, &owner).map_err(ApiError::invalid)?;
+    let owner = Owner {
+        user: uid.to_string(),
+        group: Some(gid.to_string()),
+    };
     let name = Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned());
     let dest = match (&name, is_file) {
         (Some(n), true) => format!("/{n}"),
@@ -511,23 +519,45 @@ fn mount_source(
     };
     let inputs = vec![api.nodes.input(None)?, api.nodes.input(tree)?];
     let node = api.nodes.add(op, inputs);
-    Ok((Some(TreeRef { node: node.digest(), output: 0 }), dest))
+    Ok((
+        Some(TreeRef {
+            node: node.digest(),
+            output: 0,
+        }),
+        dest,
+    ))
 }
 
 async fn with_mounted_directory(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let c = container(obj)?;
     let target = path_arg(&c, &args, "path")?;
     let src = api.arg_directory(&args, "source")?;
-    let (tree, path) = mount_source(&api, src.tree, src.path, owner_arg(&args), false)?;
-    with_mount(c, target, MountSource::Tree { tree, path, readonly: args.bool("readOnly") })
+    let (tree, path) = mount_source(&api, &c, src.tree, src.path, owner_arg(&args), false).await?;
+    with_mount(
+        c,
+        target,
+        MountSource::Tree {
+            tree,
+            path,
+            readonly: args.bool("readOnly"),
+        },
+    )
 }
 
 async fn with_mounted_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let c = container(obj)?;
     let target = path_arg(&c, &args, "path")?;
     let src = api.arg_file(&args, "source")?;
-    let (tree, path) = mount_source(&api, src.tree, src.path, owner_arg(&args), true)?;
-    with_mount(c, target, MountSource::Tree { tree, path, readonly: false })
+    let (tree, path) = mount_source(&api, &c, src.tree, src.path, owner_arg(&args), true).await?;
+    with_mount(
+        c,
+        target,
+        MountSource::Tree {
+            tree,
+            path,
+            readonly: false,
+        },
+    )
 }
 
 async fn with_mounted_temp(_: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {

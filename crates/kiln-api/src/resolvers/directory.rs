@@ -241,7 +241,9 @@ async fn exists(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
     let d = directory(obj)?;
     let path = join_path(&d.path, &args.string("path")?);
     let view = api.view(d.tree).await?;
-    let rel = view.resolve(&path, !args.bool("doNotFollowSymlinks")).map_err(ApiError::internal)?;
+    let rel = view
+        .resolve(&path, !args.bool("doNotFollowSymlinks"))
+        .map_err(ApiError::internal)?;
     let entry = view.lookup(&rel).map_err(ApiError::internal)?;
     let found = match (entry, args.opt_string("expectedType").as_deref()) {
         (None, _) => false,
@@ -273,14 +275,18 @@ async fn digest(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError>
 
 async fn name(_: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
     let d = directory(obj)?;
-    let base = Path::new(&d.path).file_name().map(|n| format!("{}/", n.to_string_lossy()));
+    let base = Path::new(&d.path)
+        .file_name()
+        .map(|n| format!("{}/", n.to_string_lossy()));
     Ok(Output::string(base.unwrap_or_else(|| "/".into())))
 }
 
 async fn filter(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let d = directory(obj)?;
     if args.bool("gitignore") {
-        return Err(ApiError::NotImplemented("the gitignore argument of Directory.filter".into()));
+        return Err(ApiError::NotImplemented(
+            "the gitignore argument of Directory.filter".into(),
+        ));
     }
     let op = Op::Copy {
         src_path: d.path.clone(),
@@ -291,7 +297,15 @@ async fn filter(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
         owner: None,
         mode: None,
     };
-    apply(&api, Directory { tree: None, path: "/".into() }, op, Some(d.tree))
+    apply(
+        &api,
+        Directory {
+            tree: None,
+            path: "/".into(),
+        },
+        op,
+        Some(d.tree),
+    )
 }
 
 async fn with_files(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
@@ -301,9 +315,17 @@ async fn with_files(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Ap
     for id in args.strings("sources") {
         let f = match api.nodes.load(&id)? {
             Object::File(f) => f,
-            other => return Err(ApiError::invalid(format!("sources must be File IDs, got a {}", other.type_name()))),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "sources must be File IDs, got a {}",
+                    other.type_name()
+                )));
+            }
         };
-        let name = Path::new(&f.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = Path::new(&f.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let op = Op::Copy {
             src_path: f.path,
             dest_path: join_path(&dest, &name),
@@ -324,7 +346,10 @@ async fn with_files(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Ap
 async fn without_files(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let mut d = directory(obj)?;
     for path in args.strings("paths") {
-        let op = Op::Rm { path: join_path(&d.path, &path), allow_not_found: true };
+        let op = Op::Rm {
+            path: join_path(&d.path, &path),
+            allow_not_found: true,
+        };
         d = match apply(&api, d, op, None)? {
             Output::Object(Object::Directory(next)) => next,
             _ => return Err(ApiError::internal("withoutFiles built no directory")),
@@ -336,8 +361,17 @@ async fn without_files(api: Arc<Api>, obj: Object, args: Args) -> Result<Output,
 async fn diff(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let d = directory(obj)?;
     let other = api.arg_directory(&args, "other")?;
-    let op = Op::Diff { lower_path: d.path.clone(), upper_path: other.path };
+    let op = Op::Diff {
+        lower_path: d.path.clone(),
+        upper_path: other.path,
+    };
     let inputs = vec![api.nodes.input(d.tree)?, api.nodes.input(other.tree)?];
     let node = api.nodes.add(op, inputs);
-    out(Directory { tree: Some(TreeRef { node: node.digest(), output: 0 }), path: "/".into() })
+    out(Directory {
+        tree: Some(TreeRef {
+            node: node.digest(),
+            output: 0,
+        }),
+        path: "/".into(),
+    })
 }

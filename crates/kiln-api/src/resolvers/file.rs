@@ -149,7 +149,10 @@ async fn with_name(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
     let inputs = vec![api.nodes.input(None)?, api.nodes.input(f.tree)?];
     let node = api.nodes.add(op, inputs);
     Ok(Output::Object(Object::File(File {
-        tree: Some(crate::values::TreeRef { node: node.digest(), output: 0 }),
+        tree: Some(crate::values::TreeRef {
+            node: node.digest(),
+            output: 0,
+        }),
         path,
     })))
 }

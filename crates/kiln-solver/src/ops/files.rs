@@ -25,7 +25,7 @@ pub(crate) fn read_text(view: &MergedView, path: &str) -> String {
 }
 
 /// Resolves an owner against the tree's `/etc/passwd` and `/etc/group`.
-pub(crate) fn resolve_owner(view: &MergedView, owner: &Owner) -> Result<(u32, u32), String> {
+pub fn resolve_owner(view: &MergedView, owner: &Owner) -> Result<(u32, u32), String> {
     let spec = match &owner.group {
         Some(g) => format!("{}:{g}", owner.user),
         None => owner.user.clone(),
@@ -69,11 +69,22 @@ fn same_entry(a: &Entry, b: &Entry) -> Result<bool, String> {
 
 /// Copies into `diff` what `upper` holds under `upper_path` that `lower`
 /// lacks or holds differently under `lower_path`.
-fn diff_trees(lower: &MergedView, lower_path: &str, upper: &MergedView, upper_path: &str, diff: &Path) -> Result<(), String> {
+fn diff_trees(
+    lower: &MergedView,
+    lower_path: &str,
+    upper: &MergedView,
+    upper_path: &str,
+    diff: &Path,
+) -> Result<(), String> {
     let lower_root = lower.resolve(lower_path, true).map_err(|e| e.to_string())?;
     let upper_root = upper.resolve(upper_path, true).map_err(|e| e.to_string())?;
     let filter = PathFilter::default();
-    let opts = CopyOptions { filter: &filter, owner: None, file_mode: None, hardlink: true };
+    let opts = CopyOptions {
+        filter: &filter,
+        owner: None,
+        file_mode: None,
+        hardlink: true,
+    };
     let mut changed: Vec<PathBuf> = Vec::new();
     upper
         .walk(&upper_root, &mut |rel, e| {
@@ -100,7 +111,10 @@ fn diff_trees(lower: &MergedView, lower_path: &str, upper: &MergedView, upper_pa
 
 fn apply(store: &Store, op: &Op, dest: Option<SnapshotId>, src: Option<SnapshotId>) -> Result<OpOutput, String> {
     if let Op::Diff { lower_path, upper_path } = op {
-        let (lower, upper) = (store.view(dest).map_err(|e| e.to_string())?, store.view(src).map_err(|e| e.to_string())?);
+        let (lower, upper) = (
+            store.view(dest).map_err(|e| e.to_string())?,
+            store.view(src).map_err(|e| e.to_string())?,
+        );
         let staged = store.stage(None).map_err(|e| e.to_string())?;
         diff_trees(&lower, lower_path, &upper, upper_path, &staged.diff())?;
         return Ok(OpOutput::single(staged));

@@ -1,7 +1,7 @@
 //! The implementation of each operation.
 
 mod exec;
-mod files;
+pub(crate) mod files;
 mod host;
 mod image;
 
