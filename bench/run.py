@@ -3,22 +3,36 @@
 
 Run through bench/run.sh (which builds kiln in release mode, starts a
 loopback registry with the fixture images and writes a kiln config). Prints
-a table and, with --record, appends it to docs/benchmarks.md with the date
-and the machine. Every figure is the median of several runs; peak RSS is the
-largest resident set of the measured process tree.
+one table and, with --record, appends it to docs/benchmarks.md with the date
+and the machine. Every time is the median of --runs runs; peak RSS is the
+largest resident set of the measured process tree over those runs.
 
-Benchmarks:
-  exec-overhead   N sequential `true` execs through kiln (one GraphQL query,
-                  cold: a fresh nonce makes every exec miss the cache) vs the
-                  same N through raw `crun run` on an unpacked busybox rootfs.
-  cached-ops      a fully cached 50-step pipeline: engine ms per cached op.
+Benchmarks (--only NAME[,NAME] to run some):
+  exec-overhead  N sequential `true` execs through kiln (one GraphQL query,
+                 cold: a fresh nonce makes every exec miss the cache) vs the
+                 same N through raw `crun run` on an unpacked busybox rootfs.
+  cached-ops     a fully cached 100-step pipeline: engine ms per cached op.
+  host-tree      a host tree of 100k files / 1 GB (generated once, the same
+                 bytes every time, under the cache dir): first upload vs
+                 `tar -cf - | cat >/dev/null`, unchanged re-upload vs
+                 `git status` on the same tree (all committed), and a re-upload
+                 after one file changed. kiln is driven by `kiln query`.
+  pipeline       a Dockerfile-equivalent pipeline (FROM busybox; RUN; COPY a
+                 200-file source dir; three RUNs), cold, warm and after a
+                 one-file source change: kiln through `kiln query`, the same
+                 through the Python SDK (`kiln run -- python3`), and
+                 `docker build` (BuildKit) from Debian's docker.io, whose
+                 dockerd the script starts (own data root and socket,
+                 --iptables=false --bridge=none) and stops by PID.
 """
 import argparse
 import datetime
 import json
 import os
 import platform
+import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -27,90 +41,123 @@ import time
 import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = ["exec-overhead", "cached-ops", "host-tree", "pipeline"]
+
+
+class Measured:
+    """Time (s), stdout and peak RSS (KiB) of one command."""
+
+    def __init__(self, seconds, stdout, rss_kib):
+        self.seconds = seconds
+        self.stdout = stdout
+        self.rss_kib = rss_kib
 
 
 def run_measured(cmd, env=None, stdin=None, cwd=None):
-    """Runs cmd, returns (seconds, stdout)."""
-    start = time.perf_counter()
-    p = subprocess.Popen(
-        cmd, env=env, cwd=cwd, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    out, err = p.communicate(stdin.encode() if stdin else None)
-    elapsed = time.perf_counter() - start
+    """Runs cmd; fails the benchmark if it fails."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        p = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=out, stderr=err,
+        )
+        if stdin is not None:
+            p.stdin.write(stdin.encode())
+            p.stdin.close()
+        _, status, usage = os.wait4(p.pid, 0)
+        elapsed = time.perf_counter() - start
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if p.returncode != 0:
         sys.exit(
-            f"benchmark command failed ({p.returncode}): {' '.join(cmd)}\n"
-            f"{out.decode()[-3000:]}\n{err.decode()[-3000:]}"
+            f"benchmark command failed ({p.returncode}): {' '.join(cmd)}\n{stdout[-3000:]}\n{stderr[-3000:]}"
         )
-    return elapsed, out.decode()
+    return Measured(elapsed, stdout, usage.ru_maxrss)
 
 
-def peak_rss_kib(cmd, env=None, stdin=None):
-    """Peak RSS (KiB) of cmd and the descendants it waited for."""
-    code = (
-        "import resource,subprocess,sys,json;"
-        "p=subprocess.run(json.loads(sys.argv[1]),input=sys.stdin.buffer.read(),capture_output=True);"
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(cmd)], env=env, input=(stdin or "").encode(),
-        capture_output=True, check=True,
-    )
-    return int(out.stdout.decode().strip())
+class Series:
+    """Several runs of one measurement."""
+
+    def __init__(self):
+        self.runs = []
+
+    def add(self, m):
+        self.runs.append(m)
+        return m
+
+    def ms(self):
+        return statistics.median(r.seconds for r in self.runs) * 1000
+
+    def rss(self):
+        return max(r.rss_kib for r in self.runs)
 
 
-def chain_query(image, steps, nonce, kind="exec"):
+def repeat(fn, runs, before=None):
+    s = Series()
+    for _ in range(runs):
+        if before:
+            before()
+        s.add(fn())
+    return s
+
+
+def kiln_cmd(kiln, *args):
+    return [kiln, "--progress", "quiet", *args]
+
+
+def kiln_query(kiln, env, query):
+    return run_measured(kiln_cmd(kiln, "query"), env=env, stdin=query)
+
+
+def kiln_query_file(kiln, env, path):
+    return run_measured(kiln_cmd(kiln, "query", path), env=env)
+
+
+def with_state(env, state):
+    e = dict(env)
+    e["KILN_STATE_DIR"] = state
+    return e
+
+
+def cache_dir():
+    return os.environ.get("KILN_CACHE_DIR") or os.path.join(REPO, ".cache")
+
+
+# --- 1. exec overhead ---------------------------------------------------------
+
+def chain_query(image, steps, nonce):
     q = f'container {{ from(address: "{image}") {{ withEnvVariable(name: "NONCE", value: "{nonce}") {{ '
     close = "} } }"
     for i in range(steps):
-        if kind == "exec":
-            q += f'withExec(args: ["true", "{i}"]) {{ '
+        q += f'withExec(args: ["true", "{i}"]) {{ '
         close += " }"
     return "{ " + q + "sync " + close + " }"
 
 
-def kiln_query(kiln, env, query):
-    return run_measured([kiln, "--progress", "quiet", "query"], env=env, stdin=query)
-
-
-def median_time(fn, runs):
-    times = [fn() for _ in range(runs)]
-    return statistics.median(times)
+def busybox_rootfs_blob(env):
+    layout = os.path.join(env["KILN_FIXTURES"], "busybox")
+    index = json.load(open(os.path.join(layout, "index.json")))
+    manifest_digest = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.load(open(os.path.join(layout, "blobs/sha256", manifest_digest)))
+    (layer,) = manifest["layers"]
+    return os.path.join(layout, "blobs/sha256", layer["digest"].split(":")[1])
 
 
 def bench_exec_overhead(kiln, env, n, runs):
     image = "busybox"
-    # Warm: pull the image once.
-    kiln_query(kiln, env, chain_query(image, 0, "warm"))
-
-    def cold():
-        q = chain_query(image, n, uuid.uuid4().hex)
-        t, _ = kiln_query(kiln, env, q)
-        return t
-
-    def base():
-        q = chain_query(image, 0, uuid.uuid4().hex)
-        t, _ = kiln_query(kiln, env, q)
-        return t
-
-    kiln_total = median_time(cold, runs)
-    kiln_base = median_time(base, runs)
-    kiln_per_exec = (kiln_total - kiln_base) / n
-    kiln_rss = peak_rss_kib([kiln, "--progress", "quiet", "query"], env=env, stdin=chain_query(image, n, uuid.uuid4().hex))
+    kiln_query(kiln, env, chain_query(image, 0, "warm"))  # pull the image once
+    execs = repeat(lambda: kiln_query(kiln, env, chain_query(image, n, uuid.uuid4().hex)), runs)
+    base = repeat(lambda: kiln_query(kiln, env, chain_query(image, 0, uuid.uuid4().hex)), runs)
+    kiln_per_exec = (execs.ms() - base.ms()) / n
 
     # Raw crun on the same busybox rootfs, in a private mount namespace with
     # the cgroup v2 mount hidden (as kiln does on hybrid hosts).
     bundle = tempfile.mkdtemp(prefix="kiln-bench-crun-")
     rootfs = os.path.join(bundle, "rootfs")
-    layout = os.path.join(env["KILN_FIXTURES"], "busybox")
-    index = json.load(open(os.path.join(layout, "index.json")))
-    manifest_digest = index["manifests"][0]["digest"].split(":")[1]
-    manifest = json.load(open(os.path.join(layout, "blobs/sha256", manifest_digest)))
     os.makedirs(rootfs)
-    for layer in manifest["layers"]:
-        blob = os.path.join(layout, "blobs/sha256", layer["digest"].split(":")[1])
-        subprocess.run(["tar", "-xzf", blob, "-C", rootfs], check=True)
+    subprocess.run(["tar", "-xzf", busybox_rootfs_blob(env), "-C", rootfs], check=True)
     subprocess.run(["crun", "spec"], cwd=bundle, check=True)
     spec = json.load(open(os.path.join(bundle, "config.json")))
     spec["process"]["terminal"] = False
@@ -121,37 +168,305 @@ def bench_exec_overhead(kiln, env, n, runs):
         "umount /sys/fs/cgroup/unified 2>/dev/null; "
         f"for i in $(seq {n}); do crun --root {state} run --bundle {bundle} bench-$$-$i || exit 1; done"
     )
-    cmd = ["unshare", "-m", "sh", "-c", script]
-
-    def crun_run():
-        t, _ = run_measured(cmd)
-        return t
-
-    crun_per_exec = median_time(crun_run, runs) / n
-    crun_rss = peak_rss_kib(cmd)
+    crun = repeat(lambda: run_measured(["unshare", "-m", "sh", "-c", script]), runs)
     shutil.rmtree(bundle, ignore_errors=True)
+    crun_per_exec = crun.ms() / n
     return [
-        (f"{n} sequential `true` execs: kiln (per exec)", kiln_per_exec * 1000, kiln_rss),
-        (f"{n} sequential `true` execs: raw crun run (per exec)", crun_per_exec * 1000, crun_rss),
-        ("exec overhead ratio kiln / crun", kiln_per_exec / crun_per_exec, None),
+        (f"{n} sequential `true` execs: kiln (per exec)", kiln_per_exec, execs.rss()),
+        (f"{n} sequential `true` execs: raw crun run (per exec)", crun_per_exec, crun.rss()),
+        ("ratio: exec overhead kiln / crun (target <= 1.3)", kiln_per_exec / crun_per_exec, None),
     ]
 
+
+# --- 2. cached ops ------------------------------------------------------------
 
 def bench_cached_ops(kiln, env, steps, runs):
     nonce = "cached-" + uuid.uuid4().hex
     q = chain_query("busybox", steps, nonce)
     kiln_query(kiln, env, q)  # fill the cache
-    full = median_time(lambda: kiln_query(kiln, env, q)[0], runs)
-    base_q = chain_query("busybox", 0, nonce)
-    base = median_time(lambda: kiln_query(kiln, env, base_q)[0], runs)
-    version = median_time(lambda: kiln_query(kiln, env, "{ version }")[0], runs)
-    rss = peak_rss_kib([kiln, "--progress", "quiet", "query"], env=env, stdin=q)
+    full = repeat(lambda: kiln_query(kiln, env, q), runs)
+    base = repeat(lambda: kiln_query(kiln, env, chain_query("busybox", 0, nonce)), runs)
+    version = repeat(lambda: kiln_query(kiln, env, "{ version }"), runs)
+    per_op = (full.ms() - base.ms()) / steps
     return [
-        (f"fully cached {steps}-step pipeline (whole `kiln query`)", full * 1000, rss),
-        ("engine time per cached op", (full - base) / steps * 1000, None),
-        ("`kiln query '{ version }'` (process start, schema)", version * 1000, None),
+        (f"fully cached {steps}-step pipeline (whole `kiln query`)", full.ms(), full.rss()),
+        ("engine time per cached op (target <= 1 ms)", per_op, None),
+        ("`kiln query '{ version }'` (process start, schema)", version.ms(), version.rss()),
     ]
 
+
+# --- 3. host tree -------------------------------------------------------------
+
+def ensure_host_tree(files, total_bytes):
+    """A deterministic tree of `files` files, about `total_bytes` in all,
+    committed to a git repository kept beside it; built once."""
+    base = os.path.join(cache_dir(), "bench")
+    tree = os.path.join(base, f"host-tree-{files}")
+    git_dir = tree + ".git"
+    stamp = tree + ".stamp"
+    want = f"{files} {total_bytes} v1"
+    if os.path.exists(stamp) and open(stamp).read() == want:
+        return tree, git_dir
+    print(f"[bench] generating {tree} ({files} files, {total_bytes >> 20} MiB) and its git repository", file=sys.stderr)
+    shutil.rmtree(tree, ignore_errors=True)
+    shutil.rmtree(git_dir, ignore_errors=True)
+    rng = random.Random(20261124)
+    mean = total_bytes // files
+    for i in range(files):
+        d = os.path.join(tree, f"d{i // 1000:03d}", f"s{(i // 100) % 10}")
+        if i % 100 == 0:
+            os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{i % 100:02d}.bin"), "wb") as f:
+            f.write(rng.randbytes(rng.randint(mean // 2, mean * 3 // 2)))
+    git = git_env(tree, git_dir)
+    subprocess.run(["git", "init", "-q"], env=git, check=True)
+    subprocess.run(["git", "add", "-A"], env=git, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "tree"],
+        env=git, check=True,
+    )
+    open(stamp, "w").write(want)
+    return tree, git_dir
+
+
+def git_env(tree, git_dir):
+    e = dict(os.environ)
+    e["GIT_DIR"] = git_dir
+    e["GIT_WORK_TREE"] = tree
+    return e
+
+
+def bench_host_tree(kiln, env, runs, files, total_bytes):
+    tree, git_dir = ensure_host_tree(files, total_bytes)
+    work = tempfile.mkdtemp(prefix="kiln-bench-host-")
+    state = os.path.join(work, "state")
+    kenv = with_state(env, state)
+    query = os.path.join(work, "upload.graphql")
+    with open(query, "w") as f:
+        f.write('{ host { directory(path: "%s") { sync } } }\n' % tree)
+    tar = repeat(lambda: run_measured(["sh", "-c", f"tar -cf - -C {tree} . | cat >/dev/null"]), runs)
+    first = repeat(lambda: kiln_query_file(kiln, kenv, query), runs,
+                   before=lambda: shutil.rmtree(state, ignore_errors=True))
+    git = repeat(lambda: run_measured(["git", "status", "--porcelain"], env=git_env(tree, git_dir)), runs)
+    if git.runs[-1].stdout.strip():
+        sys.exit(f"the benchmark tree {tree} is not clean:\n{git.runs[-1].stdout[:2000]}")
+    unchanged = repeat(lambda: kiln_query_file(kiln, kenv, query), runs)
+
+    victim = os.path.join(tree, "d050", "s5", "f50.bin")
+    original = open(victim, "rb").read()
+    counter = [0]
+
+    def change():
+        counter[0] += 1
+        with open(victim, "wb") as f:
+            f.write(original[:-8] + counter[0].to_bytes(8, "little"))
+
+    try:
+        changed = repeat(lambda: kiln_query_file(kiln, kenv, query), runs, before=change)
+    finally:
+        with open(victim, "wb") as f:
+            f.write(original)
+    shutil.rmtree(work, ignore_errors=True)
+    mib = total_bytes >> 20
+    label = f"{files // 1000}k files / {mib} MiB"
+    return [
+        (f"host tree {label}: `tar -cf - | cat >/dev/null`", tar.ms(), tar.rss()),
+        (f"host tree {label}: kiln first upload", first.ms(), first.rss()),
+        ("ratio: first upload kiln / tar", first.ms() / tar.ms(), None),
+        (f"host tree {label}: `git status` (all committed)", git.ms(), git.rss()),
+        (f"host tree {label}: kiln unchanged re-upload", unchanged.ms(), unchanged.rss()),
+        ("ratio: unchanged re-upload kiln / git status (target <= 2)", unchanged.ms() / git.ms(), None),
+        (f"host tree {label}: kiln re-upload, one file changed", changed.ms(), changed.rss()),
+    ]
+
+
+# --- 4. Dockerfile-equivalent pipeline ----------------------------------------
+
+STEPS = [
+    "mkdir -p /app && echo prepared > /app/prepared",
+    None,  # COPY src /app/src
+    "cd /app && ls src | wc -l > files.txt",
+    "cd /app && cat src/* | md5sum > sum.txt",
+    "cd /app && tar -cf /app.tar src files.txt sum.txt",
+]
+
+DOCKERFILE_HEADER = "FROM kiln-bench-busybox\n"
+
+
+def dockerfile():
+    lines = [DOCKERFILE_HEADER.strip()]
+    for step in STEPS:
+        lines.append("COPY src /app/src" if step is None else f"RUN {step}")
+    return "\n".join(lines) + "\n"
+
+
+def pipeline_query(src_id):
+    q = '{ container { from(address: "busybox") { '
+    depth = 2
+    for step in STEPS:
+        if step is None:
+            q += f'withDirectory(path: "/app/src", directory: "{src_id}") {{ '
+        else:
+            q += "withExec(args: " + json.dumps(["sh", "-c", step]) + ") { "
+        depth += 1
+    return q + "sync" + " }" * (depth + 1) + "\n"
+
+
+def ensure_pipeline_context(work):
+    """A build context: Dockerfile and src/ with 200 small files (the same
+    bytes every time)."""
+    ctx = os.path.join(work, "context")
+    src = os.path.join(ctx, "src")
+    os.makedirs(src)
+    rng = random.Random(200)
+    for i in range(200):
+        with open(os.path.join(src, f"m{i:03d}.txt"), "w") as f:
+            f.write("".join(rng.choice("abcdefghij \n") for _ in range(rng.randint(200, 2000))))
+    with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+        f.write(dockerfile())
+    return ctx, src
+
+
+class Dockerd:
+    """Debian's dockerd with its own data root and socket, no iptables, no
+    bridge; stopped by PID."""
+
+    def __init__(self, work):
+        self.root = os.path.join(work, "docker")
+        os.makedirs(self.root)
+        self.sock = os.path.join(self.root, "docker.sock")
+        self.log = open(os.path.join(self.root, "dockerd.log"), "w")
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none",
+             "--data-root", os.path.join(self.root, "data"), "--exec-root", os.path.join(self.root, "exec"),
+             "--pidfile", os.path.join(self.root, "dockerd.pid"), "-H", f"unix://{self.sock}"],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.env = dict(os.environ)
+        self.env["DOCKER_HOST"] = f"unix://{self.sock}"
+        self.env["DOCKER_BUILDKIT"] = "1"
+        deadline = time.time() + 60
+        while subprocess.run(["/usr/bin/docker", "info"], env=self.env, capture_output=True).returncode != 0:
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                sys.exit(f"dockerd did not start; see {self.log.name}")
+            time.sleep(0.2)
+
+    def docker(self, *args):
+        return run_measured(["/usr/bin/docker", *args], env=self.env)
+
+    def peak_rss_kib(self):
+        """Peak RSS of dockerd and the containerd it started."""
+        total = 0
+        for pid in [self.proc.pid] + children_of(self.proc.pid):
+            try:
+                for line in open(f"/proc/{pid}/status"):
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def children_of(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def bench_pipeline(kiln, env, runs):
+    if not os.path.exists("/usr/sbin/dockerd") or not os.path.exists("/usr/bin/docker"):
+        sys.exit("the pipeline benchmark needs Debian's docker.io (apt-get install --no-install-recommends docker.io)")
+    work = tempfile.mkdtemp(prefix="kiln-bench-pipeline-")
+    ctx, src = ensure_pipeline_context(work)
+    victim = os.path.join(src, "m100.txt")
+    original = open(victim).read()
+    counter = [0]
+
+    def change_source():
+        counter[0] += 1
+        with open(victim, "w") as f:
+            f.write(original + f"change {counter[0]}\n")
+
+    rows = []
+    # kiln through `kiln query`: the source directory's ID first (lazy: it
+    # does no work), then the pipeline that refers to it.
+    state = os.path.join(work, "kiln-state")
+    kenv = with_state(env, state)
+    query_file = os.path.join(work, "pipeline.graphql")
+
+    def fresh_kiln():
+        shutil.rmtree(state, ignore_errors=True)
+        # The base image is local for docker (imported): pull it for kiln.
+        kiln_query(kiln, kenv, '{ container { from(address: "busybox") { sync } } }')
+        out = kiln_query(kiln, kenv, '{ host { directory(path: "%s") { id } } }' % src)
+        src_id = json.loads(out.stdout)["data"]["host"]["directory"]["id"]
+        with open(query_file, "w") as f:
+            f.write(pipeline_query(src_id))
+
+    run_kiln = lambda: kiln_query_file(kiln, kenv, query_file)  # noqa: E731
+    kiln_cold = repeat(run_kiln, runs, before=fresh_kiln)
+    kiln_warm = repeat(run_kiln, runs)
+    kiln_changed = repeat(run_kiln, runs, before=change_source)
+
+    # The same through the Python SDK (process start and SDK import included).
+    sdk = [kiln, "--progress", "quiet", "run", "--", sys.executable, os.path.join(REPO, "bench", "pipeline.py"), src]
+    run_sdk = lambda: run_measured(sdk, env=kenv)  # noqa: E731
+
+    def fresh_sdk():
+        shutil.rmtree(state, ignore_errors=True)
+        kiln_query(kiln, kenv, '{ container { from(address: "busybox") { sync } } }')
+
+    sdk_cold = repeat(run_sdk, runs, before=fresh_sdk)
+    sdk_warm = repeat(run_sdk, runs)
+    sdk_changed = repeat(run_sdk, runs, before=change_source)
+
+    # docker build (BuildKit), base image imported from the same rootfs.
+    dockerd = Dockerd(work)
+    try:
+        dockerd.docker("import", busybox_rootfs_blob(env), "kiln-bench-busybox")
+        build = lambda: dockerd.docker("build", "--network=none", "-q", "-t", "kiln-bench-app", ctx)  # noqa: E731
+        build()  # first build of a fresh daemon (not measured)
+        prune = lambda: dockerd.docker("builder", "prune", "-af")  # noqa: E731
+        docker_cold = repeat(build, runs, before=prune)
+        docker_warm = repeat(build, runs)
+        docker_changed = repeat(build, runs, before=change_source)
+        daemon_rss = dockerd.peak_rss_kib()
+    finally:
+        dockerd.stop()
+    for s in (docker_cold, docker_warm, docker_changed):
+        for r in s.runs:
+            r.rss_kib = daemon_rss
+    shutil.rmtree(work, ignore_errors=True)
+
+    for name, k, p, d in [
+        ("cold", kiln_cold, sdk_cold, docker_cold),
+        ("warm", kiln_warm, sdk_warm, docker_warm),
+        ("after a one-file change", kiln_changed, sdk_changed, docker_changed),
+    ]:
+        target = 4 if name == "warm" else 2
+        rows += [
+            (f"5-step pipeline {name}: kiln query", k.ms(), k.rss()),
+            (f"5-step pipeline {name}: Python SDK (kiln run -- python3)", p.ms(), p.rss()),
+            (f"5-step pipeline {name}: docker build (BuildKit; RSS: dockerd+containerd)", d.ms(), d.rss()),
+            (f"ratio: docker build / kiln query, {name} (target >= {target})", d.ms() / k.ms(), None),
+        ]
+    return rows
+
+
+# --- table and record ---------------------------------------------------------
 
 def machine():
     cpu = "unknown CPU"
@@ -169,8 +484,10 @@ def machine():
 def table(rows):
     lines = ["| benchmark | value | peak RSS |", "|---|---|---|"]
     for name, value, rss in rows:
-        unit = "x" if "ratio" in name else "ms"
-        v = f"{value:.2f} x" if unit == "x" else (f"{value:.3f} ms" if value < 10 else f"{value:.1f} ms")
+        if name.startswith("ratio"):
+            v = f"{value:.2f} x"
+        else:
+            v = f"{value:.3f} ms" if value < 10 else f"{value:.1f} ms"
         r = f"{rss / 1024:.1f} MiB" if rss else ""
         lines.append(f"| {name} | {v} | {r} |")
     return "\n".join(lines)
@@ -180,20 +497,41 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--execs", type=int, default=20)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--files", type=int, default=100_000, help="files in the host tree")
+    ap.add_argument("--tree-bytes", type=int, default=1 << 30, help="bytes in the host tree")
+    ap.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated: " + ", ".join(BENCHMARKS))
     ap.add_argument("--record", action="store_true", help="append the results to docs/benchmarks.md")
     args = ap.parse_args()
+    only = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = set(only) - set(BENCHMARKS)
+    if unknown:
+        ap.error(f"unknown benchmarks: {', '.join(sorted(unknown))}")
     kiln = os.environ["KILN_BIN"]
     env = dict(os.environ)
-    rows = bench_exec_overhead(kiln, env, args.execs, args.runs)
-    rows += bench_cached_ops(kiln, env, args.steps, args.runs)
+    rows = []
+    if "exec-overhead" in only:
+        rows += bench_exec_overhead(kiln, env, args.execs, args.runs)
+    if "cached-ops" in only:
+        rows += bench_cached_ops(kiln, env, args.steps, args.runs)
+    if "host-tree" in only:
+        rows += bench_host_tree(kiln, env, args.runs, args.files, args.tree_bytes)
+    if "pipeline" in only:
+        rows += bench_pipeline(kiln, env, args.runs)
     out = table(rows)
     print(out)
     if args.record:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         version = subprocess.run([kiln, "version"], capture_output=True, text=True).stdout.strip()
-        with open(os.path.join(REPO, "docs/benchmarks.md"), "a") as f:
-            f.write(f"\n## {stamp}\n\n{version}, release build; {machine()}; median of {args.runs} runs.\n\n{out}\n")
+        path = os.path.join(REPO, "docs/benchmarks.md")
+        new = not os.path.exists(path)
+        with open(path, "a") as f:
+            if new:
+                f.write("# Benchmarks\n\nRecorded by `bench/run.sh --record`.\n")
+            f.write(
+                f"\n## {stamp}\n\n{version}, release build; {machine()}; median of {args.runs} runs"
+                f" ({', '.join(only)}).\n\n{out}\n"
+            )
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ PACKAGES=(
   docker-registry apache2-utils
   # flock, unshare, mount, ip (netns/veth for services)
   util-linux mount iproute2
+  # a terminal for the test of the live progress display
+  tmux
   # building the workspace (C parts of zstd-sys etc.) and git sources
   gcc libc6-dev make pkg-config git
 )

@@ -9,6 +9,6 @@ pub mod spec;
 pub mod user;
 
 pub use mounts::Overlay;
-pub use runtime::{Bind, ExecError, ExecOutput, RunSpec, Runtime, RuntimeKind, TreeMount};
+pub use runtime::{Bind, ExecError, ExecOutput, LiveOutput, RunSpec, Runtime, RuntimeKind, Stream, TreeMount};
 pub use spec::ProcessSpec;
 pub use user::{Identity, UserError};

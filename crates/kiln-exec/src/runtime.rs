@@ -44,6 +44,19 @@ pub enum ExecError {
     Spec { id: String, source: oci_spec::OciSpecError },
 }
 
+/// One of a process's output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Receives a running process's output as it arrives: which stream, and the
+/// bytes read from it (chunks split anywhere, even inside a UTF-8 sequence).
+pub type LiveOutput<'a> = dyn Fn(Stream, &[u8]) + Send + Sync + 'a;
+
 /// Bytes kept of each output stream; beyond this the middle is dropped.
 pub const OUTPUT_LIMIT: usize = 16 << 20;
 
@@ -204,6 +217,12 @@ impl Runtime {
     /// Runs a container to completion and returns its exit code and output.
     /// Dropping the future kills the container.
     pub async fn run(&self, spec: &RunSpec) -> Result<ExecOutput, ExecError> {
+        self.run_with_output(spec, &|_, _| {}).await
+    }
+
+    /// Like [`Runtime::run`], and passes the process's output to `live` as
+    /// it arrives, chunk by chunk (all of it, also beyond what is kept).
+    pub async fn run_with_output(&self, spec: &RunSpec, live: &LiveOutput<'_>) -> Result<ExecOutput, ExecError> {
         let setup = |action| {
             let id = spec.id.clone();
             move |source| ExecError::Setup { id, action, source }
@@ -279,8 +298,8 @@ impl Runtime {
             });
         }
         let combined = Mutex::new(Vec::new());
-        let stdout = read_limited(child.stdout.take().expect("piped"), &combined);
-        let stderr = read_limited(child.stderr.take().expect("piped"), &combined);
+        let stdout = read_limited(child.stdout.take().expect("piped"), Stream::Stdout, &combined, live);
+        let stderr = read_limited(child.stderr.take().expect("piped"), Stream::Stderr, &combined, live);
         let (status, stdout, stderr) = tokio::join!(child.wait(), stdout, stderr);
         let combined = combined.into_inner().expect("output lock");
         let status = status.map_err(setup("waiting for the runtime"))?;
@@ -297,23 +316,33 @@ impl Runtime {
     }
 }
 
-/// Reads a stream to its end, keeping at most [`OUTPUT_LIMIT`] bytes of it
-/// and appending what it keeps to `combined` as it arrives.
-async fn read_limited(mut r: impl AsyncRead + Unpin, combined: &Mutex<Vec<u8>>) -> Vec<u8> {
+/// Reads a stream to its end, passing every chunk to `live`, keeping at most
+/// [`OUTPUT_LIMIT`] bytes of it and appending what it keeps to `combined` as
+/// it arrives.
+async fn read_limited(
+    mut r: impl AsyncRead + Unpin,
+    stream: Stream,
+    combined: &Mutex<Vec<u8>>,
+    live: &LiveOutput<'_>,
+) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 << 10];
+    // Small chunks keep what live listeners buffer small.
+    let mut buf = vec![0u8; 16 << 10];
     let mut dropped = 0usize;
     loop {
-        match r.read(&mut buf).await {
+        let n = match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) if out.len() + n > OUTPUT_LIMIT => dropped += n,
-            Ok(n) => {
-                out.extend_from_slice(&buf[..n]);
-                let mut all = combined.lock().expect("output lock");
-                if all.len() + n <= 2 * OUTPUT_LIMIT {
-                    all.extend_from_slice(&buf[..n]);
-                }
-            }
+            Ok(n) => n,
+        };
+        live(stream, &buf[..n]);
+        if out.len() + n > OUTPUT_LIMIT {
+            dropped += n;
+            continue;
+        }
+        out.extend_from_slice(&buf[..n]);
+        let mut all = combined.lock().expect("output lock");
+        if all.len() + n <= 2 * OUTPUT_LIMIT {
+            all.extend_from_slice(&buf[..n]);
         }
     }
     if dropped > 0 {

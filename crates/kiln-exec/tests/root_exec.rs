@@ -194,3 +194,36 @@ async fn root_exec_reports_a_missing_binary() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn root_exec_passes_all_output_on_as_it_arrives() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    fs::create_dir_all(t.path().join("empty")).unwrap();
+    let base = busybox_layer(t.path());
+    let rt = Runtime::detect(None, t.path().join("state")).unwrap();
+    let s = spec(
+        t.path(),
+        "live",
+        &base,
+        &["sh", "-c", "echo one; echo two >&2; echo three; exit 1"],
+    );
+    let seen = std::sync::Mutex::new((Vec::new(), Vec::new()));
+    let out = rt
+        .run_with_output(&s, &|stream, bytes| {
+            let mut seen = seen.lock().unwrap();
+            match stream {
+                kiln_exec::Stream::Stdout => seen.0.extend_from_slice(bytes),
+                kiln_exec::Stream::Stderr => seen.1.extend_from_slice(bytes),
+            }
+        })
+        .await
+        .unwrap();
+    let (live_out, live_err) = seen.into_inner().unwrap();
+    assert_eq!(out.exit_code, 1);
+    assert_eq!(live_out, b"one\nthree\n");
+    assert_eq!(live_err, b"two\n");
+    assert_eq!((out.stdout, out.stderr), (live_out, live_err));
+}

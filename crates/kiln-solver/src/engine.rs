@@ -4,18 +4,21 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, try_join_all};
 use kiln_exec::Runtime;
 use kiln_graph::{Key, KeyBuilder, Node, Op, SourcePolicy, cache_key};
 use kiln_oci::{Registry, RegistryConfig};
-use kiln_store::{CacheRecord, Digest, SnapshotId, Store, Volumes, now_secs, tree_digest};
+use kiln_store::{CacheRecord, Digest, PinGuard, SnapshotId, Store, Volumes, now_secs, tree_digest};
 use tokio::sync::Semaphore;
 
-use crate::events::{EventKind, Events};
+use crate::events::{EventKind, Events, Subject};
+use crate::explain::{self, Explanation, Footprint};
 use crate::ops::{self, OpOutput, Prepared};
+use crate::result::ExecMeta;
+use crate::running::Running;
 use crate::secrets::Secrets;
 use crate::volumes::VolumeLeases;
 use crate::{SolveError, Solved};
@@ -26,7 +29,7 @@ type PartDigests = HashMap<(Option<SnapshotId>, String), Option<Digest>>;
 type SharedSolve = Shared<BoxFuture<'static, Result<Arc<Solved>, SolveError>>>;
 
 /// Engine settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
     /// The state directory (store, db, runtime state).
     pub state_dir: PathBuf,
@@ -36,6 +39,10 @@ pub struct EngineConfig {
     pub registry: RegistryConfig,
     /// How many execs may run at once.
     pub parallelism: usize,
+    /// Explain every cache miss (see [`Engine::explanations`]).
+    pub explain_cache: bool,
+    /// Fail an operation instead of running it when it misses the cache.
+    pub fail_on_cache_miss: bool,
 }
 
 /// Counters of what the engine did since it started.
@@ -73,6 +80,9 @@ pub struct Engine {
     events: Events,
     inflight: Mutex<HashMap<Key, SharedSolve>>,
     part_digests: Mutex<PartDigests>,
+    explain_cache: bool,
+    fail_on_cache_miss: bool,
+    explanations: Mutex<Vec<Explanation>>,
     counters: Counters,
 }
 
@@ -100,6 +110,9 @@ impl Engine {
             events: Events::default(),
             inflight: Mutex::new(HashMap::new()),
             part_digests: Mutex::new(HashMap::new()),
+            explain_cache: config.explain_cache,
+            fail_on_cache_miss: config.fail_on_cache_miss,
+            explanations: Mutex::new(Vec::new()),
             counters: Counters::default(),
         }))
     }
@@ -154,6 +167,43 @@ impl Engine {
         Ok(digest)
     }
 
+    /// Why each op that missed the cache missed it (with `explain_cache`),
+    /// taken out of the engine.
+    pub fn explanations(&self) -> Vec<Explanation> {
+        std::mem::take(&mut *self.explanations.lock().expect("explanations lock"))
+    }
+
+    /// What a node's cache key was made of.
+    fn footprint(&self, node: &Node, description: &str, key: Key, inputs: &[Key], prepared: &Prepared) -> Footprint {
+        let files = match prepared {
+            Prepared::Host(tree) => Some(
+                tree.entries
+                    .iter()
+                    .filter(|e| !matches!(e.kind, kiln_store::host::HostKind::Dir))
+                    .map(|e| (e.rel.to_string_lossy().into_owned(), hex_digest(&e.digest)))
+                    .collect(),
+            ),
+            Prepared::Nothing => None,
+        };
+        Footprint {
+            description: description.to_string(),
+            key,
+            // Args may hold a secret value: the footprint is stored.
+            op: serde_json::from_str(
+                &self
+                    .secrets
+                    .scrub(&serde_json::to_string(node.op()).unwrap_or_default()),
+            )
+            .unwrap_or_default(),
+            inputs: inputs
+                .iter()
+                .zip(node.inputs())
+                .map(|(k, i)| (*k, self.secrets.scrub(&i.node.op().describe())))
+                .collect(),
+            files,
+        }
+    }
+
     /// What the engine did so far.
     pub fn stats(&self) -> Stats {
         let c = &self.counters;
@@ -175,6 +225,7 @@ impl Engine {
         Session {
             engine: self.clone(),
             memo: Arc::new(Mutex::new(HashMap::new())),
+            pins: Arc::default(),
         }
     }
 
@@ -186,6 +237,7 @@ impl Engine {
         key: Key,
         prepared: Prepared,
         inputs: Vec<Arc<Solved>>,
+        input_keys: Vec<Key>,
     ) -> SharedSolve {
         let mut inflight = self.inflight.lock().expect("inflight lock");
         if let Some(running) = inflight.get(&key) {
@@ -193,7 +245,7 @@ impl Engine {
         }
         let engine = self.clone();
         let fut = async move {
-            let result = engine.lookup_or_run(&node, key, prepared, inputs).await;
+            let result = engine.lookup_or_run(&node, key, prepared, inputs, input_keys).await;
             engine.inflight.lock().expect("inflight lock").remove(&key);
             result
         }
@@ -209,18 +261,21 @@ impl Engine {
         key: Key,
         prepared: Prepared,
         inputs: Vec<Arc<Solved>>,
+        input_keys: Vec<Key>,
     ) -> Result<Arc<Solved>, SolveError> {
         // Descriptions hold args, which may hold a secret value.
         let description = self.secrets.scrub(&node.op().describe());
+        let subject = Subject::new(node, description.clone());
         if let Some(record) = self
             .store
-            .db()
             .cache_get(key.as_bytes())
             .map_err(|e| SolveError::op(&description, e))?
         {
             self.counters.cached.fetch_add(1, Ordering::Relaxed);
             self.counters.saved_ms.fetch_add(record.duration_ms, Ordering::Relaxed);
-            self.events.emit(node.digest(), &description, EventKind::Cached);
+            let duration = Duration::from_millis(record.duration_ms);
+            let exec = ExecMeta::from_meta(&record.meta);
+            self.events.emit(&subject, EventKind::Cached { duration }, exec);
             return Ok(Arc::new(Solved {
                 key,
                 outputs: record.outputs,
@@ -228,21 +283,39 @@ impl Engine {
                 cached: true,
             }));
         }
-        self.events.emit(node.digest(), &description, EventKind::Started);
+        let footprint = self.footprint(node, &description, key, &input_keys, &prepared);
+        if self.explain_cache || self.fail_on_cache_miss {
+            let reasons = explain::explain(self.store.db(), &node.digest(), &footprint);
+            if self.fail_on_cache_miss {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                let message = format!("cache miss (--fail-on-cache-miss): {}", reasons.join("; "));
+                self.events.emit(
+                    &subject,
+                    EventKind::Failed {
+                        message: message.clone(),
+                    },
+                    None,
+                );
+                return Err(SolveError::op(&description, message));
+            }
+            self.explanations.lock().expect("explanations lock").push(Explanation {
+                node: node.digest(),
+                description: description.clone(),
+                reasons,
+            });
+        }
+        self.events.emit(&subject, EventKind::Started, None);
         let started = Instant::now();
-        let result = ops::run(self, node, prepared, &inputs).await;
-        let duration = started.elapsed();
+        let running = Running::new(&self.events, &subject, &self.secrets);
+        let result = ops::run(self, node, prepared, &inputs, &running).await;
+        let duration = started.elapsed().saturating_sub(running.queued());
         let OpOutput { staged, outputs, meta } = match result {
             Ok(out) => out,
             Err(e) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                self.events.emit(
-                    node.digest(),
-                    &description,
-                    EventKind::Failed {
-                        message: self.secrets.scrub(&e.report()),
-                    },
-                );
+                let message = self.secrets.scrub(&e.report());
+                let exec = ExecMeta::of_failure(&self.store, &e).await;
+                self.events.emit(&subject, EventKind::Failed { message }, exec);
                 return Err(e);
             }
         };
@@ -260,8 +333,12 @@ impl Engine {
             .map_err(|e| SolveError::op(&description, e))?
             .map_err(|e| SolveError::op(&description, e))?;
         self.counters.ran.fetch_add(1, Ordering::Relaxed);
-        self.events
-            .emit(node.digest(), &description, EventKind::Done { duration });
+        // Kept to explain the next miss of this op.
+        if let Err(e) = explain::record(self.store.db(), &node.digest(), &footprint) {
+            tracing::warn!("recording how {description} was keyed: {e}");
+        }
+        let exec = ExecMeta::from_meta(&record.meta);
+        self.events.emit(&subject, EventKind::Done { duration }, exec);
         Ok(Arc::new(Solved {
             key,
             outputs: record.outputs,
@@ -277,6 +354,8 @@ impl Engine {
 pub struct Session {
     engine: Arc<Engine>,
     memo: Arc<Mutex<HashMap<Key, SharedSolve>>>,
+    /// Keeps what this session solved from garbage collection while it lives.
+    pins: Arc<Mutex<Vec<PinGuard>>>,
 }
 
 impl Session {
@@ -330,6 +409,14 @@ impl Session {
             }
         }
         let key = cache_key(node.op(), &input_keys, content.as_ref());
-        self.engine.solve_keyed(node, key, prepared, inputs).await
+        // Pinned before the lookup: what it finds stays until the session ends.
+        let pin = self.engine.store.pin_keys(&[*key.as_bytes()]);
+        self.pins.lock().expect("pins lock").push(pin);
+        let input_keys = input_keys.into_iter().map(|(k, _)| k).collect();
+        self.engine.solve_keyed(node, key, prepared, inputs, input_keys).await
     }
+}
+
+fn hex_digest(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

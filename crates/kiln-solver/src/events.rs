@@ -1,9 +1,19 @@
 //! Progress events the solver emits while it works.
+//!
+//! Everything an event carries that comes from a pipeline (descriptions,
+//! failure messages, output) is scrubbed of secret values before it is
+//! emitted: descriptions and messages by the engine, output by the
+//! `running` module. Listeners (progress display, logs, traces) can print
+//! and record events as they are.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_graph::Key;
+pub use kiln_exec::Stream;
+use kiln_graph::{Key, Node, Op};
 use tokio::sync::broadcast;
+
+use crate::result::ExecMeta;
 
 /// What happened to one operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,16 +21,28 @@ pub enum EventKind {
     /// It started running.
     Started,
     /// Its result came from the cache.
-    Cached,
+    Cached {
+        /// How long it took when it ran: the time the cache saved.
+        duration: Duration,
+    },
     /// It ran and succeeded.
     Done {
-        /// How long it ran.
+        /// How long it ran (not counting time spent waiting for an exec slot).
         duration: Duration,
     },
     /// It failed.
     Failed {
-        /// The error, one line.
+        /// The error for people: first line the error, then details (the
+        /// tail of a failed command's output).
         message: String,
+    },
+    /// A running exec wrote output.
+    Output {
+        /// Which stream.
+        stream: Stream,
+        /// The bytes, as they came (a chunk may end inside a line or a UTF-8
+        /// sequence).
+        bytes: Arc<[u8]>,
     },
 }
 
@@ -33,6 +55,16 @@ pub struct Event {
     pub description: String,
     /// What happened.
     pub kind: EventKind,
+    /// Definition digests of the node's inputs, in order (an exec's first
+    /// input is its root filesystem). Inputs are solved first, so their own
+    /// events came before: a listener can show the chain that led here.
+    pub inputs: Vec<Key>,
+    /// The image the node's tree starts from (following first inputs), if
+    /// any: `busybox` for an exec on busybox, the reference for a pull.
+    pub image: Option<String>,
+    /// For execs, on `Cached`, `Done` and `Failed`: the exit code and the
+    /// blobs holding the (scrubbed) stdout and stderr.
+    pub exec: Option<ExecMeta>,
 }
 
 /// Fan-out of events to any number of listeners (progress display, logs).
@@ -51,12 +83,91 @@ impl Events {
         self.0.subscribe()
     }
 
-    pub(crate) fn emit(&self, node: Key, description: &str, kind: EventKind) {
+    pub(crate) fn emit(&self, subject: &Subject, kind: EventKind, exec: Option<ExecMeta>) {
         // No listener is fine.
         let _ = self.0.send(Event {
-            node,
-            description: description.to_string(),
+            node: subject.node,
+            description: subject.description.clone(),
             kind,
+            inputs: subject.inputs.clone(),
+            image: subject.image.clone(),
+            exec,
         });
+    }
+}
+
+/// The operation a series of events is about.
+#[derive(Debug, Clone)]
+pub(crate) struct Subject {
+    node: Key,
+    description: String,
+    inputs: Vec<Key>,
+    image: Option<String>,
+}
+
+impl Subject {
+    /// `node`, described as `description` (already scrubbed).
+    pub(crate) fn new(node: &Node, description: String) -> Self {
+        Self {
+            node: node.digest(),
+            description,
+            inputs: node.inputs().iter().map(|i| i.node.digest()).collect(),
+            image: base_image(node),
+        }
+    }
+}
+
+/// The image a node's tree starts from, following first inputs.
+fn base_image(node: &Node) -> Option<String> {
+    let mut node = node;
+    loop {
+        match node.op() {
+            Op::Image { reference, .. } => return Some(reference.clone()),
+            Op::ImageImport { path, tag, .. } => {
+                return Some(match tag {
+                    Some(tag) => format!("{path}:{tag}"),
+                    None => path.clone(),
+                });
+            }
+            _ => node = &node.inputs().first()?.node,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_graph::{Exec, ExitExpectation};
+
+    #[test]
+    fn events_name_their_inputs_and_base_image() {
+        let image = Node::new(
+            Op::Image {
+                reference: "busybox:1.36".into(),
+                manifest_digest: "sha256:aa".into(),
+                platform: "linux/amd64".into(),
+            },
+            vec![],
+        );
+        let exec = |rootfs: &Arc<Node>| {
+            Node::new(
+                Op::Exec(Exec {
+                    args: vec!["true".into()],
+                    cwd: "/".into(),
+                    expect: ExitExpectation::Success,
+                    ..Default::default()
+                }),
+                vec![rootfs.output(0)],
+            )
+        };
+        let top = exec(&exec(&image));
+        let events = Events::default();
+        let mut rx = events.subscribe();
+        events.emit(&Subject::new(&top, "exec true".into()), EventKind::Started, None);
+        let ev = rx.try_recv().unwrap();
+        assert_eq!(ev.node, top.digest());
+        assert_eq!(ev.inputs, vec![top.inputs()[0].node.digest()]);
+        assert_eq!(ev.image.as_deref(), Some("busybox:1.36"));
+        assert_eq!(base_image(&Node::new(Op::Scratch, vec![])), None);
     }
 }

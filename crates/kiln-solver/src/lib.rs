@@ -9,14 +9,16 @@
 mod engine;
 mod error;
 mod events;
+pub mod explain;
 mod ops;
 mod result;
+mod running;
 pub mod secrets;
 pub mod volumes;
 
 pub use engine::{Engine, EngineConfig, Session, Stats};
 pub use error::SolveError;
-pub use events::{Event, EventKind, Events};
+pub use events::{Event, EventKind, Events, Stream};
 pub use ops::files::resolve_owner;
 pub use result::{ExecMeta, Solved};
 pub use secrets::Secrets;

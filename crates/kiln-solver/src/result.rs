@@ -1,8 +1,12 @@
 //! What solving a node produces.
 
+use std::sync::Arc;
+
 use kiln_graph::Key;
-use kiln_store::{Digest, SnapshotId};
+use kiln_store::{Digest, SnapshotId, Store};
 use serde::{Deserialize, Serialize};
+
+use crate::SolveError;
 
 /// The result of a solved node.
 #[derive(Debug, Clone)]
@@ -31,6 +35,50 @@ pub struct ExecMeta {
     pub combined: Option<Digest>,
 }
 
+impl ExecMeta {
+    /// The exec metadata in an op's recorded metadata, if it is an exec's.
+    pub(crate) fn from_meta(meta: &serde_json::Value) -> Option<Self> {
+        serde_json::from_value(meta.get("exec")?.clone()).ok()
+    }
+
+    /// Keeps the output of a command that failed (scrubbed already) as
+    /// blobs, so that it can be read back like any exec's output. `None`
+    /// for other errors, or when the blobs cannot be written (the output
+    /// tail is in the error message anyway).
+    pub(crate) async fn of_failure(store: &Arc<Store>, error: &SolveError) -> Option<Self> {
+        let SolveError::Exec {
+            exit_code,
+            stdout,
+            stderr,
+            ..
+        } = error
+        else {
+            return None;
+        };
+        let (store, exit_code, out, err) = (store.clone(), *exit_code, stdout.clone(), stderr.clone());
+        let kept = tokio::task::spawn_blocking(move || -> Result<Self, kiln_store::BlobError> {
+            Ok(Self {
+                exit_code,
+                stdout: store.blobs().put(out.as_bytes())?,
+                stderr: store.blobs().put(err.as_bytes())?,
+                combined: None,
+            })
+        })
+        .await;
+        match kept {
+            Ok(Ok(meta)) => Some(meta),
+            Ok(Err(e)) => {
+                tracing::warn!("could not keep the output of a failed command: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("could not keep the output of a failed command: {e}");
+                None
+            }
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 pub(crate) struct ImageMeta {
     pub config: oci_spec::image::ImageConfiguration,
@@ -44,7 +92,7 @@ impl Solved {
 
     /// Exec metadata, for exec nodes.
     pub fn exec(&self) -> Option<ExecMeta> {
-        serde_json::from_value(self.meta.get("exec")?.clone()).ok()
+        ExecMeta::from_meta(&self.meta)
     }
 
     /// The image configuration, for image nodes.

@@ -79,6 +79,14 @@ impl Secrets {
         out
     }
 
+    /// Length in bytes of the longest known secret value (0: none): how
+    /// much output a streaming scrubber must hold back, since a value may
+    /// arrive split across reads.
+    pub fn longest(&self) -> usize {
+        let values = self.values.read().expect("secrets lock");
+        values.values().map(|v| v.len()).max().unwrap_or(0)
+    }
+
     /// Like [`Secrets::scrub`], for process output.
     pub fn scrub_bytes(&self, bytes: &[u8]) -> Vec<u8> {
         match std::str::from_utf8(bytes) {

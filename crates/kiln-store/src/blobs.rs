@@ -5,6 +5,8 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest as _, Sha256};
 
@@ -31,6 +33,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
 pub struct BlobStore {
     root: PathBuf,
     tmp: PathBuf,
+    /// Bytes committed since the last [`BlobStore::take_written`].
+    written: Arc<AtomicU64>,
 }
 
 impl BlobStore {
@@ -42,7 +46,11 @@ impl BlobStore {
         let dir = root.join("sha256");
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        Ok(Self { root, tmp })
+        Ok(Self {
+            root,
+            tmp,
+            written: Arc::default(),
+        })
     }
 
     /// Where the blob with `digest` lives (whether or not it exists).
@@ -84,6 +92,11 @@ impl BlobStore {
             hasher: Sha256::new(),
             len: 0,
         })
+    }
+
+    /// Bytes of blobs committed since the last call (for the disk budget).
+    pub fn take_written(&self) -> u64 {
+        self.written.swap(0, Ordering::Relaxed)
     }
 
     /// Removes a blob (used by garbage collection).
@@ -154,6 +167,7 @@ impl BlobWriter {
         }
         let dest = self.store.path(&actual);
         fs::rename(&self.path, &dest).map_err(io_err(&dest))?;
+        self.store.written.fetch_add(self.len, Ordering::Relaxed);
         Ok(actual)
     }
 }

@@ -17,11 +17,60 @@ pub struct FilterError {
 }
 
 /// Compiled include and exclude patterns.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PathFilter {
     include: Vec<GlobMatcher>,
+    /// Each include pattern split into components (`None`: `**`, or a
+    /// component that could match anything), to skip directories under
+    /// which no include pattern can match.
+    include_parts: Vec<Vec<Option<GlobMatcher>>>,
     exclude: Vec<(GlobMatcher, bool)>,
     has_negation: bool,
+    fingerprint: [u8; 32],
+}
+
+impl Default for PathFilter {
+    fn default() -> Self {
+        Self {
+            include: Vec::new(),
+            include_parts: Vec::new(),
+            exclude: Vec::new(),
+            has_negation: false,
+            fingerprint: fingerprint(&[], &[]),
+        }
+    }
+}
+
+fn fingerprint(include: &[String], exclude: &[String]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for (tag, list) in [(b"i", include), (b"e", exclude)] {
+        for p in list {
+            h.update(tag)
+                .update(&(p.len() as u64).to_le_bytes())
+                .update(p.as_bytes());
+        }
+    }
+    *h.finalize().as_bytes()
+}
+
+/// The components of an include pattern, each compiled on its own.
+fn components(pattern: &str) -> Vec<Option<GlobMatcher>> {
+    let cleaned = pattern
+        .trim_start_matches("./")
+        .trim_start_matches('/')
+        .trim_end_matches('/');
+    cleaned
+        .split('/')
+        .map(|c| match c {
+            "**" => None,
+            c => GlobBuilder::new(c)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .ok()
+                .map(|g| g.compile_matcher()),
+        })
+        .collect()
 }
 
 fn compile(pattern: &str) -> Result<GlobMatcher, FilterError> {
@@ -49,6 +98,8 @@ fn self_or_ancestor(m: &GlobMatcher, rel: &Path) -> bool {
 impl PathFilter {
     /// Compiles the patterns. Empty `include` means everything.
     pub fn new(include: &[String], exclude: &[String]) -> Result<Self, FilterError> {
+        let fingerprint = fingerprint(include, exclude);
+        let include_parts = include.iter().map(|p| components(p)).collect();
         let include = include.iter().map(|p| compile(p)).collect::<Result<_, _>>()?;
         let mut has_negation = false;
         let exclude = exclude
@@ -64,8 +115,35 @@ impl PathFilter {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             include,
+            include_parts,
             exclude,
             has_negation,
+            fingerprint,
+        })
+    }
+
+    /// A digest of the patterns: equal filters have equal fingerprints.
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
+    }
+
+    /// Whether directory `rel` or something under it can be included: false
+    /// when every include pattern needs a different path prefix, so that a
+    /// walk need not look inside.
+    pub fn may_include_under(&self, rel: &Path) -> bool {
+        if self.include_parts.is_empty() {
+            return true;
+        }
+        let dir: Vec<_> = rel.components().map(|c| c.as_os_str()).collect();
+        self.include_parts.iter().any(|parts| {
+            for (part, name) in parts.iter().zip(&dir) {
+                match part {
+                    None => return true,
+                    Some(m) if !m.is_match(Path::new(name)) => return false,
+                    Some(_) => {}
+                }
+            }
+            true
         })
     }
 
@@ -138,5 +216,23 @@ mod tests {
         assert!(!p.keeps(Path::new("README.md")));
         assert!(!p.keeps(Path::new("src/gen/x.rs")));
         assert!(PathFilter::new(&["[".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn includes_tell_which_directories_can_hold_matches() {
+        let p = f(&["src/*/lib", "*.toml"], &[]);
+        assert!(p.may_include_under(Path::new("src")));
+        assert!(p.may_include_under(Path::new("src/a")));
+        assert!(p.may_include_under(Path::new("src/a/lib/deep")));
+        assert!(!p.may_include_under(Path::new("src/a/bin")));
+        assert!(!p.may_include_under(Path::new("docs")));
+        // A one-component pattern matches top-level entries, and "x.toml/"
+        // would be a directory included as a whole.
+        assert!(p.may_include_under(Path::new("x.toml")));
+        let anywhere = f(&["**/*.rs"], &[]);
+        assert!(anywhere.may_include_under(Path::new("any/where")));
+        assert!(f(&[], &[]).may_include_under(Path::new("x")));
+        assert_eq!(f(&["a"], &[]).fingerprint(), f(&["a"], &[]).fingerprint());
+        assert_ne!(f(&["a"], &[]).fingerprint(), f(&[], &["a"]).fingerprint());
     }
 }

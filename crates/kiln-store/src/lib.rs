@@ -1,17 +1,22 @@
 //! kiln's storage layer: content-addressed blobs, immutable filesystem
-//! snapshots stacked with overlayfs, and the metadata database that records
-//! cache results. One process owns a state directory at a time (an
+//! snapshots stacked with overlayfs, the metadata database that records
+//! cache results, host uploads with a stat cache, and garbage collection
+//! under a disk budget. One process owns a state directory at a time (an
 //! exclusive lock on `lock`).
 
 pub mod blobs;
+pub mod bytesize;
 pub mod copy;
 pub mod db;
 pub mod digest;
 pub mod filter;
+pub mod gc;
 pub mod host;
 pub mod merged;
+mod pins;
 pub mod snapshots;
 pub mod tree_digest;
+pub mod usage;
 pub mod volumes;
 
 use std::collections::HashMap;
@@ -24,13 +29,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use blobs::{BlobError, BlobStore, BlobWriter};
+pub use bytesize::{format_size, parse_size};
 pub use copy::{CopyError, CopyOptions, CopyStats, copy_tree, prepare_parents, whiteout};
-pub use db::{CacheRecord, Db, SnapshotRecord};
+pub use db::{CacheEntry, CacheRecord, Db, SnapshotRecord};
 pub use digest::Digest;
 pub use filter::{FilterError, PathFilter};
+pub use gc::{GcReport, GcTarget, KeepStorage};
+pub use host::{HostError, HostTree};
 pub use merged::MergedView;
+pub use pins::PinGuard;
 pub use snapshots::{SnapshotId, Staged};
 pub use tree_digest::tree_digest;
+pub use usage::Usage;
 pub use volumes::{VolumeInfo, Volumes};
 
 /// Chains deeper than this are flattened into one layer before mounting
@@ -57,6 +67,8 @@ pub enum StoreError {
     Blob(#[from] BlobError),
     #[error(transparent)]
     Copy(#[from] CopyError),
+    #[error(transparent)]
+    Host(#[from] HostError),
 }
 
 impl StoreError {
@@ -83,6 +95,14 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Microseconds since the epoch (last uses of cache records).
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// An opened state directory.
 pub struct Store {
     root: PathBuf,
@@ -91,6 +111,10 @@ pub struct Store {
     next_id: AtomicU64,
     records: Mutex<HashMap<SnapshotId, SnapshotRecord>>,
     last_flush: Mutex<Instant>,
+    /// Last uses of cache records since the last flush (written in batches).
+    touched: Mutex<HashMap<[u8; 32], u64>>,
+    pins: pins::Pins,
+    auto_gc: Mutex<gc::AutoGc>,
     run_dir: PathBuf,
     run_dir_in_memory: bool,
     _lock: File,
@@ -146,7 +170,13 @@ impl Store {
         let blobs = BlobStore::open(root.join("blobs"), root.join("tmp/blobs"))?;
         let db = Db::open(&root.join("db"))?;
         let known: std::collections::HashSet<u64> = db.snapshot_ids()?.into_iter().map(|s| s.0).collect();
-        let mut max = known.iter().copied().max().unwrap_or(0);
+        // Ids of evicted snapshots are never reused.
+        let mut max = known
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(db.counter(db::SNAPSHOT_HIGH_WATER)?);
         let sdir = root.join("s");
         for item in fs::read_dir(&sdir).map_err(StoreError::io(&sdir))? {
             let item = item.map_err(StoreError::io(&sdir))?;
@@ -170,6 +200,9 @@ impl Store {
             next_id: AtomicU64::new(max + 1),
             records: Mutex::new(HashMap::new()),
             last_flush: Mutex::new(Instant::now()),
+            touched: Mutex::new(HashMap::new()),
+            pins: pins::Pins::default(),
+            auto_gc: Mutex::new(gc::AutoGc::default()),
             run_dir,
             run_dir_in_memory,
             _lock: lock,
@@ -212,22 +245,120 @@ impl Store {
         self.root.join("s").join(id.to_string())
     }
 
-    /// Starts a new snapshot on top of `parent`.
+    /// The directory holding blobs by their hex digest.
+    fn blob_dir(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+
+    /// The directory of the host stat caches.
+    fn stat_cache_dir(&self) -> PathBuf {
+        self.root.join("hoststat")
+    }
+
+    /// Starts a new snapshot on top of `parent`. The parent stays pinned
+    /// until the new snapshot is committed (then it is its parent) or
+    /// dropped; a parent garbage collection already evicted is
+    /// [`StoreError::MissingSnapshot`].
     pub fn stage(&self, parent: Option<SnapshotId>) -> Result<Staged, StoreError> {
+        let pin = match parent {
+            Some(p) => {
+                let mut set = self.pins.lock();
+                let pin = self.pins.pin_locked(&mut set, &[], &[p]);
+                let exists = self.record(p);
+                // Unlocked before a failure drops (and so unpins) the pin.
+                drop(set);
+                exists?;
+                Some(pin)
+            }
+            None => None,
+        };
         let id = SnapshotId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let dir = self.root.join("tmp").join(id.to_string());
         for sub in ["diff", "work"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(StoreError::io(&p))?;
         }
-        Ok(Staged { id, parent, dir })
+        Ok(Staged {
+            id,
+            parent,
+            dir,
+            size: None,
+            content: None,
+            _pin: pin,
+        })
+    }
+
+    /// Keeps the cache records of `keys` (whether they exist yet or not),
+    /// their outputs and the blobs they name from garbage collection until
+    /// the guard drops. Pin a key before looking it up.
+    pub fn pin_keys(&self, keys: &[[u8; 32]]) -> PinGuard {
+        let mut set = self.pins.lock();
+        self.pins.pin_locked(&mut set, keys, &[])
+    }
+
+    /// Keeps snapshots (and their parents) from garbage collection until
+    /// the guard drops.
+    pub fn pin_snapshots(&self, ids: &[SnapshotId]) -> PinGuard {
+        let mut set = self.pins.lock();
+        self.pins.pin_locked(&mut set, &[], ids)
+    }
+
+    /// Looks up a cache record and notes its use (for least-recently-used
+    /// eviction; written to the database in batches by [`Store::flush`]).
+    pub fn cache_get(&self, key: &[u8; 32]) -> Result<Option<CacheRecord>, StoreError> {
+        let found = self.db.cache_get(key)?;
+        if found.is_some() {
+            self.touched.lock().expect("touched lock").insert(*key, now_micros());
+        }
+        Ok(found)
+    }
+
+    /// Scans a host directory with this state directory's stat cache.
+    pub fn scan_host(&self, root: &Path, filter: &PathFilter) -> Result<HostTree, HostError> {
+        host::scan_with(root, filter, &host::RealFs, Some(&self.stat_cache_dir()))
+    }
+
+    /// The highest snapshot id handed out so far.
+    fn high_water(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed).saturating_sub(1)
+    }
+
+    /// Drops what an eviction removed from the in-memory memos.
+    fn forget(&self, eviction: &db::Eviction) {
+        let mut records = self.records.lock().expect("records lock");
+        for id in &eviction.snapshots {
+            records.remove(id);
+        }
+        let mut touched = self.touched.lock().expect("touched lock");
+        for key in &eviction.records {
+            touched.remove(key);
+        }
     }
 
     /// Makes staged snapshots permanent and, in the same transaction,
     /// records a cache entry pointing at them.
     pub fn commit(&self, staged: Vec<Staged>, cache: Option<(&[u8; 32], &CacheRecord)>) -> Result<(), StoreError> {
-        let mut records = Vec::with_capacity(staged.len());
+        let mut sizes = Vec::with_capacity(staged.len());
         for s in &staged {
+            sizes.push(match s.size {
+                Some(size) => size,
+                None => usage::measure(&s.diff()).map_err(StoreError::io(&s.diff()))?,
+            });
+        }
+        let added = sizes.iter().sum();
+        // Under the pin lock, so that garbage collection cannot delete an
+        // existing snapshot the record names between this check and the
+        // record's commit.
+        let no_gc = self.pins.lock();
+        if let Some((_, rec)) = cache {
+            for id in rec.outputs.iter().flatten() {
+                if !staged.iter().any(|s| s.id == *id) {
+                    self.record(*id)?;
+                }
+            }
+        }
+        let mut records = Vec::with_capacity(staged.len());
+        for (s, size) in staged.iter().zip(sizes) {
             let depth = match s.parent {
                 Some(p) => self.record(p)?.depth + 1,
                 None => 1,
@@ -240,19 +371,23 @@ impl Store {
                     parent: s.parent,
                     depth,
                     created: now_secs(),
+                    size: Some(size),
                 },
+                s.content,
             ));
         }
         self.db.commit(&records, cache)?;
         {
             let mut cached = self.records.lock().expect("records lock");
-            for (id, rec) in records {
+            for (id, rec, _) in records {
                 cached.insert(id, rec);
             }
         }
+        drop(no_gc);
         if self.last_flush.lock().expect("flush lock").elapsed() >= FLUSH_INTERVAL {
             self.flush()?;
         }
+        self.collect_if_over_budget(added);
         Ok(())
     }
 
@@ -263,7 +398,8 @@ impl Store {
         let mut last = self.last_flush.lock().expect("flush lock");
         let dir = File::open(&self.root).map_err(StoreError::io(&self.root))?;
         rustix::fs::syncfs(&dir).map_err(|e| StoreError::io(&self.root)(e.into()))?;
-        self.db.flush()?;
+        let touched = std::mem::take(&mut *self.touched.lock().expect("touched lock"));
+        self.db.flush(&touched)?;
         *last = Instant::now();
         Ok(())
     }
@@ -304,7 +440,7 @@ impl Store {
             return self.chain(top);
         }
         let key = flatten_key(id);
-        if let Some(rec) = self.db.cache_get(&key)?
+        if let Some(rec) = self.cache_get(&key)?
             && let Some(Some(flat)) = rec.outputs.first()
         {
             return Ok(vec![self.layer_dir(*flat)]);

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::pins::PinGuard;
+
 /// Identifies a snapshot; also its directory name under `s/` (short, so that
 /// overlayfs mount options stay small).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -35,6 +37,12 @@ pub struct Staged {
     pub(crate) id: SnapshotId,
     pub(crate) parent: Option<SnapshotId>,
     pub(crate) dir: PathBuf,
+    /// Bytes the layer occupies, when the writer knows (else measured at commit).
+    pub(crate) size: Option<u64>,
+    /// Digest of the host selection the tree holds (host uploads).
+    pub(crate) content: Option<[u8; 32]>,
+    /// Keeps the parent from garbage collection until committed.
+    pub(crate) _pin: Option<PinGuard>,
 }
 
 impl Staged {

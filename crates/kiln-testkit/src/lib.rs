@@ -8,6 +8,8 @@
 //! - [`Registry`]: a real distribution registry (Debian `docker-registry`) on
 //!   `127.0.0.1:<free port>` with storage in a temp dir, optionally with
 //!   htpasswd basic auth, killed on drop.
+//! - [`OtlpReceiver`]: an OpenTelemetry trace receiver (gRPC or
+//!   HTTP/protobuf) on `127.0.0.1:<free port>` that keeps the spans it gets.
 //! - [`require_root`] for tests that need root.
 //!
 //! Nothing here talks to anything but loopback.
@@ -17,8 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+mod otlp;
 mod registry;
 
+pub use otlp::{Attr, OtlpProtocol, OtlpReceiver, ReceivedSpan};
 pub use registry::{ACCEPT_MANIFESTS, HttpResponse, Registry, basic_authorization};
 
 /// Root of the kiln git repository (the Cargo workspace root).

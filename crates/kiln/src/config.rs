@@ -8,13 +8,16 @@
 //! insecure = ["registry.internal:5000"]
 //! [registry.mirrors]
 //! "docker.io" = ["127.0.0.1:5000"]
+//! [gc]
+//! keep_storage = "20GB"         # or "25%" of the disk available to the cache (the default)
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use kiln_oci::RegistryConfig;
-use serde::Deserialize;
+use kiln_store::KeepStorage;
+use serde::{Deserialize, Deserializer};
 
 /// Contents of a kiln config file. Every field is optional.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -28,6 +31,39 @@ pub struct Config {
     pub parallelism: Option<usize>,
     /// Registry mirrors, insecure registries, credentials.
     pub registry: RegistryConfig,
+    /// Garbage collection of the cache.
+    pub gc: GcConfig,
+}
+
+/// The `[gc]` table.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcConfig {
+    /// How much the cache may keep: a size (`"20GB"`, `"512MiB"`, or a
+    /// number of bytes) or a percentage of the disk available to it (free
+    /// space plus what it holds). Default: 25%.
+    #[serde(deserialize_with = "keep_storage")]
+    pub keep_storage: Option<KeepStorage>,
+}
+
+impl GcConfig {
+    /// The budget to enforce.
+    pub fn budget(&self) -> KeepStorage {
+        self.keep_storage.unwrap_or_default()
+    }
+}
+
+fn keep_storage<'de, D: Deserializer<'de>>(d: D) -> Result<Option<KeepStorage>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bytes(b) => Ok(Some(KeepStorage::Bytes(b))),
+        Raw::Text(t) => t.parse().map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// Where the config is read from when no `--config` is given.
@@ -88,6 +124,23 @@ mod tests {
         assert_eq!(c.registry.mirrors["docker.io"], ["127.0.0.1:5000"]);
         let err = toml::from_str::<Config>("stat_dir = '/s'").unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn reads_the_gc_budget_as_a_size_a_percentage_or_bytes() {
+        let budget = |text: &str| toml::from_str::<Config>(text).map(|c| c.gc.budget());
+        assert_eq!(budget("").unwrap(), KeepStorage::Percent(25.0));
+        assert_eq!(
+            budget("[gc]\nkeep_storage = '20GB'").unwrap(),
+            KeepStorage::Bytes(20_000_000_000)
+        );
+        assert_eq!(
+            budget("[gc]\nkeep_storage = '10%'").unwrap(),
+            KeepStorage::Percent(10.0)
+        );
+        assert_eq!(budget("[gc]\nkeep_storage = 4096").unwrap(), KeepStorage::Bytes(4096));
+        let err = budget("[gc]\nkeep_storage = 'lots'").unwrap_err().to_string();
+        assert!(err.contains("invalid size"), "{err}");
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! The `kiln` command line.
 
+mod cache_cmd;
 mod config;
+mod logs;
 mod progress;
+mod watch;
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Instant;
+use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -17,7 +20,8 @@ use kiln_solver::{Engine, EngineConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
-use crate::progress::Progress;
+use crate::progress::{Mode, Options, Progress};
+use crate::watch::{Caller, Watchers};
 
 /// kiln runs Dagger pipelines: programs that build a graph of container
 /// operations with an official Dagger SDK. It runs containers itself
@@ -27,6 +31,11 @@ use crate::progress::Progress;
 ///   kiln run -- python3 pipeline.py        run a pipeline, show progress
 ///   _EXPERIMENTAL_DAGGER_CLI_BIN=$(command -v kiln) python3 pipeline.py
 ///   echo '{ container { from(address: "busybox") { withExec(args: ["echo", "hi"]) { stdout } } } }' | kiln query
+///   kiln logs make                         output of the last run's execs matching "make"
+///
+/// Traces go to an OpenTelemetry collector when OTEL_EXPORTER_OTLP_ENDPOINT
+/// (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; OTEL_EXPORTER_OTLP_PROTOCOL
+/// is grpc or http/protobuf (the default).
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, verbatim_doc_comment)]
 struct Cli {
@@ -39,9 +48,20 @@ struct Cli {
     /// OCI runtime to use (crun, runc, or a path); overrides the config
     #[arg(long, global = true, env = "KILN_RUNTIME")]
     runtime: Option<String>,
-    /// How to show progress on stderr
-    #[arg(long, global = true, value_enum, default_value = "plain", env = "KILN_PROGRESS")]
+    /// How to show progress on stderr (auto: tty when stderr is a terminal, else plain)
+    #[arg(long, global = true, value_enum, default_value = "auto", env = "KILN_PROGRESS")]
     progress: Progress,
+    /// Print every line of every exec's output as it arrives
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Say, for every operation that misses the cache, what changed since
+    /// the most similar earlier run (files, env vars, args, upstream ops)
+    #[arg(long, global = true)]
+    explain_cache: bool,
+    /// Fail operations that miss the cache instead of running them (to
+    /// check that a CI cache is warm)
+    #[arg(long, global = true)]
+    fail_on_cache_miss: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,6 +95,20 @@ enum Command {
     Query {
         /// File holding the query; reads stdin when absent
         file: Option<PathBuf>,
+    },
+    /// Show and prune the cache of the state directory
+    Cache {
+        #[command(subcommand)]
+        command: cache_cmd::CacheCommand,
+    },
+    /// Print the stdout and stderr of the last run's execs
+    ///
+    /// Every kiln process that serves pipelines records which execs ran,
+    /// came from the cache or failed, and where their output is kept.
+    Logs {
+        /// Only execs whose id starts with this, or whose description
+        /// (`exec make test`) contains it
+        filter: Option<String>,
     },
 }
 
@@ -118,13 +152,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// The state directory: `--state-dir`, else the config's, else the default.
+fn state_dir(cli: &Cli, config: &Config) -> PathBuf {
+    cli.state_dir
+        .clone()
+        .or_else(|| config.state_dir.clone())
+        .unwrap_or_else(config::default_state_dir)
+}
+
 fn open_engine(cli: &Cli) -> anyhow::Result<Arc<Engine>> {
     let config = Config::load(cli.config.as_deref())?;
-    let state_dir = cli
-        .state_dir
-        .clone()
-        .or(config.state_dir)
-        .unwrap_or_else(config::default_state_dir);
+    let state_dir = state_dir(cli, &config);
     let engine = Engine::open(EngineConfig {
         state_dir: state_dir.clone(),
         runtime: cli.runtime.clone().or(config.runtime),
@@ -132,8 +170,11 @@ fn open_engine(cli: &Cli) -> anyhow::Result<Arc<Engine>> {
         parallelism: config
             .parallelism
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        explain_cache: cli.explain_cache,
+        fail_on_cache_miss: cli.fail_on_cache_miss,
     })
     .with_context(|| format!("starting the engine on {}", state_dir.display()))?;
+    cache_cmd::apply_budget(&engine, &config.gc);
     Ok(engine)
 }
 
@@ -149,7 +190,11 @@ fn workdir_flag(flags: &[String]) -> Option<PathBuf> {
         })
 }
 
-async fn serve(cli: &Cli, workdir: Option<PathBuf>) -> anyhow::Result<(Arc<Engine>, kiln_api::ServerHandle)> {
+/// A served session: the engine, the server, and the first `traceparent`
+/// header a client sent it.
+type Served = (Arc<Engine>, kiln_api::ServerHandle, Arc<OnceLock<String>>);
+
+async fn serve(cli: &Cli, workdir: Option<PathBuf>) -> anyhow::Result<Served> {
     let engine = open_engine(cli)?;
     let cwd = match workdir {
         Some(dir) => dir,
@@ -157,39 +202,75 @@ async fn serve(cli: &Cli, workdir: Option<PathBuf>) -> anyhow::Result<(Arc<Engin
     };
     let api = Api::new(engine.clone(), cwd);
     let server = Server::new(api, new_token().context("generating a session token")?).context("building the schema")?;
+    let traceparent = server.first_traceparent();
     let handle = server.start(0).await.context("listening on 127.0.0.1")?;
-    Ok((engine, handle))
+    Ok((engine, handle, traceparent))
+}
+
+/// Starts following a session's events (progress, log index, trace).
+fn watch(cli: &Cli, engine: &Engine, name: &str, caller: Caller) -> Watchers {
+    let options = Options {
+        // An SDK that started kiln prints on the same terminal.
+        mode: cli.progress.mode(!matches!(caller, Caller::Sdk(_))),
+        debug: cli.debug,
+        color: progress::color_allowed(),
+    };
+    Watchers::start(engine, options, std::env::args().collect(), name, caller)
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Version => unreachable!("handled before the runtime starts"),
+        Command::Logs { filter } => logs(&cli, filter.as_deref()),
+        Command::Cache { command } => cache_cmd::run(&cli, command),
         Command::Run { command } => {
             let started = Instant::now();
-            let (engine, handle) = serve(&cli, None).await?;
-            let printer = progress::spawn(cli.progress, engine.events().subscribe());
-            let failures = progress::Failures::listen(engine.events().subscribe());
-            let mut child = tokio::process::Command::new(&command[0])
+            let (engine, handle, _) = serve(&cli, None).await?;
+            let watchers = watch(
+                &cli,
+                &engine,
+                &format!("kiln run {}", command.join(" ")),
+                Caller::Program,
+            );
+            let mut program = tokio::process::Command::new(&command[0]);
+            program
                 .args(&command[1..])
                 .env("DAGGER_SESSION_PORT", handle.port.to_string())
-                .env("DAGGER_SESSION_TOKEN", &handle.token)
-                .spawn()
-                .with_context(|| format!("running {:?}", command[0]))?;
-            let status = wait_forwarding_signals(&mut child).await?;
-            handle.stop().await;
-            printer.abort();
-            flush(&engine);
-            if cli.progress != Progress::Quiet {
-                for failure in failures.take() {
-                    eprintln!("\n{failure}");
-                }
-                eprintln!("{}", progress::summary(&engine.stats(), started.elapsed()));
+                .env("DAGGER_SESSION_TOKEN", &handle.token);
+            if let Some(traceparent) = watchers.traceparent() {
+                program.env("TRACEPARENT", traceparent);
             }
+            // On a live display, the program's output is printed above it
+            // rather than across it.
+            let live = watchers.display().mode() == Mode::Tty;
+            if live {
+                program.stderr(Stdio::piped());
+                if std::io::stdout().is_terminal() {
+                    program.stdout(Stdio::piped());
+                }
+            }
+            let mut child = program.spawn().with_context(|| format!("running {:?}", command[0]))?;
+            let mut forwarded = Vec::new();
+            if let Some(out) = child.stdout.take() {
+                forwarded.push(watchers.display().forward(out));
+            }
+            if let Some(err) = child.stderr.take() {
+                forwarded.push(watchers.display().forward(err));
+            }
+            let status = wait_forwarding_signals(&mut child).await?;
+            for forward in forwarded {
+                // A process the program left behind may hold its output open.
+                let _ = tokio::time::timeout(Duration::from_secs(1), forward).await;
+            }
+            handle.stop().await;
+            flush(&engine);
+            watchers.finish(Some((engine.stats(), started.elapsed()))).await;
+            print_explanations(&engine);
             Ok(exit_code(status))
         }
         Command::Session { sdk_flags } => {
-            let (engine, handle) = serve(&cli, workdir_flag(sdk_flags)).await?;
-            let printer = progress::spawn(cli.progress, engine.events().subscribe());
+            let (engine, handle, traceparent) = serve(&cli, workdir_flag(sdk_flags)).await?;
+            let watchers = watch(&cli, &engine, "kiln session", Caller::Sdk(traceparent));
             let line = serde_json::json!({ "port": handle.port, "session_token": handle.token });
             let mut stdout = std::io::stdout();
             writeln!(stdout, "{line}")
@@ -209,8 +290,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ = int.recv() => {}
             }
             handle.stop().await;
-            printer.abort();
             flush(&engine);
+            watchers.finish(None).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Query { file } => {
@@ -227,13 +308,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if query.trim().is_empty() {
                 bail!("no query given (pass a file or pipe a query on stdin)");
             }
+            let started = Instant::now();
             let engine = open_engine(&cli)?;
-            let printer = progress::spawn(cli.progress, engine.events().subscribe());
+            let watchers = watch(&cli, &engine, "kiln query", Caller::Nobody);
             let cwd = std::env::current_dir().context("reading the working directory")?;
             let server = Server::new(Api::new(engine.clone(), cwd), String::new()).context("building the schema")?;
             let response = server.execute(&query).await;
-            printer.abort();
             flush(&engine);
+            watchers.finish(Some((engine.stats(), started.elapsed()))).await;
+            print_explanations(&engine);
             let mut out = std::io::stdout().lock();
             // A closed pipe (`kiln query | head`) is not an error worth reporting.
             let _ = writeln!(out, "{}", serde_json::to_string_pretty(&response)?);
@@ -244,6 +327,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `kiln logs`: prints the last run's exec output.
+fn logs(cli: &Cli, filter: Option<&str>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    let mut out = std::io::stdout().lock();
+    logs::show(&state_dir(cli, &config), filter, &mut out)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Waits for the pipeline program. SIGTERM to kiln is passed on to it; on
@@ -264,6 +355,22 @@ async fn wait_forwarding_signals(child: &mut tokio::process::Child) -> anyhow::R
             _ = int.recv() => {}
         }
     }
+}
+
+/// Prints why operations missed the cache (`--explain-cache`).
+fn print_explanations(engine: &Engine) {
+    let explanations = engine.explanations();
+    if explanations.is_empty() {
+        return;
+    }
+    let mut out = String::from("kiln: cache misses explained:\n");
+    for e in explanations {
+        out.push_str(&format!("  [{}] {}\n", e.node.short(), e.description));
+        for reason in e.reasons {
+            out.push_str(&format!("    - {reason}\n"));
+        }
+    }
+    eprint!("{out}");
 }
 
 /// Makes the session's cache records durable before exiting.

@@ -17,6 +17,7 @@ use super::{OpOutput, blocking};
 use crate::SolveError;
 use crate::engine::Engine;
 use crate::result::ExecMeta;
+use crate::running::Running;
 use crate::secrets::Secrets;
 use crate::volumes::Lease;
 
@@ -306,6 +307,7 @@ pub(crate) async fn run(
     desc: &str,
     exec: &Exec,
     inputs: &[Option<SnapshotId>],
+    running: &Running,
 ) -> Result<OpOutput, SolveError> {
     if exec.args.is_empty() {
         return Err(SolveError::op(
@@ -323,11 +325,11 @@ pub(crate) async fn run(
     })
     .await?;
     let output = {
-        let _slot = engine.exec_slots.acquire().await.map_err(|e| SolveError::op(desc, e))?;
+        let slot = running.queue(engine.exec_slots.acquire()).await;
+        let _slot = slot.map_err(|e| SolveError::op(desc, e))?;
         engine.count_exec();
-        engine
-            .runtime
-            .run(&prepared.spec)
+        running
+            .exec(&engine.runtime, &prepared.spec)
             .await
             .map_err(|e| SolveError::op(desc, e))?
     };

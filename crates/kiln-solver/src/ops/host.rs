@@ -1,10 +1,11 @@
-//! Host directory sources: scanned for their content key, imported on a miss.
+//! Host directory sources: scanned for their content key (with the state
+//! directory's stat cache: only new or changed files are read), imported on
+//! a miss (only what changed since the previous upload is written).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kiln_store::PathFilter;
-use kiln_store::host::{self, HostTree};
+use kiln_store::{HostTree, PathFilter};
 
 use super::{OpOutput, Prepared, blocking};
 use crate::SolveError;
@@ -19,18 +20,18 @@ pub(crate) async fn scan(
     let op = format!("upload {path}");
     let filter = PathFilter::new(include, exclude).map_err(|e| SolveError::op(&op, e))?;
     let root = PathBuf::from(path);
-    let tree = blocking(engine.store(), &op, move |_| {
-        host::scan(&root, &filter).map_err(|e| e.to_string())
+    let tree = blocking(engine.store(), &op, move |store| {
+        store.scan_host(&root, &filter).map_err(|e| e.to_string())
     })
     .await?;
+    tracing::debug!(path, stats = ?tree.stats, "scanned");
     Ok(Prepared::Host(tree))
 }
 
 pub(crate) async fn import(engine: &Arc<Engine>, tree: HostTree) -> Result<OpOutput, SolveError> {
     let op = format!("upload {}", tree.root.display());
     blocking(engine.store(), &op, move |store| {
-        let staged = store.stage(None).map_err(|e| e.to_string())?;
-        host::import(&tree, &staged.diff()).map_err(|e| e.to_string())?;
+        let staged = store.import_host(&tree).map_err(|e| e.to_string())?;
         Ok(OpOutput::single(staged))
     })
     .await

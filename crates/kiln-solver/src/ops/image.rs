@@ -105,12 +105,15 @@ async fn unpack(engine: &Arc<Engine>, op: &str, image: ResolvedImage) -> Result<
     let top = blocking(&engine.store, op, move |store| {
         let mut parent: Option<SnapshotId> = None;
         let mut chain = KeyBuilder::new("kiln/layer/v1").finish();
+        // Layers found in the cache stay while the image is unpacked.
+        let mut pins = Vec::with_capacity(image.layers.len());
         for layer in &image.layers {
             chain = KeyBuilder::new("kiln/layer/v1")
                 .key(&chain)
                 .bytes(layer.diff_id.as_bytes())
                 .finish();
-            if let Some(rec) = store.db().cache_get(chain.as_bytes()).map_err(|e| e.to_string())? {
+            pins.push(store.pin_keys(&[*chain.as_bytes()]));
+            if let Some(rec) = store.cache_get(chain.as_bytes()).map_err(|e| e.to_string())? {
                 parent = rec.outputs.first().copied().flatten();
                 continue;
             }

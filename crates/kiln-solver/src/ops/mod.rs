@@ -11,6 +11,7 @@ use kiln_graph::{Key, Node, Op};
 use kiln_store::{SnapshotId, Staged, Store};
 
 use crate::engine::Engine;
+use crate::running::Running;
 use crate::{SolveError, Solved};
 
 /// Work done before the cache key is known (reading content-keyed sources).
@@ -80,6 +81,7 @@ pub(crate) async fn run(
     node: &Arc<Node>,
     prepared: Prepared,
     inputs: &[Arc<Solved>],
+    running: &Running,
 ) -> Result<OpOutput, SolveError> {
     let input = |n: usize| inputs[n].output(node.inputs()[n].output);
     let desc = node.op().describe();
@@ -110,7 +112,7 @@ pub(crate) async fn run(
         (Op::HostDir { .. }, Prepared::Nothing) => Err(SolveError::op(desc, "host directory was not scanned")),
         (Op::Exec(exec), _) => {
             let mounts: Vec<Option<SnapshotId>> = (0..node.inputs().len()).map(input).collect();
-            exec::run(engine, &desc, exec, &mounts).await
+            exec::run(engine, &desc, exec, &mounts, running).await
         }
         (op @ (Op::Copy { .. } | Op::MkFile { .. } | Op::MkDir { .. } | Op::Rm { .. } | Op::Diff { .. }), _) => {
             let src = if node.inputs().len() > 1 { input(1) } else { None };

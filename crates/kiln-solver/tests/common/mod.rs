@@ -21,6 +21,7 @@ pub fn engine(state: &Path) -> Arc<Engine> {
         runtime: None,
         registry: RegistryConfig::default(),
         parallelism: 4,
+        ..Default::default()
     })
     .expect("engine opens")
 }

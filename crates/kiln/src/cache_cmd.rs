@@ -1,0 +1,187 @@
+//! `kiln cache du` and `kiln cache prune`: what the cache of a state
+//! directory holds, and removing it, least recently used first.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use kiln_solver::Engine;
+use kiln_store::{GcReport, GcTarget, SnapshotId, Store, Volumes, format_size, now_micros, now_secs, parse_size};
+
+use crate::Cli;
+use crate::config::{Config, GcConfig};
+
+/// What `kiln cache` does.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Show what the cache holds (snapshots, blobs, records, volumes), its
+    /// budget, and the largest cache records
+    Du {
+        /// How many of the largest cache records to list
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+    /// Remove cached results, least recently used first; without options,
+    /// down to the configured budget (gc.keep_storage)
+    Prune {
+        /// Remove everything (cache volumes are kept)
+        #[arg(long, conflicts_with_all = ["keep", "older_than"])]
+        all: bool,
+        /// Keep at most this much (e.g. 10GB, 512MiB)
+        #[arg(long, value_parser = parse_size_arg, conflicts_with = "older_than")]
+        keep: Option<u64>,
+        /// Remove what was not used for this long (e.g. 7d, 12h, 30m)
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Option<Duration>,
+    },
+}
+
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|e| e.to_string())
+}
+
+/// Parses `90s`, `30m`, `12h`, `7d`, `2w` (a bare number is seconds).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected a number and a unit (s, m, h, d, w)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        other => return Err(format!("invalid duration unit {other:?}: use s, m, h, d or w")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
+}
+
+/// Sets the engine's garbage collection budget from the config.
+pub fn apply_budget(engine: &Engine, gc: &GcConfig) {
+    engine.store().set_keep_storage(Some(gc.budget()));
+}
+
+/// Runs a `kiln cache` command on the state directory.
+pub fn run(cli: &Cli, command: &CacheCommand) -> anyhow::Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    let state_dir = crate::state_dir(cli, &config);
+    if !state_dir.join("db").exists() {
+        bail!("{} holds no kiln cache", state_dir.display());
+    }
+    let store = Store::open(&state_dir).with_context(|| format!("opening {}", state_dir.display()))?;
+    let budget = config.gc.budget();
+    match command {
+        CacheCommand::Du { top } => du(&store, &budget, *top)?,
+        CacheCommand::Prune { all, keep, older_than } => {
+            let target = if *all {
+                GcTarget::All
+            } else if let Some(bytes) = keep {
+                GcTarget::Keep(*bytes)
+            } else if let Some(age) = older_than {
+                GcTarget::UnusedSince(now_secs().saturating_sub(age.as_secs()))
+            } else {
+                let used = store.usage()?.cache_bytes();
+                GcTarget::Keep(budget.bytes(&state_dir, used))
+            };
+            let report = store.gc(target).context("pruning the cache")?;
+            print_report(&report);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn du(store: &Store, budget: &kiln_store::KeepStorage, top: usize) -> anyhow::Result<()> {
+    let u = store.usage()?;
+    let volumes = Volumes::open(store.root().join("volumes"))
+        .and_then(|v| v.list())
+        .context("listing cache volumes")?;
+    let limit = budget.bytes(store.root(), u.cache_bytes());
+    println!(
+        "kiln cache in {} (budget {}: {budget})",
+        store.root().display(),
+        format_size(limit)
+    );
+    let row = |name: &str, count: Option<u64>, bytes: Option<u64>| {
+        let count = count.map(|c| c.to_string()).unwrap_or_default();
+        let bytes = bytes.map(format_size).unwrap_or_default();
+        println!("  {name:<18} {count:>8} {bytes:>12}");
+    };
+    row("snapshots", Some(u.snapshots), Some(u.snapshot_bytes));
+    row("blobs", Some(u.blobs), Some(u.blob_bytes));
+    row("host stat caches", Some(u.stat_caches), Some(u.stat_cache_bytes));
+    row("total (budgeted)", None, Some(u.cache_bytes()));
+    row("cache records", Some(u.records), None);
+    row("database", None, Some(u.database_bytes));
+    row(
+        "cache volumes",
+        Some(volumes.len() as u64),
+        Some(volumes.iter().map(|v| v.size).sum()),
+    );
+
+    if top == 0 || u.records == 0 {
+        return Ok(());
+    }
+    let sizes: HashMap<SnapshotId, u64> = store
+        .db()
+        .snapshots()?
+        .into_iter()
+        .map(|(id, r)| (id, r.size.unwrap_or(0)))
+        .collect();
+    let mut records: Vec<(u64, u64, String)> = store
+        .db()
+        .cache_entries()?
+        .into_iter()
+        .map(|e| {
+            let bytes = e.record.outputs.iter().flatten().filter_map(|id| sizes.get(id)).sum();
+            (bytes, e.last_used, e.record.description)
+        })
+        .collect();
+    records.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    println!("\nlargest cache records (bytes of the layers they produced, last use):");
+    for (bytes, last_used, description) in records.into_iter().take(top) {
+        println!("  {:>10}  {:>9}  {description}", format_size(bytes), ago(last_used));
+    }
+    Ok(())
+}
+
+/// How long ago a time in microseconds since the epoch was, roughly.
+fn ago(micros: u64) -> String {
+    let secs = now_micros().saturating_sub(micros) / 1_000_000;
+    match secs {
+        0..60 => format!("{secs} s ago"),
+        60..3600 => format!("{} min ago", secs / 60),
+        3600..86_400 => format!("{} h ago", secs / 3600),
+        _ => format!("{} d ago", secs / 86_400),
+    }
+}
+
+fn print_report(report: &GcReport) {
+    println!("{report}");
+    const SHOWN: usize = 20;
+    for r in report.records.iter().take(SHOWN) {
+        println!("  {:>9}  {}", ago(r.last_used), r.description);
+    }
+    if report.records.len() > SHOWN {
+        println!("  ... and {} more", report.records.len() - SHOWN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations_with_units() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3 fortnights").is_err());
+        assert_eq!(ago(now_micros() - 7_200_000_000), "2 h ago");
+    }
+}
