@@ -41,6 +41,9 @@ impl Reference {
         if input != input.trim() {
             return Err(invalid("it has leading or trailing whitespace".into()));
         }
+        if let Some(plain) = parse_plain(input) {
+            return Ok(plain);
+        }
         let parsed = oci_client::Reference::try_from(input).map_err(|e| invalid(explain(input, &e)))?;
         let digest = match parsed.digest() {
             None => None,
@@ -114,6 +117,97 @@ impl Reference {
             ),
         }
     }
+}
+
+/// Parses the common, plainly valid forms without oci-spec's grammar, a
+/// Unicode regex whose first use costs tens of milliseconds to compile
+/// (most of a cached `kiln query`): `[host[:port]/]path[:tag][@sha256:<hex>]`
+/// with ASCII tags and lowercase paths, normalised as oci-spec does.
+/// Anything else (and every error) is left to oci-spec.
+fn parse_plain(input: &str) -> Option<Reference> {
+    let alnum_lower = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let (rest, digest) = match input.split_once('@') {
+        Some((rest, d)) => {
+            let hex = d.strip_prefix("sha256:")?;
+            (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())).then_some(())?;
+            (rest, Some(d.parse::<Digest>().ok()?))
+        }
+        None => (input, None),
+    };
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].find(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(t) = tag {
+        let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-';
+        let first = t.chars().next()?;
+        (t.len() <= 128 && (first.is_ascii_alphanumeric() || first == '_') && t.chars().all(ok)).then_some(())?;
+    }
+    let (registry, path) = match name.split_once('/') {
+        Some((host, path)) if host.contains('.') || host.contains(':') || host == "localhost" => (host, path),
+        _ => (DOCKER_HUB, name),
+    };
+    if registry != DOCKER_HUB {
+        let (hostname, port) = match registry.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (registry, None),
+        };
+        let label = |l: &str| {
+            !l.is_empty()
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        (hostname.split('.').all(label) && port.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())))
+            .then_some(())?;
+    }
+    // Path components: [a-z0-9]+ joined by `.`, `_`, `__` or runs of `-`.
+    for component in path.split('/') {
+        let mut chars = component.chars().peekable();
+        if !chars.peek().copied().is_some_and(alnum_lower) || !component.ends_with(alnum_lower) {
+            return None;
+        }
+        let mut separator = String::new();
+        for c in chars {
+            if alnum_lower(c) {
+                let valid = separator.is_empty()
+                    || separator == "."
+                    || separator == "_"
+                    || separator == "__"
+                    || separator.chars().all(|s| s == '-');
+                if !valid {
+                    return None;
+                }
+                separator.clear();
+            } else {
+                separator.push(c);
+            }
+        }
+    }
+    let registry = if registry == "index.docker.io" {
+        DOCKER_HUB
+    } else {
+        registry
+    };
+    let repository = if registry == DOCKER_HUB && !path.contains('/') {
+        format!("library/{path}")
+    } else {
+        path.to_string()
+    };
+    if repository.len() > 255 {
+        return None;
+    }
+    let tag = match (tag, &digest) {
+        (None, None) => Some("latest".to_string()),
+        (t, _) => t.map(str::to_string),
+    };
+    Some(Reference {
+        registry: registry.to_string(),
+        repository,
+        tag,
+        digest,
+    })
 }
 
 /// Turns oci-spec's terse parse errors into an explanation with a hint.
@@ -279,6 +373,52 @@ mod tests {
         }
         let e = Reference::parse("Busybox").unwrap_err().to_string();
         assert!(e.contains("\"busybox\""), "{e}");
+    }
+
+    #[test]
+    fn the_plain_fast_path_agrees_with_the_full_grammar() {
+        let inputs = [
+            "busybox",
+            "busybox:1.36",
+            "library/busybox:latest",
+            "docker.io/library/busybox",
+            "index.docker.io/busybox",
+            "ghcr.io/owner/repo-name/sub_part:v1.2.3-rc_1",
+            "127.0.0.1:5000/ns/name:tag",
+            "localhost/a.b__c---d:x",
+            "registry.internal:5000/a/b/c",
+            "my-registry.example.com/team/app",
+            "a.b/c",
+            "UPPER.io/x",
+        ];
+        for input in inputs {
+            let fast = parse_plain(input).unwrap_or_else(|| panic!("{input} takes the fast path"));
+            let full = oci_client::Reference::try_from(input).unwrap();
+            assert_eq!(fast.registry(), full.registry(), "{input}");
+            assert_eq!(fast.repository(), full.repository(), "{input}");
+            assert_eq!(fast.tag(), full.tag(), "{input}");
+            let with_digest = format!("{input}@{D}");
+            let fast = parse_plain(&with_digest).unwrap();
+            let full = oci_client::Reference::try_from(with_digest.as_str()).unwrap();
+            assert_eq!(
+                fast.digest().map(|d| d.to_string()).as_deref(),
+                full.digest(),
+                "{with_digest}"
+            );
+            assert_eq!(fast.tag(), full.tag(), "{with_digest}");
+        }
+        for unusual in [
+            "Busybox",
+            "a..b",
+            "a/-b",
+            "-host.io/x",
+            "x:",
+            "x@sha256:abc",
+            "a___b",
+            "a/B",
+        ] {
+            assert!(parse_plain(unusual).is_none(), "{unusual} is left to the full grammar");
+        }
     }
 
     #[test]

@@ -75,8 +75,15 @@ impl BlobStore {
         File::open(&path).map_err(io_err(&path))
     }
 
-    /// Stores `bytes`, returning their digest.
+    /// Stores `bytes`, returning their digest. A blob stored already (exec
+    /// output is often empty or repeated) is only marked as just written,
+    /// which keeps garbage collection off it until a record refers to it.
     pub fn put(&self, bytes: &[u8]) -> Result<Digest, BlobError> {
+        let digest = Digest::of(bytes);
+        let fresh = File::open(self.path(&digest)).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        if fresh.is_ok() {
+            return Ok(digest);
+        }
         let mut w = self.writer()?;
         w.write_all(bytes).map_err(io_err(&w.path))?;
         w.commit(None)

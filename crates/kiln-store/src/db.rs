@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -85,6 +86,8 @@ pub(crate) struct Eviction {
 /// The metadata database of a state dir.
 pub struct Db {
     db: Database,
+    /// Whether a commit since the last [`Db::flush`] is not durable yet.
+    dirty: AtomicBool,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -99,6 +102,23 @@ impl Db {
     /// Opens or creates the database file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(|e| StoreError::db("open", e))?;
+        // Creating the tables is a durable commit (two fsyncs): only when one is missing.
+        let complete = {
+            let tx = db.begin_read().map_err(|e| StoreError::db("open", e))?;
+            tx.open_table(SNAPSHOTS).is_ok()
+                && tx.open_table(CACHE).is_ok()
+                && tx.open_table(COUNTERS).is_ok()
+                && tx.open_table(OBJECTS).is_ok()
+                && tx.open_table(CACHE_USED).is_ok()
+                && tx.open_table(HOST_CONTENT).is_ok()
+                && tx.open_table(EVICTED).is_ok()
+        };
+        if complete {
+            return Ok(Self {
+                db,
+                dirty: AtomicBool::new(false),
+            });
+        }
         let tx = db.begin_write().map_err(|e| StoreError::db("open", e))?;
         {
             tx.open_table(SNAPSHOTS).map_err(|e| StoreError::db("open", e))?;
@@ -110,7 +130,10 @@ impl Db {
             tx.open_table(EVICTED).map_err(|e| StoreError::db("open", e))?;
         }
         tx.commit().map_err(|e| StoreError::db("open", e))?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            dirty: AtomicBool::new(false),
+        })
     }
 
     /// Increments and returns a named counter.
@@ -187,8 +210,12 @@ impl Db {
     /// Makes every earlier commit durable (one fsync of the database),
     /// together with the last uses of cache records gathered since the
     /// previous flush.
+    /// Nothing to do (no fsync) when nothing changed.
     pub fn flush(&self, touched: &HashMap<[u8; 32], u64>) -> Result<(), StoreError> {
         let op = "flush";
+        if !self.dirty.swap(false, Ordering::AcqRel) && touched.is_empty() {
+            return Ok(());
+        }
         let tx = self.db.begin_write().map_err(|e| StoreError::db(op, e))?;
         if !touched.is_empty() {
             let cache = tx.open_table(CACHE).map_err(|e| StoreError::db(op, e))?;
@@ -246,7 +273,9 @@ impl Db {
                 evicted.remove(key).map_err(|e| StoreError::db("record result", e))?;
             }
         }
-        tx.commit().map_err(|e| StoreError::db("record result", e))
+        tx.commit().map_err(|e| StoreError::db("record result", e))?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Stores API objects (ID targets, node definitions) by key. These are
@@ -265,7 +294,9 @@ impl Db {
                     .map_err(|e| StoreError::db("store objects", e))?;
             }
         }
-        tx.commit().map_err(|e| StoreError::db("store objects", e))
+        tx.commit().map_err(|e| StoreError::db("store objects", e))?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Loads an API object stored with [`Db::put_objects`].
@@ -336,7 +367,9 @@ impl Db {
                 }
             }
         }
-        tx.commit().map_err(|e| StoreError::db(op, e))
+        tx.commit().map_err(|e| StoreError::db(op, e))?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// The snapshot holding exactly the host selection with this digest.

@@ -25,7 +25,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use blobs::{BlobError, BlobStore, BlobWriter};
@@ -111,6 +111,8 @@ pub struct Store {
     next_id: AtomicU64,
     records: Mutex<HashMap<SnapshotId, SnapshotRecord>>,
     last_flush: Mutex<Instant>,
+    /// Whether snapshots were committed since the last filesystem sync.
+    unsynced: AtomicBool,
     /// Last uses of cache records since the last flush (written in batches).
     touched: Mutex<HashMap<[u8; 32], u64>>,
     pins: pins::Pins,
@@ -200,6 +202,7 @@ impl Store {
             next_id: AtomicU64::new(max + 1),
             records: Mutex::new(HashMap::new()),
             last_flush: Mutex::new(Instant::now()),
+            unsynced: AtomicBool::new(false),
             touched: Mutex::new(HashMap::new()),
             pins: pins::Pins::default(),
             auto_gc: Mutex::new(gc::AutoGc::default()),
@@ -376,6 +379,8 @@ impl Store {
                 s.content,
             ));
         }
+        // Before the record: a flush from now on syncs these files first.
+        self.unsynced.store(true, Ordering::Release);
         self.db.commit(&records, cache)?;
         {
             let mut cached = self.records.lock().expect("records lock");
@@ -394,10 +399,19 @@ impl Store {
     /// Makes everything recorded so far durable: syncs the state
     /// directory's filesystem (snapshot files, blobs), then commits the
     /// database durably, so a durable record never points at lost data.
+    /// Each step is skipped when there is nothing to make durable (a fully
+    /// cached run syncs nothing).
     pub fn flush(&self) -> Result<(), StoreError> {
         let mut last = self.last_flush.lock().expect("flush lock");
-        let dir = File::open(&self.root).map_err(StoreError::io(&self.root))?;
-        rustix::fs::syncfs(&dir).map_err(|e| StoreError::io(&self.root)(e.into()))?;
+        if self.unsynced.swap(false, Ordering::AcqRel) {
+            let started = Instant::now();
+            let synced = File::open(&self.root).and_then(|dir| Ok(rustix::fs::syncfs(&dir)?));
+            tracing::debug!(took = ?started.elapsed(), "synced the state directory");
+            if let Err(e) = synced {
+                self.unsynced.store(true, Ordering::Release);
+                return Err(StoreError::io(&self.root)(e));
+            }
+        }
         let touched = std::mem::take(&mut *self.touched.lock().expect("touched lock"));
         self.db.flush(&touched)?;
         *last = Instant::now();

@@ -2,10 +2,9 @@
 //! trait, so that tests can count what the scanner lists, stats and reads,
 //! and present the metadata a coarse-grained filesystem would.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -71,32 +70,30 @@ pub struct FileStat {
 }
 
 impl FileStat {
-    /// Reads the metadata kiln keeps from a std [`fs::Metadata`].
-    pub fn from_metadata(m: &fs::Metadata) -> Self {
-        let ft = m.file_type();
-        let kind = if ft.is_dir() {
-            EntryType::Dir
-        } else if ft.is_file() {
-            EntryType::File
-        } else if ft.is_symlink() {
-            EntryType::Symlink
-        } else {
-            EntryType::Other
+    /// The metadata of a `stat` result.
+    // The field types of `struct stat` differ between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    pub fn from_stat(st: &rustix::fs::Stat) -> Self {
+        let kind = match rustix::fs::FileType::from_raw_mode(st.st_mode as _) {
+            rustix::fs::FileType::Directory => EntryType::Dir,
+            rustix::fs::FileType::RegularFile => EntryType::File,
+            rustix::fs::FileType::Symlink => EntryType::Symlink,
+            _ => EntryType::Other,
         };
         Self {
             kind,
-            mode: m.mode() & 0o7777,
-            size: m.len(),
+            mode: st.st_mode as u32 & 0o7777,
+            size: st.st_size as u64,
             mtime: Timestamp {
-                secs: m.mtime(),
-                nanos: m.mtime_nsec() as u32,
+                secs: st.st_mtime as i64,
+                nanos: st.st_mtime_nsec as u32,
             },
             ctime: Timestamp {
-                secs: m.ctime(),
-                nanos: m.ctime_nsec() as u32,
+                secs: st.st_ctime as i64,
+                nanos: st.st_ctime_nsec as u32,
             },
-            ino: m.ino(),
-            dev: m.dev(),
+            ino: st.st_ino as u64,
+            dev: st.st_dev as u64,
         }
     }
 }
@@ -109,6 +106,11 @@ pub trait HostFs: Sync {
     fn list(&self, dir: &Path) -> io::Result<Vec<(OsString, EntryType)>>;
     /// Metadata of `path`, not following a final symlink.
     fn lstat(&self, path: &Path) -> io::Result<FileStat>;
+    /// Metadata of the entries `names` of directory `dir`, not following
+    /// symlinks (the default stats each path).
+    fn lstat_in(&self, dir: &Path, names: &[&OsStr]) -> io::Result<Vec<io::Result<FileStat>>> {
+        Ok(names.iter().map(|n| self.lstat(&dir.join(n))).collect())
+    }
     /// Opens a regular file for reading its content.
     fn open(&self, path: &Path) -> io::Result<Box<dyn Read + '_>>;
     /// The target of a symlink.
@@ -143,7 +145,22 @@ impl HostFs for RealFs {
     }
 
     fn lstat(&self, path: &Path) -> io::Result<FileStat> {
-        Ok(FileStat::from_metadata(&fs::symlink_metadata(path)?))
+        Ok(FileStat::from_stat(&rustix::fs::lstat(path)?))
+    }
+
+    /// Stats relative to the directory (no path lookup from the root for
+    /// each entry).
+    fn lstat_in(&self, dir: &Path, names: &[&OsStr]) -> io::Result<Vec<io::Result<FileStat>>> {
+        use rustix::fs::{AtFlags, Mode, OFlags};
+        let fd = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(names
+            .iter()
+            .map(|n| {
+                rustix::fs::statat(&fd, *n, AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|st| FileStat::from_stat(&st))
+                    .map_err(io::Error::from)
+            })
+            .collect())
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn Read + '_>> {

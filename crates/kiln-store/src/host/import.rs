@@ -4,13 +4,15 @@
 //! (new and changed entries, whiteouts for removed ones) as a layer on top
 //! of the snapshot holding the previous selection, found by its digest.
 
-use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, lchown};
 use std::path::Path;
+use std::sync::LazyLock;
 
-use super::access::EntryType;
-use super::stat_cache::{Cached, StatCache};
+use rustix::fs::{Gid, Uid};
+
+use super::access::{EntryType, FileStat};
+use super::stat_cache::{Cached, Cursor, StatCache, path_cmp};
 use super::{HostEntry, HostError, HostKind, HostTree, changed, err, parallel};
 use crate::copy::{prepare_parents, whiteout};
 use crate::merged::MergedView;
@@ -19,7 +21,7 @@ use crate::{Store, StoreError};
 
 /// Uploads stack at most this many layers before one is written whole
 /// again (reads of deep stacks walk every layer).
-pub const MAX_UPLOAD_DEPTH: u32 = 32;
+const MAX_UPLOAD_DEPTH: u32 = 32;
 
 /// Size of a filesystem block, for the size estimate of a full import.
 const BLOCK: u64 = 4096;
@@ -29,12 +31,15 @@ impl Store {
     /// only the difference when the selection of the previous scan of the
     /// same directory and filter is still stored, else the whole selection.
     pub fn import_host(&self, tree: &HostTree) -> Result<Staged, StoreError> {
+        let started = std::time::Instant::now();
         if let Some(staged) = self.import_difference(tree)? {
+            tracing::debug!(root = %tree.root.display(), took = ?started.elapsed(), "host import: the difference");
             return Ok(staged);
         }
         let mut staged = self.stage(None)?;
         staged.size = Some(import_all(tree, &staged.diff())?);
-        staged.content = Some(tree.digest);
+        let staged = holding(staged, tree);
+        tracing::debug!(root = %tree.root.display(), took = ?started.elapsed(), "host import: everything");
         Ok(staged)
     }
 
@@ -47,14 +52,14 @@ impl Store {
         if let Some(same) = self.db().host_content(&tree.digest)?
             && let Some(staged) = self.stage_on_upload(same)?
         {
-            staged_content(staged, tree).map(Some)
+            Ok(Some(holding(staged, tree)))
         } else if let Some(prev) = &tree.previous
             && let Some(base) = self.db().host_content(&prev.selection)?
             && let Some(staged) = self.stage_on_upload(base)?
         {
             let view = self.view(Some(base))?;
             write_difference(tree, prev, &view, &staged.diff())?;
-            staged_content(staged, tree).map(Some)
+            Ok(Some(holding(staged, tree)))
         } else {
             Ok(None)
         }
@@ -70,9 +75,10 @@ impl Store {
     }
 }
 
-fn staged_content(mut staged: Staged, tree: &HostTree) -> Result<Staged, StoreError> {
+/// Marks a staged snapshot as holding the selection of `tree`.
+fn holding(mut staged: Staged, tree: &HostTree) -> Staged {
     staged.content = Some(tree.digest);
-    Ok(staged)
+    staged
 }
 
 /// Copies the whole selection into `dest`; returns an estimate of the bytes
@@ -98,9 +104,7 @@ fn import_all(tree: &HostTree, dest: &Path) -> Result<u64, HostError> {
             }
         }
     }
-    for result in parallel::map(&files, |e| copy_file(&tree.root, e, dest)) {
-        result?;
-    }
+    copy_files(&tree.root, &files, dest)?;
     for e in tree.entries.iter().rev().filter(|e| e.kind == HostKind::Dir) {
         set_owner_and_mode(&dest.join(&e.rel), e.mode)?;
     }
@@ -112,19 +116,47 @@ fn set_owner_and_mode(path: &Path, mode: u32) -> Result<(), HostError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(err(path))
 }
 
-/// Copies one file, owned by root, and checks that it did not change since
-/// the scan (else the snapshot would not hold what its digest says).
+/// Copies one file, owned by root, and checks that what was copied is the
+/// file as scanned (else the snapshot would not hold what its digest says).
 fn copy_file(root: &Path, e: &HostEntry, dest: &Path) -> Result<(), HostError> {
+    use rustix::fs::{Mode, OFlags};
     let src = root.join(&e.rel);
     let to = dest.join(&e.rel);
-    fs::copy(&src, &to).map_err(err(&src))?;
-    set_owner_and_mode(&to, e.mode)?;
-    let now = fs::symlink_metadata(&src).map_err(err(&src))?;
-    if super::FileStat::from_metadata(&now) != e.stat {
+    let from = rustix::fs::open(&src, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| err(&src)(e.into()))?;
+    let into = rustix::fs::open(
+        &to,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| err(&to)(e.into()))?;
+    let (mut from, mut into) = (fs::File::from(from), fs::File::from(into));
+    // In the kernel (copy_file_range) where the filesystem allows.
+    std::io::copy(&mut from, &mut into).map_err(err(&src))?;
+    if !*ROOT_OWNED {
+        rustix::fs::fchown(&into, Some(Uid::ROOT), Some(Gid::ROOT)).map_err(|e| err(&to)(e.into()))?;
+    }
+    rustix::fs::fchmod(&into, Mode::from_raw_mode(e.mode)).map_err(|e| err(&to)(e.into()))?;
+    let copied = rustix::fs::fstat(&from).map_err(|e| err(&src)(e.into()))?;
+    if FileStat::from_stat(&copied) != e.stat {
         return Err(changed(&src));
     }
     Ok(())
 }
+
+/// Copies files, one directory per thread at a time: creating files in
+/// the same directory from several threads only contends on its lock.
+fn copy_files(root: &Path, files: &[&HostEntry], dest: &Path) -> Result<(), HostError> {
+    let groups: Vec<&[&HostEntry]> = files.chunk_by(|a, b| a.rel.parent() == b.rel.parent()).collect();
+    for result in parallel::map(&groups, |group| group.iter().try_for_each(|e| copy_file(root, e, dest))) {
+        result?;
+    }
+    Ok(())
+}
+
+/// Whether files this process creates are owned by root already.
+static ROOT_OWNED: LazyLock<bool> =
+    LazyLock::new(|| rustix::process::geteuid().is_root() && rustix::process::getegid() == Gid::ROOT);
 
 /// Whether the previous scan's entry holds exactly what `e` holds.
 fn unchanged(before: &Cached, e: &HostEntry) -> bool {
@@ -139,12 +171,16 @@ fn unchanged(before: &Cached, e: &HostEntry) -> bool {
 }
 
 /// Writes into `dest` (a layer over `view`, which holds the previous
-/// selection `prev`) what turns it into the selection of `tree`.
+/// selection `prev`) what turns it into the selection of `tree`. Both
+/// selections are in walk order: one merge finds what changed.
 fn write_difference(tree: &HostTree, prev: &StatCache, view: &MergedView, dest: &Path) -> Result<(), StoreError> {
+    let mut cursor = Cursor::new(Some(prev));
+    let mut gone: Vec<&Path> = Vec::new();
     let mut files = Vec::new();
     let mut dirs = Vec::new();
     for e in &tree.entries {
-        let before = prev.entries.get(&e.rel);
+        let (skipped, before) = cursor.seek(&e.rel);
+        gone.extend(skipped.iter().map(|(p, _)| p.as_path()));
         if before.is_some_and(|b| unchanged(b, e)) {
             continue;
         }
@@ -165,38 +201,28 @@ fn write_difference(tree: &HostTree, prev: &StatCache, view: &MergedView, dest: 
             }
         }
     }
-    for result in parallel::map(&files, |e| copy_file(&tree.root, e, dest)) {
-        result?;
-    }
+    gone.extend(cursor.rest().iter().map(|(p, _)| p.as_path()));
+    copy_files(&tree.root, &files, dest)?;
     for e in dirs.iter().rev() {
         set_owner_and_mode(&dest.join(&e.rel), e.mode)?;
     }
 
     // Removed entries become whiteouts, except under a removed directory or
     // under what is no longer a directory (both hide everything below).
-    let current: HashSet<&Path> = tree.entries.iter().map(|e| e.rel.as_path()).collect();
-    let non_dirs: HashSet<&Path> = tree
-        .entries
-        .iter()
-        .filter(|e| e.kind != HostKind::Dir)
-        .map(|e| e.rel.as_path())
-        .collect();
-    let mut gone: Vec<&Path> = prev
-        .entries
-        .keys()
-        .map(|p| p.as_path())
-        .filter(|p| !current.contains(p))
-        .collect();
-    gone.sort_unstable();
-    let mut removed: HashSet<&Path> = HashSet::new();
+    let is_non_dir = |p: &Path| {
+        tree.entries
+            .binary_search_by(|e| path_cmp(&e.rel, p))
+            .is_ok_and(|i| tree.entries[i].kind != HostKind::Dir)
+    };
+    let mut removed: Vec<&Path> = Vec::new();
     for rel in gone {
         let hidden = rel
             .ancestors()
             .skip(1)
-            .any(|a| removed.contains(a) || non_dirs.contains(a));
+            .any(|a| removed.binary_search_by(|r| path_cmp(r, a)).is_ok() || is_non_dir(a));
         if !hidden {
             whiteout(view, dest, rel)?;
-            removed.insert(rel);
+            removed.push(rel);
         }
     }
     Ok(())

@@ -137,30 +137,27 @@ pub fn scan_with(
     let started = std::time::Instant::now();
     let now = fs.now();
     let cache_file = cache_dir.map(|d| stat_cache::path(d, root, filter.fingerprint()));
-    let previous = cache_file
-        .as_deref()
-        .and_then(|f| stat_cache::load(f, root, filter.fingerprint()));
-
-    let loaded = started.elapsed();
-    let listed = walk::list(fs, root, filter)?;
-    let walked = started.elapsed();
-    let stats = parallel::map(&listed, |l| {
-        let path = root.join(&l.rel);
-        fs.lstat(&path).map_err(err(&path))
+    // The stat cache loads while the tree is walked.
+    let (previous, found) = std::thread::scope(|s| {
+        let loading = s.spawn(|| {
+            let previous = cache_file
+                .as_deref()
+                .and_then(|f| stat_cache::load(f, root, filter.fingerprint()));
+            (previous, started.elapsed())
+        });
+        let found = walk::list(fs, root, filter);
+        let loaded = loading.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (loaded, found)
     });
-    let mut entries = Vec::with_capacity(listed.len());
+    let (previous, loaded) = previous;
+    let found = found?;
+    let walked = started.elapsed();
+    let mut cursor = stat_cache::Cursor::new(previous.as_ref());
+    let mut entries = Vec::with_capacity(found.len());
     let mut to_hash = Vec::new();
-    for (l, stat) in listed.into_iter().zip(stats) {
-        let stat = stat?;
-        if stat.kind != l.kind {
-            return Err(changed(&root.join(&l.rel)));
-        }
-        let known = previous
-            .as_ref()
-            .and_then(|c| c.entries.get(&l.rel))
-            .filter(|c| c.still_valid(&stat));
+    for walk::Found { rel, stat } in found {
+        let known = cursor.seek(&rel).1.filter(|c| c.still_valid(&stat));
         let (kind, digest, recorded) = match stat.kind {
-            EntryType::Dir => (HostKind::Dir, [0; 32], now),
             EntryType::File => match known {
                 Some(c) => (HostKind::File(stat.size), c.digest, c.recorded),
                 None => {
@@ -171,7 +168,7 @@ pub fn scan_with(
             EntryType::Symlink => match known.and_then(|c| c.target.clone()) {
                 Some(target) => (HostKind::Symlink(target), [0; 32], known.map_or(now, |c| c.recorded)),
                 None => {
-                    let path = root.join(&l.rel);
+                    let path = root.join(&rel);
                     (
                         HostKind::Symlink(fs.read_link(&path).map_err(err(&path))?),
                         [0; 32],
@@ -179,11 +176,12 @@ pub fn scan_with(
                     )
                 }
             },
-            EntryType::Other => return Err(changed(&root.join(&l.rel))),
+            // The walk selects nothing else.
+            EntryType::Dir | EntryType::Other => (HostKind::Dir, [0; 32], now),
         };
         entries.push(HostEntry {
             mode: stat.mode,
-            rel: l.rel,
+            rel,
             kind,
             stat,
             digest,
@@ -191,7 +189,7 @@ pub fn scan_with(
         });
     }
 
-    let statted = started.elapsed();
+    let matched = started.elapsed();
     let hashed = parallel::map(&to_hash, |&i| hash_file(fs, &root.join(&entries[i].rel)));
     let mut stats = ScanStats {
         entries: entries.len() as u64,
@@ -228,7 +226,7 @@ pub fn scan_with(
         ?stats,
         ?loaded,
         ?walked,
-        ?statted,
+        ?matched,
         ?read,
         total = ?started.elapsed(),
         "host scan"
@@ -262,29 +260,33 @@ fn hash_file(fs: &dyn HostFs, path: &Path) -> Result<([u8; 32], u64), HostError>
     Ok((*hasher.finalize().as_bytes(), total))
 }
 
-/// The digest of a selection and the bytes of its regular files.
+/// The digest of a selection and the bytes of its regular files (hashed
+/// in one piece: many small updates cost more than the hashing).
 fn tree_digest(entries: &[HostEntry]) -> ([u8; 32], u64) {
-    let mut hasher = blake3::Hasher::new();
+    let mut buf = Vec::with_capacity(entries.len() * 96);
     let mut bytes = 0;
     for e in entries {
         let rel = e.rel.as_os_str().as_encoded_bytes();
-        hasher.update(&(rel.len() as u64).to_le_bytes()).update(rel);
-        hasher.update(&e.mode.to_le_bytes());
+        buf.extend_from_slice(&(rel.len() as u64).to_le_bytes());
+        buf.extend_from_slice(rel);
+        buf.extend_from_slice(&e.mode.to_le_bytes());
         match &e.kind {
-            HostKind::Dir => {
-                hasher.update(b"d");
-            }
+            HostKind::Dir => buf.push(b'd'),
             HostKind::File(size) => {
                 bytes += size;
-                hasher.update(b"f").update(&size.to_le_bytes()).update(&e.digest);
+                buf.push(b'f');
+                buf.extend_from_slice(&size.to_le_bytes());
+                buf.extend_from_slice(&e.digest);
             }
             HostKind::Symlink(target) => {
                 let t = target.as_os_str().as_encoded_bytes();
-                hasher.update(b"l").update(&(t.len() as u64).to_le_bytes()).update(t);
+                buf.push(b'l');
+                buf.extend_from_slice(&(t.len() as u64).to_le_bytes());
+                buf.extend_from_slice(t);
             }
         }
     }
-    (*hasher.finalize().as_bytes(), bytes)
+    (*blake3::hash(&buf).as_bytes(), bytes)
 }
 
 #[cfg(test)]

@@ -17,13 +17,13 @@
 //! taken (less a slack for kernels whose file clock lags the system clock);
 //! anything newer is hashed again, and once it is old enough, trusted.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{self, AtomicU64};
 use std::time::SystemTime;
 
 use super::HostEntry;
@@ -62,8 +62,59 @@ impl Cached {
 pub(crate) struct StatCache {
     /// Digest of the selection (the tree digest of that scan).
     pub selection: [u8; 32],
-    /// Entries by path relative to the scanned root.
-    pub entries: HashMap<PathBuf, Cached>,
+    /// Entries by path relative to the scanned root, in walk order (which
+    /// is [`path_cmp`] order).
+    pub entries: Vec<(PathBuf, Cached)>,
+}
+
+/// Compares paths component by component (the walk order: a directory
+/// before its contents, siblings by name), as bytes with `/` first.
+pub(crate) fn path_cmp(a: &Path, b: &Path) -> Ordering {
+    let key = |c: &u8| if *c == b'/' { 0 } else { *c };
+    a.as_os_str()
+        .as_bytes()
+        .iter()
+        .map(key)
+        .cmp(b.as_os_str().as_bytes().iter().map(key))
+}
+
+/// Looks up the entries of a cache in walk order: a merge with the walk of
+/// a new scan, no hashing.
+pub(crate) struct Cursor<'a> {
+    entries: &'a [(PathBuf, Cached)],
+    next: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// A cursor at the start of `cache` (none: finds nothing).
+    pub fn new(cache: Option<&'a StatCache>) -> Self {
+        Self {
+            entries: cache.map_or(&[], |c| &c.entries),
+            next: 0,
+        }
+    }
+
+    /// The entries before `rel` not yet passed, then the entry of `rel`.
+    /// Calls must come in walk order.
+    pub fn seek(&mut self, rel: &Path) -> (&'a [(PathBuf, Cached)], Option<&'a Cached>) {
+        let start = self.next;
+        while self.next < self.entries.len() && path_cmp(&self.entries[self.next].0, rel) == Ordering::Less {
+            self.next += 1;
+        }
+        let skipped = &self.entries[start..self.next];
+        match self.entries.get(self.next) {
+            Some((p, c)) if p == rel => {
+                self.next += 1;
+                (skipped, Some(c))
+            }
+            _ => (skipped, None),
+        }
+    }
+
+    /// The entries not passed yet.
+    pub fn rest(&self) -> &'a [(PathBuf, Cached)] {
+        &self.entries[self.next..]
+    }
 }
 
 /// Where the cache of `root` scanned with the filter `fingerprint` lives.
@@ -107,7 +158,7 @@ pub(crate) fn save(
     let tmp = file.with_extension(format!(
         "tmp-{}-{}",
         std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
+        NEXT.fetch_add(1, atomic::Ordering::Relaxed)
     ));
     fs::write(&tmp, &bytes)?;
     fs::rename(&tmp, file).inspect_err(|_| {
@@ -217,7 +268,7 @@ fn decode(bytes: &[u8], root: &Path, fingerprint: &[u8; 32]) -> Option<StatCache
     }
     let selection = r.array()?;
     let count = r.u64()? as usize;
-    let mut entries = HashMap::with_capacity(count.min(body.len() / 64));
+    let mut entries = Vec::with_capacity(count.min(body.len() / 64));
     for _ in 0..count {
         let rel_len = r.u32()? as usize;
         let rel = PathBuf::from(OsStr::from_bytes(r.take(rel_len)?));
@@ -246,7 +297,7 @@ fn decode(bytes: &[u8], root: &Path, fingerprint: &[u8; 32]) -> Option<StatCache
             ino,
             dev,
         };
-        entries.insert(
+        entries.push((
             rel,
             Cached {
                 stat,
@@ -254,7 +305,7 @@ fn decode(bytes: &[u8], root: &Path, fingerprint: &[u8; 32]) -> Option<StatCache
                 digest,
                 target,
             },
-        );
+        ));
     }
     r.0.is_empty().then_some(StatCache { selection, entries })
 }
@@ -304,8 +355,9 @@ mod tests {
         save(&file, Path::new("/src"), &[1; 32], &[3; 32], &entries).unwrap();
         let loaded = load(&file, Path::new("/src"), &[1; 32]).unwrap();
         assert_eq!(loaded.selection, [3; 32]);
-        assert_eq!(loaded.entries[Path::new("a")].digest, [9; 32]);
-        assert_eq!(loaded.entries[Path::new("l")].target.as_deref(), Some(Path::new("a")));
+        assert_eq!(loaded.entries[0].0, Path::new("a"));
+        assert_eq!(loaded.entries[0].1.digest, [9; 32]);
+        assert_eq!(loaded.entries[1].1.target.as_deref(), Some(Path::new("a")));
         assert!(load(&file, Path::new("/other"), &[1; 32]).is_none());
         assert!(load(&file, Path::new("/src"), &[2; 32]).is_none());
         let mut bytes = fs::read(&file).unwrap();
@@ -313,6 +365,45 @@ mod tests {
         bytes[middle] ^= 1;
         fs::write(&file, bytes).unwrap();
         assert!(load(&file, Path::new("/src"), &[1; 32]).is_none());
+    }
+
+    #[test]
+    fn walk_order_puts_a_directory_before_its_contents_and_siblings_by_name() {
+        let mut paths: Vec<PathBuf> = ["a.txt", "a/b", "a", "b", "a/b/c", "a-b"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        paths.sort_by(|x, y| path_cmp(x, y));
+        let want: Vec<PathBuf> = ["a", "a/b", "a/b/c", "a-b", "a.txt", "b"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(paths, want);
+        let cache = StatCache {
+            selection: [0; 32],
+            entries: want
+                .iter()
+                .map(|p| {
+                    let c = Cached {
+                        stat: stat(1),
+                        recorded: Timestamp::default(),
+                        digest: [0; 32],
+                        target: None,
+                    };
+                    (p.clone(), c)
+                })
+                .collect(),
+        };
+        let mut cursor = Cursor::new(Some(&cache));
+        assert!(cursor.seek(Path::new("a")).1.is_some());
+        let (skipped, found) = cursor.seek(Path::new("a-b"));
+        assert_eq!(
+            skipped.iter().map(|e| e.0.as_path()).collect::<Vec<_>>(),
+            [Path::new("a/b"), Path::new("a/b/c")]
+        );
+        assert!(found.is_some());
+        assert!(cursor.seek(Path::new("a0")).1.is_none());
+        assert_eq!(cursor.rest().len(), 1);
     }
 
     #[test]
