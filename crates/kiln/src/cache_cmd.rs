@@ -36,6 +36,14 @@ pub enum CacheCommand {
         #[arg(long, value_parser = parse_duration)]
         older_than: Option<Duration>,
     },
+    /// List the cache volumes (withMountedCache) with their sizes
+    Volumes,
+    /// Delete cache volumes by key
+    RmVolume {
+        /// Keys of the volumes to delete
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
 }
 
 fn parse_size_arg(text: &str) -> Result<u64, String> {
@@ -90,6 +98,32 @@ pub fn run(cli: &Cli, command: &CacheCommand) -> anyhow::Result<ExitCode> {
             };
             let report = store.gc(target).context("pruning the cache")?;
             print_report(&report);
+        }
+        CacheCommand::Volumes => {
+            let volumes = Volumes::open(store.root().join("volumes")).context("opening the cache volumes")?;
+            for v in volumes.list().context("listing the cache volumes")? {
+                println!("{:>10}  {}", format_size(v.size), v.key);
+            }
+        }
+        CacheCommand::RmVolume { keys } => {
+            let volumes = Volumes::open(store.root().join("volumes")).context("opening the cache volumes")?;
+            let mut missing = Vec::new();
+            for key in keys {
+                if volumes
+                    .remove(key)
+                    .with_context(|| format!("removing cache volume {key:?}"))?
+                {
+                    println!("removed cache volume {key}");
+                } else {
+                    missing.push(key.as_str());
+                }
+            }
+            if !missing.is_empty() {
+                bail!(
+                    "no cache volume named {} (see `kiln cache volumes`)",
+                    missing.join(", ")
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -37,11 +37,14 @@ def test_cache_volume_counter_across_two_engine_processes(kiln, tmp_path: Path):
     first = kiln.run_python(script, "a", "b", "c").check()
     second = kiln.run_python(script, "d", "e").check()
     assert first.stdout.split() + second.stdout.split() == ["0", "1", "2", "3", "4"]
-    listed = subprocess.run(
-        [os.environ["KILN_BIN"], "cache", "volumes"], env=kiln.env, capture_output=True, text=True
-    )
-    if listed.returncode == 0:
-        assert "counter" in listed.stdout
+    kiln_cache = [os.environ["KILN_BIN"], "cache"]
+    listed = subprocess.run([*kiln_cache, "volumes"], env=kiln.env, capture_output=True, text=True)
+    assert listed.returncode == 0 and listed.stdout.split()[-1] == "counter", listed
+    removed = subprocess.run([*kiln_cache, "rm-volume", "counter"], env=kiln.env, capture_output=True, text=True)
+    assert removed.returncode == 0, removed.stderr
+    again = subprocess.run([*kiln_cache, "rm-volume", "counter"], env=kiln.env, capture_output=True, text=True)
+    assert again.returncode != 0 and "no cache volume named counter" in again.stderr
+    assert kiln.run_python(script, "f").check().stdout.split() == ["0"], "the volume was not removed"
 
 
 async def test_locked_cache_serialises_concurrent_writers(dag):
