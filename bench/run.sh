@@ -2,8 +2,12 @@
 # Runs kiln's benchmarks side by side with their floor and records them:
 #   bench/run.sh            print the table
 #   bench/run.sh --record   also append it to docs/benchmarks.md
-# Needs root (containers), the fixtures (scripts/setup.sh) and builds kiln in
-# release mode.
+# Needs root (containers), the fixtures (scripts/setup.sh), Debian's docker.io
+# for the BuildKit comparison (its dockerd is started and stopped by the
+# script, never as a service), and builds kiln in release mode. Extra
+# arguments go to bench/run.py (--only, --runs; see its --help). The host
+# tree benchmark generates 1 GB (and a git repository of it) once under the
+# cache dir.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
