@@ -1,6 +1,6 @@
 //! `Directory`: building trees and reading them back.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_graphql::Value;
@@ -188,14 +188,27 @@ async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
     let target = api.host_path(&args.string("path")?);
     let wipe = args.bool("wipe");
     let view = api.view(d.tree).await?;
-    let src = d.path.clone();
-    let dest = target.clone();
+    export_to_host(view, d.path, target.clone(), target.clone(), wipe).await?;
+    Ok(Output::string(target.display().to_string()))
+}
+
+/// Copies `src` of a solved tree to the host path `dest` (real copies, never
+/// through a symlink), after creating the directory `dir` (and removing
+/// `dest` first when `wipe`).
+pub async fn export_to_host(
+    view: kiln_store::MergedView,
+    src: String,
+    dest: PathBuf,
+    dir: PathBuf,
+    wipe: bool,
+) -> Result<(), ApiError> {
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+        let failed = |e: &dyn std::fmt::Display| ApiError::invalid(format!("export to {}: {e}", dest.display()));
         if wipe && dest.exists() {
             std::fs::remove_dir_all(&dest)
                 .map_err(|e| ApiError::invalid(format!("export: wiping {}: {e}", dest.display())))?;
         }
-        std::fs::create_dir_all(&dest).map_err(|e| ApiError::invalid(format!("export to {}: {e}", dest.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| failed(&e))?;
         let filter = PathFilter::default();
         let opts = CopyOptions {
             filter: &filter,
@@ -203,13 +216,11 @@ async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
             file_mode: None,
             hardlink: false,
         };
-        copy_tree(&view, Path::new(&src), &dest, &opts)
-            .map_err(|e| ApiError::invalid(format!("export to {}: {e}", dest.display())))?;
+        copy_tree(&view, Path::new(&src), &dest, &opts).map_err(|e| failed(&e))?;
         Ok(())
     })
     .await
-    .map_err(ApiError::internal)??;
-    Ok(Output::string(target.display().to_string()))
+    .map_err(ApiError::internal)?
 }
 
 async fn glob(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {

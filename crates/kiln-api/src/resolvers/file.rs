@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_graphql::Value;
-use kiln_store::{CopyOptions, Digest, PathFilter, copy_tree};
+use kiln_store::Digest;
 
 use crate::api::{Api, Output, Registry, file};
 use crate::args::Args;
@@ -103,25 +103,8 @@ async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
         target
     };
     let view = api.view(f.tree).await?;
-    let (src, to) = (f.path.clone(), dest.clone());
-    tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| ApiError::invalid(format!("export to {}: {e}", to.display())))?;
-        }
-        let filter = PathFilter::default();
-        let opts = CopyOptions {
-            filter: &filter,
-            owner: None,
-            file_mode: None,
-            hardlink: false,
-        };
-        copy_tree(&view, Path::new(&src), &to, &opts)
-            .map_err(|e| ApiError::invalid(format!("export to {}: {e}", to.display())))?;
-        Ok(())
-    })
-    .await
-    .map_err(ApiError::internal)??;
+    let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| dest.clone());
+    super::directory::export_to_host(view, f.path, dest.clone(), dir, false).await?;
     Ok(Output::string(dest.display().to_string()))
 }
 
