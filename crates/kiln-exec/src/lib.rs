@@ -2,12 +2,14 @@
 //! rootfs and tree mounts in a private mount namespace, stdio capture, and
 //! resolution of users against the image's `/etc/passwd`.
 
+pub mod cgroups;
 pub mod host;
 pub mod mounts;
 pub mod runtime;
 pub mod spec;
 pub mod user;
 
+pub use cgroups::remove_leaked_cgroups;
 pub use mounts::Overlay;
 pub use runtime::{Bind, ExecError, ExecOutput, LiveOutput, RunSpec, Runtime, RuntimeKind, Stream, TreeMount};
 pub use spec::ProcessSpec;

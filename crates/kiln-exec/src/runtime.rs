@@ -3,11 +3,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
+use crate::cgroups::{self, InstanceLock};
 use crate::host::{CgroupLayout, cgroup_layout, find_executable};
 use crate::mounts::{MountPlan, Overlay};
 use crate::spec::{self, ContainerMount, ProcessSpec};
@@ -71,6 +72,9 @@ pub struct Runtime {
     /// Random per-engine tag in container ids: runtimes name cgroups after
     /// container ids, so ids must not collide between engines on one host.
     instance: String,
+    /// Held while the engine lives, so that its cgroups are not taken for
+    /// leaked ones (see [`crate::cgroups`]).
+    _registration: Option<Arc<InstanceLock>>,
 }
 
 /// A container to run.
@@ -155,19 +159,21 @@ impl Runtime {
                 action: "reading /dev/urandom",
                 source,
             })?;
-        let instance = random.iter().map(|b| format!("{b:02x}")).collect();
+        let instance: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let registration = cgroups::register(&instance).map(Arc::new);
         Ok(Self {
             kind,
             binary,
             state,
             hide_cgroup_v2,
             instance,
+            _registration: registration,
         })
     }
 
     /// A container id unique on this host, for the `n`th container.
     pub fn container_id(&self, n: impl std::fmt::Display) -> String {
-        format!("kiln-{}-{n}", self.instance)
+        format!("{}{}-{n}", cgroups::ID_PREFIX, self.instance)
     }
 
     /// Which runtime this is.
@@ -195,7 +201,7 @@ impl Runtime {
         let mut removed = Vec::new();
         for e in entries.flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
-            if !id.starts_with("kiln-") {
+            if !id.starts_with(cgroups::ID_PREFIX) {
                 continue;
             }
             let _ = self

@@ -96,6 +96,9 @@ impl Engine {
         for id in runtime.remove_stale() {
             tracing::info!(container = %id, "removed a container left by an interrupted run");
         }
+        for cgroup in kiln_exec::remove_leaked_cgroups() {
+            tracing::info!(cgroup = %cgroup.display(), "removed a cgroup left by an engine that is gone");
+        }
         let registry = Registry::new(config.registry.clone());
         let secrets = Secrets::open(store.root()).map_err(|e| SolveError::op("open secrets key", e))?;
         let volumes =

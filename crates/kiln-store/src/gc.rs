@@ -453,7 +453,7 @@ impl Store {
             let pins = self.pins.lock();
             let mut records = self.db().cache_entries()?;
             {
-                let touched = self.touched.lock().expect("touched lock");
+                let touched = self.durable.touched.lock().expect("touched lock");
                 for r in &mut records {
                     if let Some(&t) = touched.get(&r.key) {
                         r.last_used = r.last_used.max(t);

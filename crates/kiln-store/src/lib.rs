@@ -15,6 +15,7 @@ pub mod host;
 pub mod merged;
 mod pins;
 pub mod snapshots;
+mod state_dir;
 pub mod tree_digest;
 pub mod usage;
 pub mod volumes;
@@ -24,8 +25,10 @@ use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use blobs::{BlobError, BlobStore, BlobWriter};
@@ -39,6 +42,7 @@ pub use host::{HostError, HostTree};
 pub use merged::MergedView;
 pub use pins::PinGuard;
 pub use snapshots::{SnapshotId, Staged};
+pub use state_dir::volatile_dir;
 pub use tree_digest::tree_digest;
 pub use usage::Usage;
 pub use volumes::{VolumeInfo, Volumes};
@@ -57,6 +61,8 @@ pub enum StoreError {
         .0.display()
     )]
     Locked(PathBuf),
+    #[error("refusing to use {}: {reason}", path.display())]
+    UnsafeStateDir { path: PathBuf, reason: String },
     #[error("metadata database ({op}): {message}")]
     Db { op: &'static str, message: String },
     #[error("metadata database holds a corrupt record ({0}); remove the state directory to start afresh")]
@@ -79,7 +85,7 @@ impl StoreError {
         }
     }
 
-    fn io(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
         move |source| StoreError::Io {
             path: path.to_path_buf(),
             source,
@@ -107,14 +113,10 @@ pub fn now_micros() -> u64 {
 pub struct Store {
     root: PathBuf,
     blobs: BlobStore,
-    db: Db,
+    durable: Arc<Durable>,
+    flusher: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     next_id: AtomicU64,
     records: Mutex<HashMap<SnapshotId, SnapshotRecord>>,
-    last_flush: Mutex<Instant>,
-    /// Whether snapshots were committed since the last filesystem sync.
-    unsynced: AtomicBool,
-    /// Last uses of cache records since the last flush (written in batches).
-    touched: Mutex<HashMap<[u8; 32], u64>>,
     pins: pins::Pins,
     auto_gc: Mutex<gc::AutoGc>,
     run_dir: PathBuf,
@@ -122,31 +124,35 @@ pub struct Store {
     _lock: File,
 }
 
-const TMPFS_MAGIC: u64 = 0x0102_1994;
-
-/// Where per-exec runtime state (bundles, runtime state, secret files)
-/// lives: a directory in /dev/shm (tmpfs) named after the state dir, or
-/// `<state>/run` when no tmpfs is available.
-pub fn volatile_dir(root: &Path) -> (PathBuf, bool) {
-    let shm = Path::new("/dev/shm");
-    let in_memory = rustix::fs::statfs(shm).is_ok_and(|s| s.f_type as u64 == TMPFS_MAGIC);
-    if in_memory {
-        let tag = blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex();
-        (shm.join(format!("kiln-{}", &tag[..16])), true)
-    } else {
-        (root.join("run"), false)
-    }
+/// What making records durable needs, shared with the flusher thread.
+struct Durable {
+    root: PathBuf,
+    db: Db,
+    /// Whether snapshots were committed since the last filesystem sync.
+    unsynced: AtomicBool,
+    /// Last uses of cache records since the last flush (written in batches).
+    touched: Mutex<HashMap<[u8; 32], u64>>,
+    /// Serializes flushes.
+    flushing: Mutex<()>,
 }
 
-/// How long a commit may stay non-durable: a crash loses at most this much
-/// recorded work (which then simply runs again).
+/// How long a recorded result may stay non-durable: a background thread
+/// flushes this often, so a result is durable at most this long (plus the
+/// time the filesystem sync takes) after its operation finished, whether
+/// or not anything else happens. A crash loses at most that much recorded
+/// work, which then simply runs again.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Store {
-    /// Opens (creating if needed) the state directory `root`, takes its lock,
-    /// and cleans what an interrupted process left behind.
+    /// Opens (creating if needed, mode 0700) the state directory `root`,
+    /// takes its lock, and cleans what an interrupted process left behind:
+    /// staged snapshots and partial uploads in `tmp`, orphaned snapshots,
+    /// its volatile directory, and the volatile directories of state
+    /// directories no engine has open. Refuses a state directory that
+    /// another user owns or that others can enter or write.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
+        state_dir::prepare_root(&root)?;
         for sub in ["s", "tmp", "empty"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(StoreError::io(&p))?;
@@ -166,9 +172,10 @@ impl Store {
         fs::create_dir(&tmp).map_err(StoreError::io(&tmp))?;
 
         let (run_dir, run_dir_in_memory) = volatile_dir(&root);
-        fs::create_dir_all(&run_dir).map_err(StoreError::io(&run_dir))?;
-        rustix::fs::chmod(&run_dir, rustix::fs::Mode::from_raw_mode(0o700))
-            .map_err(|e| StoreError::io(&run_dir)(e.into()))?;
+        state_dir::prepare_volatile(&run_dir, &root)?;
+        for dir in state_dir::remove_abandoned_volatile_dirs(&run_dir) {
+            tracing::info!(path = %dir.display(), "removed the runtime directory of an engine that is gone");
+        }
         let blobs = BlobStore::open(root.join("blobs"), root.join("tmp/blobs"))?;
         let db = Db::open(&root.join("db"))?;
         let known: std::collections::HashSet<u64> = db.snapshot_ids()?.into_iter().map(|s| s.0).collect();
@@ -195,15 +202,21 @@ impl Store {
                 }
             }
         }
+        let durable = Arc::new(Durable {
+            root: root.clone(),
+            db,
+            unsynced: AtomicBool::new(false),
+            touched: Mutex::new(HashMap::new()),
+            flushing: Mutex::new(()),
+        });
+        let flusher = Durable::spawn_flusher(&durable).map_err(StoreError::io(&root))?;
         Ok(Self {
             root,
             blobs,
-            db,
+            durable,
+            flusher: Some(flusher),
             next_id: AtomicU64::new(max + 1),
             records: Mutex::new(HashMap::new()),
-            last_flush: Mutex::new(Instant::now()),
-            unsynced: AtomicBool::new(false),
-            touched: Mutex::new(HashMap::new()),
             pins: pins::Pins::default(),
             auto_gc: Mutex::new(gc::AutoGc::default()),
             run_dir,
@@ -224,7 +237,7 @@ impl Store {
 
     /// The metadata database.
     pub fn db(&self) -> &Db {
-        &self.db
+        &self.durable.db
     }
 
     /// A directory for per-exec runtime state (bundles, runtime root).
@@ -309,9 +322,13 @@ impl Store {
     /// Looks up a cache record and notes its use (for least-recently-used
     /// eviction; written to the database in batches by [`Store::flush`]).
     pub fn cache_get(&self, key: &[u8; 32]) -> Result<Option<CacheRecord>, StoreError> {
-        let found = self.db.cache_get(key)?;
+        let found = self.db().cache_get(key)?;
         if found.is_some() {
-            self.touched.lock().expect("touched lock").insert(*key, now_micros());
+            self.durable
+                .touched
+                .lock()
+                .expect("touched lock")
+                .insert(*key, now_micros());
         }
         Ok(found)
     }
@@ -332,7 +349,7 @@ impl Store {
         for id in &eviction.snapshots {
             records.remove(id);
         }
-        let mut touched = self.touched.lock().expect("touched lock");
+        let mut touched = self.durable.touched.lock().expect("touched lock");
         for key in &eviction.records {
             touched.remove(key);
         }
@@ -380,8 +397,8 @@ impl Store {
             ));
         }
         // Before the record: a flush from now on syncs these files first.
-        self.unsynced.store(true, Ordering::Release);
-        self.db.commit(&records, cache)?;
+        self.durable.unsynced.store(true, Ordering::Release);
+        self.db().commit(&records, cache)?;
         {
             let mut cached = self.records.lock().expect("records lock");
             for (id, rec, _) in records {
@@ -389,33 +406,14 @@ impl Store {
             }
         }
         drop(no_gc);
-        if self.last_flush.lock().expect("flush lock").elapsed() >= FLUSH_INTERVAL {
-            self.flush()?;
-        }
         self.collect_if_over_budget(added);
         Ok(())
     }
 
-    /// Makes everything recorded so far durable: syncs the state
-    /// directory's filesystem (snapshot files, blobs), then commits the
-    /// database durably, so a durable record never points at lost data.
-    /// Each step is skipped when there is nothing to make durable (a fully
-    /// cached run syncs nothing).
+    /// Makes everything recorded so far durable now (the flusher thread
+    /// does it every [`FLUSH_INTERVAL`] anyway).
     pub fn flush(&self) -> Result<(), StoreError> {
-        let mut last = self.last_flush.lock().expect("flush lock");
-        if self.unsynced.swap(false, Ordering::AcqRel) {
-            let started = Instant::now();
-            let synced = File::open(&self.root).and_then(|dir| Ok(rustix::fs::syncfs(&dir)?));
-            tracing::debug!(took = ?started.elapsed(), "synced the state directory");
-            if let Err(e) = synced {
-                self.unsynced.store(true, Ordering::Release);
-                return Err(StoreError::io(&self.root)(e));
-            }
-        }
-        let touched = std::mem::take(&mut *self.touched.lock().expect("touched lock"));
-        self.db.flush(&touched)?;
-        *last = Instant::now();
-        Ok(())
+        self.durable.flush()
     }
 
     /// The db record of a snapshot (memoized: snapshots never change).
@@ -423,7 +421,7 @@ impl Store {
         if let Some(r) = self.records.lock().expect("records lock").get(&id) {
             return Ok(r.clone());
         }
-        let r = self.db.snapshot(id)?.ok_or(StoreError::MissingSnapshot(id))?;
+        let r = self.db().snapshot(id)?.ok_or(StoreError::MissingSnapshot(id))?;
         self.records.lock().expect("records lock").insert(id, r.clone());
         Ok(r)
     }
@@ -514,10 +512,58 @@ fn lock_exclusive(lock: &File, lock_path: &Path, root: &Path) -> Result<(), Stor
     Ok(())
 }
 
+impl Durable {
+    /// Syncs the state directory's filesystem (snapshot files, blobs), then
+    /// commits the database durably, so a durable record never points at
+    /// lost data. Each step is skipped when there is nothing to make
+    /// durable (a fully cached run syncs nothing).
+    fn flush(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.flushing.lock().expect("flush lock");
+        if self.unsynced.swap(false, Ordering::AcqRel) {
+            let started = Instant::now();
+            let synced = File::open(&self.root).and_then(|dir| Ok(rustix::fs::syncfs(&dir)?));
+            tracing::debug!(took = ?started.elapsed(), "synced the state directory");
+            if let Err(e) = synced {
+                self.unsynced.store(true, Ordering::Release);
+                return Err(StoreError::io(&self.root)(e));
+            }
+        }
+        let touched = std::mem::take(&mut *self.touched.lock().expect("touched lock"));
+        self.db.flush(&touched)
+    }
+
+    /// Starts the thread that flushes every [`FLUSH_INTERVAL`] until the
+    /// sender is dropped or sends.
+    fn spawn_flusher(durable: &Arc<Self>) -> io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let durable = Arc::clone(durable);
+        let thread = std::thread::Builder::new()
+            .name("kiln-store-flush".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(FLUSH_INTERVAL) {
+                    if let Err(e) = durable.flush() {
+                        tracing::warn!("making cache records durable: {e}");
+                    }
+                }
+            })?;
+        Ok((stop, thread))
+    }
+}
+
 impl Drop for Store {
     fn drop(&mut self) {
+        if let Some((stop, thread)) = self.flusher.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
         if let Err(e) = self.flush() {
             tracing::warn!("flushing the state directory on exit: {e}");
+        }
+        // Nothing runs any more: bundles, runtime state and secret files go.
+        if let Err(e) = fs::remove_dir_all(&self.run_dir)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!("removing {}: {e}", self.run_dir.display());
         }
     }
 }
