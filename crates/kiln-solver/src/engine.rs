@@ -91,7 +91,7 @@ impl Engine {
     /// killed predecessor left behind.
     pub fn open(config: EngineConfig) -> Result<Arc<Self>, SolveError> {
         let store = Store::open(&config.state_dir).map_err(|e| SolveError::op("open state", e))?;
-        let runtime = Runtime::detect(config.runtime.as_deref(), store.run_dir().join("runtime"))
+        let runtime = Runtime::detect(config.runtime.as_deref(), store.runtime_state_dir())
             .map_err(|e| SolveError::op("detect runtime", e))?;
         for id in runtime.remove_stale() {
             tracing::info!(container = %id, "removed a container left by an interrupted run");

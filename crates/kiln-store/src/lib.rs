@@ -42,7 +42,7 @@ pub use host::{HostError, HostTree};
 pub use merged::MergedView;
 pub use pins::PinGuard;
 pub use snapshots::{SnapshotId, Staged};
-pub use state_dir::volatile_dir;
+pub use state_dir::{RUNTIME_STATE, volatile_dir};
 pub use tree_digest::tree_digest;
 pub use usage::Usage;
 pub use volumes::{VolumeInfo, Volumes};
@@ -243,6 +243,13 @@ impl Store {
     /// A directory for per-exec runtime state (bundles, runtime root).
     pub fn run_dir(&self) -> PathBuf {
         self.run_dir.clone()
+    }
+
+    /// Where the OCI runtime keeps its state (`--root`), in
+    /// [`Store::run_dir`]. Not emptied when the store opens: the runtime
+    /// must kill the containers it names first.
+    pub fn runtime_state_dir(&self) -> PathBuf {
+        self.run_dir.join(RUNTIME_STATE)
     }
 
     /// Whether [`Store::run_dir`] is in memory (tmpfs), so that secrets

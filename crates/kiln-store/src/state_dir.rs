@@ -31,6 +31,11 @@ const SHM: &str = "/dev/shm";
 /// The prefix of volatile directory names in [`SHM`].
 const VOLATILE_PREFIX: &str = "kiln-";
 
+/// The subdirectory of a volatile directory that holds the OCI runtime's
+/// state: left to the runtime to clean (it must kill the containers it
+/// names first).
+pub const RUNTIME_STATE: &str = "runtime";
+
 /// The file in a volatile directory naming its state directory.
 const OWNER_FILE: &str = "state-dir";
 
@@ -144,7 +149,7 @@ pub(crate) fn prepare_volatile(dir: &Path, root: &Path) -> Result<(), StoreError
             }
             check_private(dir, "runtime directory")?;
             // We hold the state directory's lock: anything in it is stale.
-            empty_dir(dir).map_err(StoreError::io(dir))?;
+            empty_dir(dir, &[RUNTIME_STATE]).map_err(StoreError::io(dir))?;
         }
         Err(e) => return Err(StoreError::io(dir)(e)),
     }
@@ -152,10 +157,13 @@ pub(crate) fn prepare_volatile(dir: &Path, root: &Path) -> Result<(), StoreError
     fs::write(&owner, root.as_os_str().as_encoded_bytes()).map_err(StoreError::io(&owner))
 }
 
-/// Removes everything inside `dir`.
-fn empty_dir(dir: &Path) -> io::Result<()> {
+/// Removes everything inside `dir` but the entries named in `keep`.
+fn empty_dir(dir: &Path, keep: &[&str]) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
+        if keep.iter().any(|k| entry.file_name() == *k) {
+            continue;
+        }
         if entry.file_type()?.is_dir() {
             fs::remove_dir_all(entry.path())?;
         } else {
@@ -289,10 +297,16 @@ mod tests {
         let dir = parent.path().join("run");
         prepare_volatile(&dir, Path::new("/some/state")).unwrap();
         fs::create_dir_all(dir.join("bundle-1/rootfs")).unwrap();
+        fs::create_dir_all(dir.join(RUNTIME_STATE).join("kiln-0a1b2c3d-1")).unwrap();
         fs::write(dir.join("secret"), "x").unwrap();
         prepare_volatile(&dir, Path::new("/some/state")).unwrap();
-        let left: Vec<_> = fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert_eq!(left, [OWNER_FILE]);
+        let mut left: Vec<_> = fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [RUNTIME_STATE, OWNER_FILE],
+            "the runtime's state is the runtime's to clean"
+        );
         assert_eq!(fs::read_to_string(dir.join(OWNER_FILE)).unwrap(), "/some/state");
     }
 }
