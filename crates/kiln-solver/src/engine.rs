@@ -11,7 +11,7 @@ use futures::future::{BoxFuture, Shared, try_join_all};
 use kiln_exec::Runtime;
 use kiln_graph::{Key, KeyBuilder, Node, Op, SourcePolicy, cache_key};
 use kiln_oci::{Registry, RegistryConfig};
-use kiln_store::{CacheRecord, Digest, PinGuard, SnapshotId, Store, Volumes, now_secs, tree_digest};
+use kiln_store::{CacheRecord, Digest, HostPolicy, PinGuard, SnapshotId, Store, Volumes, now_secs, tree_digest};
 use tokio::sync::Semaphore;
 
 use crate::events::{EventKind, Events, Subject};
@@ -43,6 +43,9 @@ pub struct EngineConfig {
     pub explain_cache: bool,
     /// Fail an operation instead of running it when it misses the cache.
     pub fail_on_cache_miss: bool,
+    /// What exports to the host may create of what grants privileges there
+    /// (device nodes, setuid/setgid files): nothing unless asked.
+    pub export: HostPolicy,
 }
 
 /// Counters of what the engine did since it started.
@@ -82,6 +85,7 @@ pub struct Engine {
     part_digests: Mutex<PartDigests>,
     explain_cache: bool,
     fail_on_cache_miss: bool,
+    export: HostPolicy,
     explanations: Mutex<Vec<Explanation>>,
     counters: Counters,
 }
@@ -115,9 +119,15 @@ impl Engine {
             part_digests: Mutex::new(HashMap::new()),
             explain_cache: config.explain_cache,
             fail_on_cache_miss: config.fail_on_cache_miss,
+            export: config.export,
             explanations: Mutex::new(Vec::new()),
             counters: Counters::default(),
         }))
+    }
+
+    /// What exports to the host may create of what grants privileges there.
+    pub fn export_policy(&self) -> HostPolicy {
+        self.export
     }
 
     /// The store.

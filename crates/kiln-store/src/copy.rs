@@ -13,7 +13,7 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps, mknodat, ut
 use crate::filter::PathFilter;
 use crate::merged::{Entry, MergedView};
 
-/// How to copy.
+/// How to copy (start from [`CopyOptions::new`]).
 #[derive(Debug, Clone, Copy)]
 pub struct CopyOptions<'a> {
     /// Which paths (relative to the copied directory) to keep.
@@ -26,10 +26,37 @@ pub struct CopyOptions<'a> {
     /// snapshot on one filesystem). Ignored for files whose owner or mode
     /// changes.
     pub hardlink: bool,
+    /// Copying onto the host, out of snapshots: what may grant privileges
+    /// there is withheld unless allowed (see [`HostPolicy`]). `None` inside
+    /// snapshots, where device nodes and setuid files are legitimate.
+    pub to_host: Option<HostPolicy>,
+}
+
+impl<'a> CopyOptions<'a> {
+    /// A plain copy of what `filter` keeps: original owners and modes, real
+    /// copies, nothing withheld.
+    pub fn new(filter: &'a PathFilter) -> Self {
+        Self {
+            filter,
+            owner: None,
+            file_mode: None,
+            hardlink: false,
+            to_host: None,
+        }
+    }
+}
+
+/// What a copy onto the host may create of what grants privileges there.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HostPolicy {
+    /// Keep setuid/setgid bits of regular files (else they are cleared).
+    pub setid: bool,
+    /// Create character and block devices (else they are skipped).
+    pub devices: bool,
 }
 
 /// What a copy did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CopyStats {
     /// Regular files written or linked.
     pub files: u64,
@@ -37,6 +64,26 @@ pub struct CopyStats {
     pub dirs: u64,
     /// Bytes of regular files.
     pub bytes: u64,
+    /// What a copy onto the host withheld, by path relative to its source.
+    pub withheld: Vec<Withheld>,
+}
+
+/// Something a copy onto the host did not create as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Withheld {
+    /// A device node, not created.
+    Device(PathBuf),
+    /// A setuid/setgid file, copied without those bits.
+    SetId(PathBuf),
+}
+
+impl std::fmt::Display for Withheld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Withheld::Device(p) => write!(f, "device node {} not created", p.display()),
+            Withheld::SetId(p) => write!(f, "setuid/setgid bits of {} cleared", p.display()),
+        }
+    }
 }
 
 /// A copy that failed, with the path it failed on.
@@ -69,11 +116,12 @@ pub fn copy_tree(view: &MergedView, src: &Path, dest: &Path, opts: &CopyOptions<
         .map_err(ctx("read", src))?
         .ok_or_else(|| ctx("read", src)(io::Error::new(io::ErrorKind::NotFound, "no such file or directory")))?;
     let mut stats = CopyStats::default();
+    let name = Path::new(resolved.file_name().unwrap_or(resolved.as_os_str()));
     if !entry.is_dir() {
-        copy_entry(&entry, dest, opts, &mut stats)?;
+        copy_entry(&entry, dest, name, opts, &mut stats)?;
         return Ok(stats);
     }
-    copy_entry(&entry, dest, opts, &mut stats)?;
+    copy_entry(&entry, dest, name, opts, &mut stats)?;
     let mut dirs: Vec<(PathBuf, Entry)> = vec![(dest.to_path_buf(), entry)];
     view.walk(&resolved, &mut |rel, e| {
         if e.is_dir() && opts.filter.prunes(rel) {
@@ -87,7 +135,7 @@ pub fn copy_tree(view: &MergedView, src: &Path, dest: &Path, opts: &CopyOptions<
         if let Some(parent) = target.parent() {
             ensure_dirs(dest, parent).map_err(io::Error::other)?;
         }
-        copy_entry(e, &target, opts, &mut stats).map_err(io::Error::other)?;
+        copy_entry(e, &target, rel, opts, &mut stats).map_err(io::Error::other)?;
         if e.is_dir() {
             dirs.push((target, e.clone()));
         }
@@ -130,11 +178,28 @@ fn clear(path: &Path, keep_dir: bool) -> Result<bool, CopyError> {
     }
 }
 
-fn copy_entry(e: &Entry, dest: &Path, opts: &CopyOptions<'_>, stats: &mut CopyStats) -> Result<(), CopyError> {
+/// Copies one entry to `dest`; `rel` names it in what [`CopyStats`] says.
+fn copy_entry(
+    e: &Entry,
+    dest: &Path,
+    rel: &Path,
+    opts: &CopyOptions<'_>,
+    stats: &mut CopyStats,
+) -> Result<(), CopyError> {
     let ft = e.meta.file_type();
     let meta = &e.meta;
     let (uid, gid) = opts.owner.unwrap_or((meta.uid(), meta.gid()));
     let mut mode = meta.mode() & 0o7777;
+    if let Some(policy) = opts.to_host {
+        if (ft.is_char_device() || ft.is_block_device()) && !policy.devices {
+            stats.withheld.push(Withheld::Device(rel.to_path_buf()));
+            return Ok(());
+        }
+        if ft.is_file() && mode & 0o6000 != 0 && !policy.setid {
+            stats.withheld.push(Withheld::SetId(rel.to_path_buf()));
+            mode &= !0o6000;
+        }
+    }
     if ft.is_dir() {
         if !clear(dest, true)? {
             fs::create_dir(dest).map_err(ctx("create directory", dest))?;
@@ -142,8 +207,9 @@ fn copy_entry(e: &Entry, dest: &Path, opts: &CopyOptions<'_>, stats: &mut CopySt
         stats.dirs += 1;
     } else if ft.is_file() {
         clear(dest, false)?;
-        let relabel =
-            opts.owner.is_some_and(|o| o != (meta.uid(), meta.gid())) || opts.file_mode.is_some_and(|m| m != mode);
+        let relabel = opts.owner.is_some_and(|o| o != (meta.uid(), meta.gid()))
+            || opts.file_mode.is_some_and(|m| m != mode)
+            || mode != meta.mode() & 0o7777;
         stats.files += 1;
         stats.bytes += meta.len();
         if opts.hardlink && !relabel {
@@ -250,12 +316,7 @@ mod tests {
 
         let view = MergedView::new(vec![src]);
         let filter = PathFilter::new(&[], &["a/node_modules".into()]).unwrap();
-        let opts = CopyOptions {
-            filter: &filter,
-            owner: None,
-            file_mode: None,
-            hardlink: false,
-        };
+        let opts = CopyOptions::new(&filter);
         let stats = copy_tree(&view, Path::new("/"), &dest, &opts).unwrap();
         assert_eq!(stats.files, 1);
         assert_eq!(fs::read_to_string(dest.join("a/x.txt")).unwrap(), "x");
@@ -274,10 +335,8 @@ mod tests {
         let filter = PathFilter::default();
         let linked = t.path().join("linked");
         let opts = CopyOptions {
-            filter: &filter,
-            owner: None,
-            file_mode: None,
             hardlink: true,
+            ..CopyOptions::new(&filter)
         };
         copy_tree(&view, Path::new("f"), &linked, &opts).unwrap();
         assert_eq!(

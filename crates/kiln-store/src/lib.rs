@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use blobs::{BlobError, BlobStore, BlobWriter};
 pub use bytesize::{format_size, parse_size};
-pub use copy::{CopyError, CopyOptions, CopyStats, copy_tree, prepare_parents, whiteout};
+pub use copy::{CopyError, CopyOptions, CopyStats, HostPolicy, Withheld, copy_tree, prepare_parents, whiteout};
 pub use db::{CacheEntry, CacheRecord, Db, SnapshotRecord};
 pub use digest::Digest;
 pub use filter::{FilterError, PathFilter};
@@ -468,10 +468,8 @@ impl Store {
         let view = self.view(top)?;
         let filter = PathFilter::default();
         let opts = CopyOptions {
-            filter: &filter,
-            owner: None,
-            file_mode: None,
             hardlink: true,
+            ..CopyOptions::new(&filter)
         };
         copy_tree(&view, Path::new("/"), &staged.diff(), &opts)?;
         let flat = staged.id;

@@ -10,6 +10,9 @@
 //! "docker.io" = ["127.0.0.1:5000"]
 //! [gc]
 //! keep_storage = "20GB"         # or "25%" of the disk available to the cache (the default)
+//! [export]                      # what Directory/File.export may create on the host
+//! setuid = false                # keep setuid/setgid bits (default: cleared)
+//! devices = false               # create device nodes (default: skipped)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -33,6 +36,29 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Garbage collection of the cache.
     pub gc: GcConfig,
+    /// What exports to the host may create of what grants privileges there.
+    pub export: ExportConfig,
+}
+
+/// The `[export]` table: device nodes and setuid/setgid bits from
+/// snapshots are withheld from exports to the host unless allowed here.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Keep setuid/setgid bits of exported files.
+    pub setuid: bool,
+    /// Create exported device nodes.
+    pub devices: bool,
+}
+
+impl ExportConfig {
+    /// The policy, with everything allowed when `all` (the CLI flag).
+    pub fn policy(self, all: bool) -> kiln_store::HostPolicy {
+        kiln_store::HostPolicy {
+            setid: all || self.setuid,
+            devices: all || self.devices,
+        }
+    }
 }
 
 /// The `[gc]` table.
@@ -122,6 +148,14 @@ mod tests {
         assert_eq!(c.runtime.as_deref(), Some("runc"));
         assert_eq!(c.parallelism, Some(3));
         assert_eq!(c.registry.mirrors["docker.io"], ["127.0.0.1:5000"]);
+        assert_eq!(
+            c.export.policy(false),
+            kiln_store::HostPolicy::default(),
+            "nothing allowed"
+        );
+        let c: Config = toml::from_str("[export]\nsetuid = true\n").unwrap();
+        assert!(c.export.policy(false).setid && !c.export.policy(false).devices);
+        assert!(c.export.policy(true).devices);
         let err = toml::from_str::<Config>("stat_dir = '/s'").unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");
     }

@@ -62,6 +62,11 @@ struct Cli {
     /// check that a CI cache is warm)
     #[arg(long, global = true)]
     fail_on_cache_miss: bool,
+    /// Let Directory.export and File.export create device nodes and keep
+    /// setuid/setgid bits on the host (withheld by default; see [export]
+    /// in the config)
+    #[arg(long, global = true, env = "KILN_EXPORT_SPECIAL_FILES")]
+    export_special_files: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -172,6 +177,7 @@ fn open_engine(cli: &Cli) -> anyhow::Result<Arc<Engine>> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         explain_cache: cli.explain_cache,
         fail_on_cache_miss: cli.fail_on_cache_miss,
+        export: config.export.policy(cli.export_special_files),
     })
     .with_context(|| format!("starting the engine on {}", state_dir.display()))?;
     cache_cmd::apply_budget(&engine, &config.gc);

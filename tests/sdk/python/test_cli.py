@@ -1,6 +1,9 @@
-"""`kiln run` as a wrapper: exit codes and the summary line."""
+"""`kiln run` as a wrapper: exit codes, the summary line, and what exports
+withhold from the host."""
 
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,45 @@ def test_uncaught_exec_error_fails_the_run(kiln, tmp_path: Path):
     assert re.search(r"exit code:? 9\b", run.stderr), run.stderr
     ran, _, failed = run.summary()
     assert failed == 1, run.stderr
+
+
+SPECIAL_EXPORT = """
+import sys, anyio, dagger
+from dagger import dag
+
+async def main():
+    async with dagger.connection():
+        await (
+            dag.container().from_("busybox")
+            .with_exec(["sh", "-c", "mkdir /out && cp /bin/busybox /out/su && chmod 4755 /out/su"
+                        " && mknod /out/null c 1 3 && echo x > /out/plain"])
+            .directory("/out")
+            .export(sys.argv[1])
+        )
+
+anyio.run(main)
+"""
+
+
+def test_exports_withhold_device_nodes_and_setuid_bits_and_say_so(kiln, tmp_path: Path):
+    out = tmp_path / "out"
+    run = kiln.run_python(write_script(tmp_path / "special.py", SPECIAL_EXPORT), str(out))
+    run.check()
+    assert (out / "plain").read_text() == "x\n"
+    assert not (out / "null").exists(), "a device node was created on the host"
+    assert (out / "su").stat().st_mode & 0o6000 == 0, "a setuid file was created on the host"
+    assert (out / "su").stat().st_mode & 0o777 == 0o755
+    assert "device node null not created" in run.stderr, run.stderr
+    assert "setuid/setgid bits of su cleared" in run.stderr, run.stderr
+    assert "--export-special-files" in run.stderr
+
+
+def test_exports_keep_device_nodes_and_setuid_bits_when_asked(kiln, tmp_path: Path):
+    out = tmp_path / "out"
+    kiln.env["KILN_EXPORT_SPECIAL_FILES"] = "true"
+    run = kiln.run_python(write_script(tmp_path / "special.py", SPECIAL_EXPORT), str(out))
+    run.check()
+    assert stat.S_ISCHR((out / "null").stat().st_mode)
+    assert os.major((out / "null").stat().st_rdev) == 1
+    assert (out / "su").stat().st_mode & 0o4000
+    assert "not created" not in run.stderr

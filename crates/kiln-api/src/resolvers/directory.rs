@@ -188,20 +188,23 @@ async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
     let target = api.host_path(&args.string("path")?);
     let wipe = args.bool("wipe");
     let view = api.view(d.tree).await?;
-    export_to_host(view, d.path, target.clone(), target.clone(), wipe).await?;
+    export_to_host(&api, view, d.path, target.clone(), target.clone(), wipe).await?;
     Ok(Output::string(target.display().to_string()))
 }
 
 /// Copies `src` of a solved tree to the host path `dest` (real copies, never
 /// through a symlink), after creating the directory `dir` (and removing
-/// `dest` first when `wipe`).
+/// `dest` first when `wipe`). Device nodes and setuid/setgid bits are
+/// withheld unless the engine allows them; what was withheld is logged.
 pub async fn export_to_host(
+    api: &Api,
     view: kiln_store::MergedView,
     src: String,
     dest: PathBuf,
     dir: PathBuf,
     wipe: bool,
 ) -> Result<(), ApiError> {
+    let policy = api.engine.export_policy();
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
         let failed = |e: &dyn std::fmt::Display| ApiError::invalid(format!("export to {}: {e}", dest.display()));
         if wipe && dest.exists() {
@@ -211,16 +214,32 @@ pub async fn export_to_host(
         std::fs::create_dir_all(&dir).map_err(|e| failed(&e))?;
         let filter = PathFilter::default();
         let opts = CopyOptions {
-            filter: &filter,
-            owner: None,
-            file_mode: None,
-            hardlink: false,
+            to_host: Some(policy),
+            ..CopyOptions::new(&filter)
         };
-        copy_tree(&view, Path::new(&src), &dest, &opts).map_err(|e| failed(&e))?;
+        let stats = copy_tree(&view, Path::new(&src), &dest, &opts).map_err(|e| failed(&e))?;
+        if !stats.withheld.is_empty() {
+            tracing::warn!("{}", withheld_message(&dest, &stats.withheld));
+        }
         Ok(())
     })
     .await
     .map_err(ApiError::internal)?
+}
+
+/// Says what an export withheld (the first few paths) and how to allow it.
+fn withheld_message(dest: &Path, withheld: &[kiln_store::Withheld]) -> String {
+    const SHOWN: usize = 5;
+    let mut list: Vec<String> = withheld.iter().take(SHOWN).map(ToString::to_string).collect();
+    if withheld.len() > SHOWN {
+        list.push(format!("and {} more", withheld.len() - SHOWN));
+    }
+    format!(
+        "export to {}: {} (they could grant privileges on this host; \
+         pass --export-special-files or set [export] in kiln.toml to keep them)",
+        dest.display(),
+        list.join(", ")
+    )
 }
 
 async fn glob(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {

@@ -104,7 +104,7 @@ async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
     };
     let view = api.view(f.tree).await?;
     let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| dest.clone());
-    super::directory::export_to_host(view, f.path, dest.clone(), dir, false).await?;
+    super::directory::export_to_host(&api, view, f.path, dest.clone(), dir, false).await?;
     Ok(Output::string(dest.display().to_string()))
 }
 

@@ -278,12 +278,7 @@ async fn lease_volumes(
                 if let Some((tree, sub)) = source {
                     let view = store.view(tree).map_err(|e| e.to_string())?;
                     let filter = PathFilter::default();
-                    let opts = CopyOptions {
-                        filter: &filter,
-                        owner: None,
-                        file_mode: None,
-                        hardlink: false,
-                    };
+                    let opts = CopyOptions::new(&filter);
                     copy_tree(&view, Path::new(&sub), &path, &opts).map_err(|e| format!("seeding {key:?}: {e}"))?;
                 }
                 if let Some(o) = owner {

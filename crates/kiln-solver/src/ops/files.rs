@@ -80,10 +80,8 @@ fn diff_trees(
     let upper_root = upper.resolve(upper_path, true).map_err(|e| e.to_string())?;
     let filter = PathFilter::default();
     let opts = CopyOptions {
-        filter: &filter,
-        owner: None,
-        file_mode: None,
         hardlink: true,
+        ..CopyOptions::new(&filter)
     };
     let mut changed: Vec<PathBuf> = Vec::new();
     upper
@@ -160,10 +158,10 @@ fn apply(store: &Store, op: &Op, dest: Option<SnapshotId>, src: Option<SnapshotI
             let owner = owner.as_ref().map(|o| resolve_owner(&view, o)).transpose()?;
             prepare_parents(&view, &diff, &rel).map_err(|e| e.to_string())?;
             let opts = CopyOptions {
-                filter: &filter,
                 owner,
                 file_mode: *mode,
                 hardlink: true,
+                ..CopyOptions::new(&filter)
             };
             copy_tree(&src_view, &src_rel, &diff.join(&rel), &opts).map_err(|e| e.to_string())?;
         }
