@@ -1,10 +1,13 @@
-//! Registry settings of the engine config: mirrors, plain-HTTP hosts, and
-//! where to find credentials.
+//! Registry settings of the engine config: mirrors, plain-HTTP hosts, where
+//! to find credentials, and how long to wait and how often to retry.
 //!
 //! ```toml
 //! [registry]
 //! insecure = ["registry.internal:5000"]
 //! docker_config = "/etc/kiln/docker"   # optional; default $DOCKER_CONFIG or ~/.docker
+//! connect_timeout = "10s"              # durations: "500ms", "10s", "2m", or seconds (10, 2.5)
+//! read_timeout = "30s"                 # silence allowed before a request fails
+//! retries = 3                          # retries of a transiently failing request
 //! [registry.mirrors]
 //! "docker.io" = ["127.0.0.1:5000", "mirror.example.com"]
 //! ```
@@ -12,13 +15,28 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::reference::DOCKER_HUB;
 
 /// How many layer downloads run at once unless configured otherwise.
 pub const DEFAULT_CONCURRENT_DOWNLOADS: usize = 4;
+
+/// How long a connection to a registry may take unless configured otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request may receive nothing unless configured otherwise.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a transiently failing request is retried unless configured
+/// otherwise.
+pub const DEFAULT_RETRIES: u32 = 3;
+
+/// After how long without a response a request is reported as waiting,
+/// unless configured otherwise.
+pub const DEFAULT_WAITING_NOTICE_AFTER: Duration = Duration::from_secs(2);
 
 /// Registry settings (the `[registry]` table of an engine config).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +58,23 @@ pub struct RegistryConfig {
     /// mirror fails, the pull fails instead of going to the registry
     /// (for air-gapped machines and hermetic tests).
     pub mirrors_only: bool,
+    /// How long connecting (TCP and TLS) to a registry may take; default 10s.
+    #[serde(with = "duration", skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Duration>,
+    /// How long a request may go without receiving anything (the response,
+    /// or the next bytes of a download) before it fails; default 30s. A
+    /// large download that keeps making progress is never cut short.
+    #[serde(with = "duration", skip_serializing_if = "Option::is_none")]
+    pub read_timeout: Option<Duration>,
+    /// How many times a request that failed transiently (connection
+    /// refused or reset, timeout, 5xx, 429) is retried, with exponential
+    /// backoff, before the next mirror is tried or the pull fails; default 3.
+    /// Errors such as 401, 403, 404 or a digest mismatch are never retried.
+    pub retries: Option<u32>,
+    /// After how long without a response a request is reported to the
+    /// [`Registry`](crate::Registry)'s observer as waiting; default 2s.
+    #[serde(with = "duration", skip_serializing_if = "Option::is_none")]
+    pub waiting_notice_after: Option<Duration>,
 }
 
 impl RegistryConfig {
@@ -88,6 +123,91 @@ impl RegistryConfig {
         } else {
             self.max_concurrent_downloads
         }
+    }
+
+    /// How long connecting may take.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    /// How long a request may receive nothing.
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout.unwrap_or(DEFAULT_READ_TIMEOUT)
+    }
+
+    /// How often a transiently failing request is retried.
+    pub fn retries(&self) -> u32 {
+        self.retries.unwrap_or(DEFAULT_RETRIES)
+    }
+
+    /// After how long without a response a request is reported as waiting.
+    pub fn waiting_notice_after(&self) -> Duration {
+        self.waiting_notice_after.unwrap_or(DEFAULT_WAITING_NOTICE_AFTER)
+    }
+}
+
+/// A duration as written in the config: seconds (`10`, `2.5`) or a string
+/// with a unit (`"500ms"`, `"10s"`, `"2m"`); more than zero.
+mod duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Fraction(f64),
+            Text(String),
+        }
+        let parsed = match Raw::deserialize(d)? {
+            Raw::Seconds(s) => Ok(Duration::from_secs(s)),
+            Raw::Fraction(s) => Duration::try_from_secs_f64(s).map_err(|e| format!("{s}: {e}")),
+            Raw::Text(t) => parse_duration(&t),
+        };
+        match parsed {
+            Ok(d) if d.is_zero() => Err(serde::de::Error::custom("a duration of zero is not allowed")),
+            Ok(d) => Ok(Some(d)),
+            Err(e) => Err(serde::de::Error::custom(e)),
+        }
+    }
+}
+
+/// Parses `"500ms"`, `"10s"`, `"1.5s"`, `"2m"` or `"1h"`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid =
+        || format!("invalid duration {text:?}: expected a number with a unit, e.g. \"500ms\", \"10s\", \"2m\"");
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(invalid)?;
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().map_err(|_| invalid())?;
+    let seconds = match unit.trim() {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(invalid()),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| invalid())
+}
+
+/// Formats a duration the way the config writes it: `"500ms"`, `"10s"`,
+/// `"1.5s"`.
+pub(crate) fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 && d.as_secs() > 0 {
+        format!("{}s", d.as_secs())
+    } else if d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs_f64())
     }
 }
 
@@ -185,6 +305,59 @@ mod tests {
             ["ghcr.io"],
             "registries without mirrors are still reachable"
         );
+    }
+
+    #[test]
+    fn timeouts_and_retries_have_defaults_and_parse_with_units() {
+        let c = RegistryConfig::default();
+        assert_eq!(c.connect_timeout(), Duration::from_secs(10));
+        assert_eq!(c.read_timeout(), Duration::from_secs(30));
+        assert_eq!(c.retries(), 3);
+        assert_eq!(c.waiting_notice_after(), Duration::from_secs(2));
+
+        let c: RegistryConfig = toml::from_str(
+            r#"
+            connect_timeout = "1.5s"
+            read_timeout = 90
+            retries = 0
+            waiting_notice_after = "250ms"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.connect_timeout(), Duration::from_millis(1500));
+        assert_eq!(c.read_timeout(), Duration::from_secs(90));
+        assert_eq!(c.retries(), 0);
+        assert_eq!(c.waiting_notice_after(), Duration::from_millis(250));
+        assert_eq!(
+            toml::from_str::<RegistryConfig>("read_timeout = \"2m\"")
+                .unwrap()
+                .read_timeout(),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            toml::from_str::<RegistryConfig>("read_timeout = 0.5")
+                .unwrap()
+                .read_timeout(),
+            Duration::from_millis(500)
+        );
+
+        let text = toml::to_string(&c).unwrap();
+        assert!(
+            text.contains("connect_timeout = \"1.5s\"") && text.contains("waiting_notice_after = \"250ms\""),
+            "{text}"
+        );
+        assert_eq!(toml::from_str::<RegistryConfig>(&text).unwrap(), c);
+
+        for (bad, needle) in [
+            ("read_timeout = 0", "zero"),
+            ("read_timeout = \"0s\"", "zero"),
+            ("read_timeout = \"10\"", "invalid duration \"10\""),
+            ("connect_timeout = \"5 parsecs\"", "invalid duration"),
+            ("connect_timeout = \"s\"", "invalid duration"),
+        ] {
+            let e = toml::from_str::<RegistryConfig>(bad).unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -3,8 +3,11 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use kiln_store::BlobError;
+
+use crate::config::format_duration;
 
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -130,15 +133,84 @@ pub enum Failure {
     /// Malformed manifest, index or config.
     #[error("invalid content: {0}")]
     Invalid(String),
-    /// The registry could not be reached (the message carries a hint).
-    #[error("cannot reach the registry: {0}")]
-    Connect(String),
+    /// No connection to the registry could be made (refused, unreachable,
+    /// no answer within `connect_timeout`, TLS failure).
+    #[error("cannot connect to {host} ({reason}): {}", connect_hint(*.plain_http))]
+    Connect {
+        /// The registry host (`host[:port]`).
+        host: String,
+        /// Why, e.g. `connection refused`.
+        reason: String,
+        /// Whether the registry is spoken to over plain HTTP.
+        plain_http: bool,
+    },
+    /// The registry accepted the connection but sent nothing for
+    /// `read_timeout`.
+    #[error(
+        "timed out waiting for a response from {host}: nothing received for {} (the registry, or a proxy in front of it, accepted the connection but does not answer; `read_timeout` under [registry] sets how long to wait)",
+        format_duration(*.after)
+    )]
+    Timeout {
+        /// The registry host.
+        host: String,
+        /// How long nothing was received.
+        after: Duration,
+    },
+    /// An established connection failed (reset, closed mid-response).
+    #[error("the connection to {host} failed: {reason}")]
+    Network {
+        /// The registry host.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// The registry address does not make a valid URL (e.g. a mirror
+    /// `host:99999` in the config).
+    #[error("invalid registry address {host}: {reason}; check the mirrors under [registry] in the config")]
+    BadAddress {
+        /// The address as configured.
+        host: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The registry answered with a server error (5xx).
+    #[error("the registry failed with HTTP {status}: {message}")]
+    Unavailable {
+        /// The HTTP status.
+        status: u16,
+        /// The body of the answer.
+        message: String,
+    },
     /// Any other error reported by the registry.
     #[error("registry error {code}: {message}")]
     Registry { code: String, message: String },
     /// Anything else.
     #[error("{0}")]
     Other(String),
+}
+
+fn connect_hint(plain_http: bool) -> &'static str {
+    if plain_http {
+        "is the registry running and listening there? it is spoken to over plain HTTP"
+    } else {
+        "is the registry running and reachable? for a plain-HTTP registry add it to `insecure` under [registry]"
+    }
+}
+
+impl Failure {
+    /// Whether trying again may succeed: connection failures, timeouts,
+    /// server errors and rate limits, not answers such as "unknown" or
+    /// "unauthorized", nor wrong content.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Failure::Connect { .. }
+                | Failure::Timeout { .. }
+                | Failure::Network { .. }
+                | Failure::Unavailable { .. }
+                | Failure::RateLimited(_)
+        )
+    }
 }
 
 impl Error {

@@ -41,6 +41,9 @@ impl Reference {
         if input != input.trim() {
             return Err(invalid("it has leading or trailing whitespace".into()));
         }
+        if let Some((host, _)) = split_host(input) {
+            check_port(host).map_err(|reason| invalid(format!("registry {host}: {reason}")))?;
+        }
         if let Some(plain) = parse_plain(input) {
             return Ok(plain);
         }
@@ -144,10 +147,7 @@ fn parse_plain(input: &str) -> Option<Reference> {
         let first = t.chars().next()?;
         (t.len() <= 128 && (first.is_ascii_alphanumeric() || first == '_') && t.chars().all(ok)).then_some(())?;
     }
-    let (registry, path) = match name.split_once('/') {
-        Some((host, path)) if host.contains('.') || host.contains(':') || host == "localhost" => (host, path),
-        _ => (DOCKER_HUB, name),
-    };
+    let (registry, path) = split_host(name).unwrap_or((DOCKER_HUB, name));
     if registry != DOCKER_HUB {
         let (hostname, port) = match registry.split_once(':') {
             Some((h, p)) => (h, Some(p)),
@@ -210,6 +210,31 @@ fn parse_plain(input: &str) -> Option<Reference> {
     })
 }
 
+/// Splits `host/rest` when its first component names a registry host, as
+/// Docker decides: it has a `.` or a `:`, or is `localhost`.
+fn split_host(name: &str) -> Option<(&str, &str)> {
+    name.split_once('/')
+        .filter(|(host, _)| host.contains('.') || host.contains(':') || *host == "localhost")
+}
+
+/// Checks the port of a registry address (`host:port` or `[v6]:port`, or
+/// none): a number from 1 to 65535. The reason names the port.
+pub(crate) fn check_port(host: &str) -> std::result::Result<(), String> {
+    let port = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').and_then(|(_, after)| after.strip_prefix(':')),
+        // More than one `:` is a bare IPv6 address, not a port.
+        None if host.matches(':').count() == 1 => host.split_once(':').map(|(_, port)| port),
+        None => None,
+    };
+    match port {
+        None => Ok(()),
+        Some("") => Err("the port after ':' is empty".into()),
+        Some(p) if !p.chars().all(|c| c.is_ascii_digit()) => Err(format!("port {p:?} is not a number")),
+        Some(p) if p.parse::<u16>().is_ok_and(|n| n > 0) => Ok(()),
+        Some(p) => Err(format!("port {p} is out of range (ports are 1 to 65535)")),
+    }
+}
+
 /// Turns oci-spec's terse parse errors into an explanation with a hint.
 fn explain(input: &str, e: &ParseError) -> String {
     let name_part = input.split('@').next().unwrap_or(input);
@@ -219,10 +244,7 @@ fn explain(input: &str, e: &ParseError) -> String {
     let repo_end = name_part[last_slash..]
         .find(':')
         .map_or(name_part.len(), |i| last_slash + i);
-    let host_end = match name_part.split_once('/') {
-        Some((h, _)) if h.contains('.') || h.contains(':') || h == "localhost" => h.len() + 1,
-        _ => 0,
-    };
+    let host_end = split_host(name_part).map_or(0, |(h, _)| h.len() + 1);
     let repo = &name_part[host_end.min(repo_end)..repo_end];
     if repo.chars().any(|c| c.is_ascii_uppercase()) {
         return format!(
@@ -364,6 +386,13 @@ mod tests {
             ("busy box", "invalid reference format"),
             ("busybox:", "invalid reference format"),
             ("a/../b", "invalid reference format"),
+            (
+                "127.0.0.1:99999/x",
+                "registry 127.0.0.1:99999: port 99999 is out of range (ports are 1 to 65535)",
+            ),
+            ("localhost:0/x:1", "registry localhost:0: port 0 is out of range"),
+            ("reg.io:http/x", "registry reg.io:http: port \"http\" is not a number"),
+            ("reg.io:/x", "registry reg.io:: the port after ':' is empty"),
         ];
         for (input, needle) in bad {
             let e = Reference::parse(input).expect_err(input);
