@@ -152,7 +152,7 @@ impl Chain {
 
     /// The path of the deepest level, for messages.
     pub(super) fn display(&self, tree: &Tree) -> String {
-        let names: Vec<Vec<u8>> = self.levels[1..].iter().map(|l| tree.name(l.node).to_vec()).collect();
+        let names: Vec<&[u8]> = self.levels[1..].iter().map(|l| tree.name(l.node)).collect();
         super::paths::display(&names)
     }
 
@@ -162,16 +162,36 @@ impl Chain {
     }
 
     /// How many of `path`'s components the chain already has.
-    pub(super) fn common(&self, tree: &Tree, path: &[Vec<u8>]) -> usize {
+    pub(super) fn common(&self, tree: &Tree, path: &[&[u8]]) -> usize {
         self.levels[1..]
             .iter()
             .zip(path)
-            .take_while(|(l, c)| tree.name(l.node) == c.as_slice())
+            .take_while(|(l, c)| tree.name(l.node) == **c)
             .count()
     }
 
-    /// Keeps the levels down to `depth`.
+    /// Keeps the levels down to `depth`. If that level's descriptor was
+    /// closed and an open level below it is nearer than the closest open
+    /// ancestor, it is reopened from there through `..`: climbing back up
+    /// a deep chain then costs a step per level, not a walk from the root.
+    /// (`..` of a directory of the layer is its parent in the layer: the
+    /// layer root is never left, and nothing renames directories.)
     pub(super) fn truncate(&mut self, depth: usize) {
+        let open = |i: &usize| self.levels[*i].fd.is_some();
+        if depth < self.depth() && self.levels[depth].fd.is_none() {
+            let above = (0..depth).rev().find(open).expect("the root stays open");
+            if let Some(below) = (depth + 1..self.levels.len())
+                .find(open)
+                .filter(|b| b - depth < depth - above)
+            {
+                let mut fd = self.levels[below].fd.as_ref().and_then(|fd| open_dir(fd, b"..").ok());
+                for _ in depth + 1..below {
+                    fd = fd.and_then(|fd| open_dir(&fd, b"..").ok());
+                }
+                // On failure, open_last walks down from the ancestor.
+                self.levels[depth].fd = fd;
+            }
+        }
         self.levels.truncate(depth + 1);
     }
 

@@ -268,7 +268,7 @@ impl<'a> Extractor<'a> {
     /// Moves the chain to the parent directories of an entry, opening
     /// (and creating if missing) those the previous entry did not share,
     /// one component at a time, refusing symlinks and non-directories.
-    fn open_parent(&mut self, name: &str, parents: &[Vec<u8>]) -> Result<()> {
+    fn open_parent(&mut self, name: &str, parents: &[&[u8]]) -> Result<()> {
         let common = self.chain.common(&self.tree, parents);
         self.chain.truncate(common);
         self.chain
@@ -329,7 +329,7 @@ impl<'a> Extractor<'a> {
     /// becomes a 0:0 character device NAME. Whiteouts only hide lower
     /// layers: what this layer itself has at NAME stays (a directory becomes
     /// opaque).
-    fn whiteout(&mut self, name: &str, parents: &[Vec<u8>], last: &[u8]) -> Result<()> {
+    fn whiteout(&mut self, name: &str, parents: &[&[u8]], last: &[u8]) -> Result<()> {
         self.open_parent(name, parents)?;
         let pnode = self.chain.last();
         let parent = self.chain.last_fd();
@@ -376,7 +376,7 @@ impl<'a> Extractor<'a> {
     }
 
     /// A hardlink to an entry extracted earlier from this layer.
-    fn hardlink(&mut self, name: &str, pnode: NodeId, comps: &[Vec<u8>], raw_target: &[u8]) -> Result<()> {
+    fn hardlink(&mut self, name: &str, pnode: NodeId, comps: &[&[u8]], raw_target: &[u8]) -> Result<()> {
         let ctx = &self.ctx;
         let target = components(raw_target).map_err(|r| ctx.refuse(name, format!("hardlink target: {r}")))?;
         let shown = String::from_utf8_lossy(raw_target).into_owned();
