@@ -108,10 +108,6 @@ struct Pending {
     pax: Option<Vec<u8>>,
 }
 
-fn padded(size: u64) -> Option<u64> {
-    size.checked_next_multiple_of(BLOCK)
-}
-
 fn entry_err(header: &Header, path: Option<&[u8]>, reason: String) -> StreamError {
     StreamError::Entry {
         entry: String::from_utf8_lossy(path.unwrap_or(&header.path_bytes())).into_owned(),
@@ -144,6 +140,13 @@ impl<R: Read> TarStream<R> {
     /// wherever reading stopped).
     pub(super) fn into_inner(self) -> R {
         self.src.inner
+    }
+
+    /// Where data of `size` bytes starting here ends, padding included.
+    fn end_of(&self, size: u64) -> Result<u64, String> {
+        size.checked_next_multiple_of(BLOCK)
+            .and_then(|padded| self.src.pos.checked_add(padded))
+            .ok_or_else(|| format!("entry size {size} overflows"))
     }
 
     /// Reads one block; `None` at the end of the stream.
@@ -232,8 +235,11 @@ impl<R: Read> TarStream<R> {
                 EntryType::XHeader => &mut pending.pax,
                 EntryType::XGlobalHeader => {
                     // Global records are not applied (nor were they by
-                    // the tools that build layers): skipped unread.
-                    self.next = self.src.pos + padded(size).ok_or_else(too_big)?;
+                    // the tools that build layers): skipped unread, with
+                    // the metadata before them, which described them (as
+                    // for Go's archive/tar and the tar crate).
+                    pending = Pending::default();
+                    self.next = self.end_of(size).map_err(StreamError::Stream)?;
                     continue;
                 }
                 _ => break (header, size),
@@ -244,7 +250,7 @@ impl<R: Read> TarStream<R> {
                     header.entry_type()
                 )));
             }
-            self.next = self.src.pos + padded(size).ok_or_else(too_big)?;
+            self.next = self.end_of(size).map_err(StreamError::Stream)?;
             *slot = Some(self.metadata(&header, size)?);
         };
         self.entry(header, size, pending)
@@ -274,15 +280,19 @@ impl<R: Read> TarStream<R> {
             }
             pax.push((key.to_string(), value.to_vec()));
         }
-        // As the tar crate: a GNU long name wins over a PAX path.
+        // As the tar crate: a GNU long name wins over a PAX path; the real
+        // name of a PAX sparse file wins over both.
         let mut path = long_name
             .or(pax_path)
             .unwrap_or_else(|| header.path_bytes().into_owned());
-        if let Some((_, name)) = pax.iter().find(|(k, _)| k == "GNU.sparse.name") {
+        let pax_sparse = pax_sparse_format(&pax).map_err(|r| entry_err(&header, Some(&path), r))?;
+        if pax_sparse.is_some()
+            && let Some((_, name)) = pax.iter().find(|(k, _)| k == "GNU.sparse.name")
+        {
             path = name.clone();
         }
         let sparse = self
-            .sparse_map(&header, &pax, &mut size)
+            .sparse_map(&header, pax_sparse, &pax, &mut size)
             .map_err(|reason| entry_err(&header, Some(&path), reason))?;
         Ok(Some(Entry {
             link: link.or_else(|| header.link_name_bytes().map(|l| l.into_owned())),
@@ -298,28 +308,28 @@ impl<R: Read> TarStream<R> {
         }))
     }
 
-    /// Reads the sparse map of an entry, if it is sparse, and sets where
-    /// the next header is. `size` is the data stored, on return without
-    /// the map of a PAX 1.0 entry.
+    /// Reads the sparse map of an entry, if it is sparse (old GNU, or in
+    /// the PAX `format`), and sets where the next header is. `size` is the
+    /// data stored, on return without the map of a PAX 1.0 entry.
     fn sparse_map(
         &mut self,
         header: &Header,
+        format: Option<PaxSparse>,
         pax: &[(String, Vec<u8>)],
         size: &mut u64,
     ) -> Result<Option<SparseMap>, String> {
-        let too_big = || format!("its size {size} overflows");
         if header.entry_type() == EntryType::GNUSparse {
             let gnu = header.as_gnu().ok_or("sparse entry without a GNU header")?;
             let segments = self.old_gnu_map(gnu)?;
             // The extension blocks came before the data.
-            self.next = self.src.pos + padded(*size).ok_or_else(too_big)?;
+            self.next = self.end_of(*size)?;
             let real = gnu
                 .real_size()
                 .map_err(|e| format!("unreadable sparse file size: {e}"))?;
             return SparseMap::new(segments, real, *size).map(Some);
         }
-        self.next = self.src.pos + padded(*size).ok_or_else(too_big)?;
-        let Some(format) = pax_sparse_format(pax)? else {
+        self.next = self.end_of(*size)?;
+        let Some(format) = format else {
             return Ok(None);
         };
         let real = pax
@@ -381,10 +391,6 @@ impl<R: Read> TarStream<R> {
     }
 }
 
-fn too_big() -> StreamError {
-    StreamError::Stream("entry size overflows".into())
-}
-
 /// The PAX sparse formats.
 enum PaxSparse {
     /// 0.0 and 0.1: the map is in the records.
@@ -409,5 +415,77 @@ fn pax_sparse_format(pax: &[(String, Vec<u8>)]) -> Result<Option<PaxSparse>, Str
             String::from_utf8_lossy(major.unwrap_or_default()),
             String::from_utf8_lossy(minor.unwrap_or_default())
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) {
+        let mut h = Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, data).unwrap();
+    }
+
+    /// Names and contents of all entries, or the first error.
+    fn read_all(tar: &[u8]) -> Result<Vec<(String, Vec<u8>)>, StreamError> {
+        let mut stream = TarStream::new(tar);
+        let mut out = Vec::new();
+        while let Some(mut entry) = stream.next()? {
+            let mut data = Vec::new();
+            entry
+                .data
+                .read_to_end(&mut data)
+                .map_err(|e| StreamError::Stream(e.to_string()))?;
+            out.push((String::from_utf8(entry.path).unwrap(), data));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn reads_long_names_and_pax_paths_and_skips_global_headers() {
+        let long = format!("{}/f", "d".repeat(300));
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("path", &b"ignored"[..])]).unwrap();
+        let mut g = Header::new_ustar();
+        g.set_entry_type(EntryType::XGlobalHeader);
+        let records = b"21 path=global-name\n";
+        g.set_size(records.len() as u64);
+        g.set_cksum();
+        b.append(&g, &records[..]).unwrap();
+        file(&mut b, "short", b"1");
+        file(&mut b, &long, b"22");
+        b.append_pax_extensions([("path", &b"from/pax"[..]), ("GNU.sparse.name", b"not/sparse")])
+            .unwrap();
+        file(&mut b, "header-name", b"333");
+        let got = read_all(&b.into_inner().unwrap()).unwrap();
+        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        // The PAX header before the global one described the global one;
+        // the real name of a sparse file only counts for sparse files.
+        assert_eq!(names, ["short", long.as_str(), "from/pax"]);
+        assert_eq!(got[2].1, b"333");
+    }
+
+    #[test]
+    fn refuses_truncated_and_corrupt_streams() {
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "f", &[7; 2000]);
+        let tar = b.into_inner().unwrap();
+        for cut in [100, 512 + 1000, 512 + 1536] {
+            let err = read_all(&tar[..cut]).unwrap_err();
+            assert!(matches!(err, StreamError::Stream(_)), "cut at {cut}: {err:?}");
+        }
+        let mut bad = tar.clone();
+        bad[0] ^= 1;
+        let StreamError::Stream(msg) = read_all(&bad).unwrap_err() else {
+            panic!("a stream error")
+        };
+        assert!(msg.contains("checksum mismatch at offset 0"), "{msg}");
+        // Metadata with no entry after it.
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("path", &b"x"[..])]).unwrap();
+        assert!(read_all(&b.into_inner().unwrap()).is_err());
     }
 }
