@@ -8,6 +8,7 @@ use std::time::Duration;
 use kiln_store::BlobError;
 
 use crate::config::format_duration;
+use crate::layer::Limit;
 
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -59,7 +60,7 @@ pub enum Error {
 
     /// A layer entry that would write outside the layer directory, through
     /// a symlink, or is otherwise unsafe or malformed.
-    #[error("unsafe entry {entry:?} in layer {layer}: {reason}; refusing to extract")]
+    #[error("unsafe entry {} in layer {layer}: {reason}; refusing to extract", entry_name(.entry))]
     UnsafeEntry {
         entry: String,
         layer: String,
@@ -67,7 +68,7 @@ pub enum Error {
     },
 
     /// Writing one entry of a layer failed.
-    #[error("extract entry {entry:?} of layer {layer}: {op}: {source}")]
+    #[error("extract entry {} of layer {layer}: {op}: {source}", entry_name(.entry))]
     Extract {
         entry: String,
         layer: String,
@@ -75,9 +76,40 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A layer entry goes over one of the
+    /// [`ExtractLimits`](crate::layer::ExtractLimits); nothing was written
+    /// for it.
+    #[error(
+        "entry {} of layer {layer}: {}; refusing to extract (if the image is trusted, raise `{}` in [limits])",
+        entry_name(.entry),
+        .limit.describe(*.actual, *.max),
+        .limit.config_key()
+    )]
+    LimitExceeded {
+        entry: String,
+        layer: String,
+        limit: Limit,
+        /// The size or depth the entry has or would bring the layer to.
+        actual: u64,
+        /// The limit.
+        max: u64,
+    },
+
     /// The layer stream itself is unreadable (bad compression, bad tar).
     #[error("read layer {layer}: {reason}")]
     Layer { layer: String, reason: String },
+}
+
+/// An entry name for messages: quoted, and shortened to its start and end
+/// when it is very long (hostile layers have names of megabytes).
+fn entry_name(name: &str) -> String {
+    const KEEP: usize = 100;
+    if name.len() <= 3 * KEEP {
+        return format!("{name:?}");
+    }
+    let head = &name[..name.floor_char_boundary(KEEP)];
+    let tail = &name[name.ceil_char_boundary(name.len() - KEEP)..];
+    format!("{head:?}...{tail:?} ({} bytes)", name.len())
 }
 
 fn earlier_suffix(earlier: &[String]) -> String {

@@ -63,7 +63,7 @@ impl Sandbox {
     }
 
     fn apply(&self, tar: &[u8]) -> kiln_oci::Result<kiln_oci::ApplyStats> {
-        apply_layer(tar, TAR, &self.target, &[])
+        apply_layer(tar, TAR, &self.target, &[], kiln_oci::ExtractLimits::default())
     }
 
     /// Applies `tar`, expects a refusal naming `entry`, and checks nothing
@@ -260,7 +260,14 @@ fn applies_a_normal_layer() {
     fs::create_dir_all(lower.join("from-lower")).unwrap();
     fs::set_permissions(lower.join("from-lower"), fs::Permissions::from_mode(0o710)).unwrap();
     let tar = normal_layer();
-    let stats = apply_layer(tar.as_slice(), TAR, &s.target, &[lower]).unwrap();
+    let stats = apply_layer(
+        tar.as_slice(),
+        TAR,
+        &s.target,
+        &[lower],
+        kiln_oci::ExtractLimits::default(),
+    )
+    .unwrap();
     let t = |p: &str| s.target.join(p);
     let mode = |p: &str| fs::symlink_metadata(t(p)).unwrap().mode() & 0o7777;
     let mtime = |p: &str| fs::symlink_metadata(t(p)).unwrap().mtime() as u64;
@@ -347,7 +354,14 @@ fn detects_gzip_zstd_and_plain_layers() {
     ];
     for (bytes, media_type, expected) in variants {
         let dir = tempfile::tempdir().unwrap();
-        let stats = apply_layer(bytes.as_slice(), media_type, dir.path(), &[]).unwrap();
+        let stats = apply_layer(
+            bytes.as_slice(),
+            media_type,
+            dir.path(),
+            &[],
+            kiln_oci::ExtractLimits::default(),
+        )
+        .unwrap();
         assert_eq!(stats.compression, Some(expected), "{media_type}");
         assert_eq!(stats.diff_id, Some(Digest::of(&tar)), "{media_type}");
         assert_eq!(fs::read_to_string(dir.path().join("d/f")).unwrap(), "same content");
@@ -366,6 +380,7 @@ fn reports_corrupt_streams_with_the_layer() {
         "application/vnd.oci.image.layer.v1.tar+gzip",
         dir.path(),
         &[],
+        kiln_oci::ExtractLimits::default(),
     )
     .unwrap_err();
     assert!(matches!(err, Error::Layer { .. } | Error::Extract { .. }), "{err:?}");
@@ -384,7 +399,7 @@ fn skips_trusted_xattrs_and_applies_user_ones() {
         .pax(&[("mtime", b"1700000000.25")])
         .file("g", b"x", 0o644)
         .finish();
-    let stats = apply_layer(tar.as_slice(), TAR, dir.path(), &[]).unwrap();
+    let stats = apply_layer(tar.as_slice(), TAR, dir.path(), &[], kiln_oci::ExtractLimits::default()).unwrap();
     assert!(stats.xattrs_skipped >= 1);
     let f = dir.path().join("f");
     if let Ok(Some(v)) = xattr::get(&f, "user.kiln") {

@@ -114,7 +114,7 @@ fn diff_then_apply_round_trips_with_every_compression() {
 
         let out = t.path().join(format!("applied-{c:?}"));
         fs::create_dir(&out).unwrap();
-        let applied = apply_layer(blob.as_slice(), "", &out, &[]).unwrap();
+        let applied = apply_layer(blob.as_slice(), "", &out, &[], kiln_oci::ExtractLimits::default()).unwrap();
         assert_eq!(applied.diff_id, Some(stats.diff_id), "{c:?}");
         assert_eq!(applied.hardlinks, 1);
         assert_eq!(tree(&out), want, "{c:?}");

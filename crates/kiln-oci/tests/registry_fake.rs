@@ -309,6 +309,7 @@ async fn pulls_a_docker_schema2_list_for_each_platform() {
             DOCKER_LAYER,
             dir.path(),
             &[],
+            kiln_oci::ExtractLimits::default(),
         )
         .unwrap();
         assert_eq!(

@@ -57,8 +57,22 @@ fn root_whiteouts_become_overlayfs_whiteouts() {
     let (l1, l2) = (t.path().join("l1"), t.path().join("l2"));
     fs::create_dir_all(&l1).unwrap();
     fs::create_dir_all(&l2).unwrap();
-    apply_layer(base_layer().as_slice(), TAR, &l1, &[]).unwrap();
-    let stats = apply_layer(upper_layer().as_slice(), TAR, &l2, std::slice::from_ref(&l1)).unwrap();
+    apply_layer(
+        base_layer().as_slice(),
+        TAR,
+        &l1,
+        &[],
+        kiln_oci::ExtractLimits::default(),
+    )
+    .unwrap();
+    let stats = apply_layer(
+        upper_layer().as_slice(),
+        TAR,
+        &l2,
+        std::slice::from_ref(&l1),
+        kiln_oci::ExtractLimits::default(),
+    )
+    .unwrap();
     assert_eq!(stats.whiteouts, 3);
     assert_eq!(stats.opaque_dirs, 1);
 
@@ -104,7 +118,7 @@ fn root_ownership_and_devices_are_applied() {
         )])
         .file("ping", b"p", 0o755)
         .finish();
-    let stats = apply_layer(tar.as_slice(), TAR, t.path(), &[]).unwrap();
+    let stats = apply_layer(tar.as_slice(), TAR, t.path(), &[], kiln_oci::ExtractLimits::default()).unwrap();
     let m = |p: &str| fs::symlink_metadata(t.path().join(p)).unwrap();
     assert_eq!((m("f").uid(), m("f").gid(), m("f").mode() & 0o7777), (123, 456, 0o4750));
     assert_eq!((m("d").uid(), m("d").gid(), m("d").mode() & 0o7777), (7, 8, 0o2770));
@@ -137,8 +151,22 @@ fn root_overlay_merged_view_hides_whiteouts() {
     for d in [&l1, &l2, &mnt] {
         fs::create_dir_all(d).unwrap();
     }
-    apply_layer(base_layer().as_slice(), TAR, &l1, &[]).unwrap();
-    apply_layer(upper_layer().as_slice(), TAR, &l2, std::slice::from_ref(&l1)).unwrap();
+    apply_layer(
+        base_layer().as_slice(),
+        TAR,
+        &l1,
+        &[],
+        kiln_oci::ExtractLimits::default(),
+    )
+    .unwrap();
+    apply_layer(
+        upper_layer().as_slice(),
+        TAR,
+        &l2,
+        std::slice::from_ref(&l1),
+        kiln_oci::ExtractLimits::default(),
+    )
+    .unwrap();
 
     let opts = format!("lowerdir={}:{}", l2.display(), l1.display());
     let copts = std::ffi::CString::new(opts.clone()).unwrap();
@@ -179,7 +207,14 @@ fn root_overlay_upper_dir_diffs_back_into_a_layer() {
     for d in ["l1", "up", "work", "mnt", "l2", "view"] {
         fs::create_dir_all(p(d)).unwrap();
     }
-    apply_layer(base_layer().as_slice(), TAR, &p("l1"), &[]).unwrap();
+    apply_layer(
+        base_layer().as_slice(),
+        TAR,
+        &p("l1"),
+        &[],
+        kiln_oci::ExtractLimits::default(),
+    )
+    .unwrap();
 
     // Change the tree through a writable overlay mount.
     let opts = format!(
@@ -226,6 +261,7 @@ fn root_overlay_upper_dir_diffs_back_into_a_layer() {
         "application/vnd.oci.image.layer.v1.tar+gzip",
         &p("l2"),
         &[p("l1")],
+        kiln_oci::ExtractLimits::default(),
     )
     .unwrap();
     let lower = format!("lowerdir={}:{}", p("l2").display(), p("l1").display());

@@ -37,7 +37,14 @@ fn apply_all(image: &ResolvedImage, store: &BlobStore, root: &Path) -> (Vec<Path
         let dir = root.join(i.to_string());
         fs::create_dir_all(&dir).unwrap();
         let blob = store.open_blob(&layer.digest).unwrap();
-        let stats = apply_layer(blob, &layer.media_type, &dir, &lowers).unwrap();
+        let stats = apply_layer(
+            blob,
+            &layer.media_type,
+            &dir,
+            &lowers,
+            kiln_oci::ExtractLimits::default(),
+        )
+        .unwrap();
         assert_eq!(stats.diff_id, Some(layer.diff_id), "layer {i} diff id");
         kinds.insert(stats.compression.unwrap());
         lowers.insert(0, dir);

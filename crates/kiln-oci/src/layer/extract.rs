@@ -3,8 +3,12 @@
 //! final operation is relative to the parent's descriptor and never
 //! follows a symlink, so nothing can be written outside the layer or
 //! through a symlink, whatever the archive holds.
+//!
+//! The parents of the previous entry stay open ([`Chain`]) and directories
+//! are kept as a tree of names ([`Tree`]), so extraction time and memory
+//! are linear in the number of entries whatever the layer's depth (which
+//! is bounded by [`ExtractLimits::max_depth`] anyway).
 
-use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
@@ -20,8 +24,11 @@ use rustix::io::Errno;
 use tar::EntryType;
 
 use super::ApplyStats;
-use super::lower::{DirMeta, lower_dir};
-use super::paths::{Components, OPAQUE_MARKER, WHITEOUT_PREFIX, components, display, is_whiteout_name};
+use super::dirs::{Chain, NodeId, Tree};
+use super::limits::{ExtractLimits, Limit};
+use super::lower::DirMeta;
+use super::paths::{OPAQUE_MARKER, WHITEOUT_PREFIX, components, display, is_whiteout_name};
+use super::stream::Entry;
 use crate::error::{Error, Result};
 
 /// The overlayfs xattr marking an opaque directory.
@@ -47,16 +54,22 @@ enum Slot {
 
 /// The state of one layer extraction.
 pub(super) struct Extractor<'a> {
-    root: OwnedFd,
+    ctx: Ctx<'a>,
+    /// Every directory written, with the owner, mode and mtime set at the
+    /// end (so that read-only modes and mtimes survive the writes into
+    /// them) and the opaque marks (lowers are not consulted below those).
+    tree: Tree,
+    /// The directories down to the last entry's parent.
+    chain: Chain,
+}
+
+/// What the extraction knows besides its directories.
+struct Ctx<'a> {
     lowers: &'a [PathBuf],
     layer: String,
-    /// Directories whose owner, mode and mtime are set at the end (so that
-    /// read-only modes and mtimes survive the writes into them).
-    dirs: BTreeMap<Components, DirMeta>,
-    /// Directories this layer made opaque: lowers are not consulted below.
-    opaque: HashSet<Components>,
+    limits: ExtractLimits,
     is_root: bool,
-    pub(super) stats: ApplyStats,
+    stats: ApplyStats,
 }
 
 fn errno_io(e: Errno) -> io::Error {
@@ -74,8 +87,17 @@ fn is_whiteout_stat(st: &rustix::fs::Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
 }
 
+fn open_dir(parent: &OwnedFd, name: &[u8]) -> rustix::io::Result<OwnedFd> {
+    openat(
+        parent,
+        OsStr::from_bytes(name),
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
 impl<'a> Extractor<'a> {
-    pub(super) fn new(target: &Path, lowers: &'a [PathBuf], layer: String) -> Result<Self> {
+    pub(super) fn new(target: &Path, lowers: &'a [PathBuf], layer: String, limits: ExtractLimits) -> Result<Self> {
         let root = openat(
             rustix::fs::CWD,
             target,
@@ -88,21 +110,378 @@ impl<'a> Extractor<'a> {
             source: errno_io(e),
         })?;
         Ok(Self {
-            root,
-            lowers,
-            layer,
-            dirs: BTreeMap::new(),
-            opaque: HashSet::new(),
-            is_root: rustix::process::geteuid().is_root(),
-            stats: ApplyStats::default(),
+            ctx: Ctx {
+                lowers,
+                layer,
+                limits,
+                is_root: rustix::process::geteuid().is_root(),
+                stats: ApplyStats::default(),
+            },
+            tree: Tree::new(),
+            chain: Chain::new(root),
         })
     }
 
+    /// Writes one tar entry.
+    pub(super) fn entry<R: Read>(&mut self, mut entry: Entry<'_, R>) -> Result<()> {
+        let kind = entry.kind;
+        let name = String::from_utf8_lossy(&entry.path).into_owned();
+        self.ctx.stats.entries += 1;
+        let comps = components(&entry.path).map_err(|r| self.ctx.refuse(&name, r))?;
+        let max_depth = self.ctx.limits.max_depth;
+        if comps.len() > max_depth {
+            return Err(self.ctx.over(&name, Limit::Depth, comps.len() as u64, max_depth as u64));
+        }
+
+        if let Some((last, parents)) = comps.split_last() {
+            if let Some(i) = parents.iter().position(|c| is_whiteout_name(c)) {
+                return Err(self.ctx.refuse(
+                    &name,
+                    format!(
+                        "its parent {} is a whiteout name, not a directory",
+                        display(&parents[..=i])
+                    ),
+                ));
+            }
+            if is_whiteout_name(last) {
+                return self.whiteout(&name, parents, last);
+            }
+        }
+
+        let meta = self.ctx.meta(&name, &entry)?;
+        let Some((last, parents)) = comps.split_last() else {
+            if kind != EntryType::Directory {
+                return Err(self
+                    .ctx
+                    .refuse(&name, "it would replace the layer root with a non-directory"));
+            }
+            self.ctx.set_xattrs(&name, self.chain.root(), &meta.xattrs)?;
+            self.tree.node_mut(Tree::ROOT).meta = Some(meta.dir());
+            self.ctx.stats.dirs += 1;
+            return Ok(());
+        };
+        let is_file = matches!(kind, EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse);
+        if is_file {
+            self.ctx.check_file_limits(&name, &entry)?;
+        }
+        self.open_parent(&name, parents)?;
+        let pnode = self.chain.last();
+        let parent = self.chain.last_fd();
+        let last_os = OsStr::from_bytes(last);
+
+        match kind {
+            EntryType::Directory => {
+                let slot = self.ctx.clear_slot(&mut self.tree, parent, pnode, &name, last, true)?;
+                if slot != Slot::Dir {
+                    mkdirat(parent, last_os, Mode::from_raw_mode(0o700))
+                        .map_err(self.ctx.fail(&name, "create directory"))?;
+                }
+                let dir = open_dir(parent, last).map_err(self.ctx.fail(&name, "open directory"))?;
+                let node = self.tree.child_or_insert(pnode, last);
+                if slot == Slot::Whiteout {
+                    // The whiteout hid a lower directory: this one must not
+                    // merge with it.
+                    self.ctx.set_opaque(&name, &dir, &mut self.tree, node)?;
+                }
+                self.ctx.set_xattrs(&name, &dir, &meta.xattrs)?;
+                self.tree.node_mut(node).meta = Some(meta.dir());
+                self.ctx.stats.dirs += 1;
+            }
+            _ if is_file => {
+                self.ctx.clear_slot(&mut self.tree, parent, pnode, &name, last, false)?;
+                let fd = openat(
+                    parent,
+                    last_os,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(self.ctx.fail(&name, "create file"))?;
+                let mut file = File::from(fd);
+                let stored = entry.data.len();
+                match &entry.sparse {
+                    Some(map) => map.write(&mut entry.data, &mut file),
+                    None => io::copy(&mut entry.data, &mut file).map(drop),
+                }
+                .map_err(self.ctx.fail_io(&name, "write file"))?;
+                self.ctx.stats.bytes += stored;
+                // Order matters: chown clears setuid bits and file
+                // capabilities, so it comes before xattrs and chmod.
+                self.ctx.chown_fd(&name, &file, &meta)?;
+                self.ctx.set_xattrs(&name, &file, &meta.xattrs)?;
+                fchmod(&file, Mode::from_raw_mode(meta.mode)).map_err(self.ctx.fail(&name, "chmod"))?;
+                futimens(&file, &meta.times()).map_err(self.ctx.fail(&name, "set times"))?;
+                self.ctx.stats.files += 1;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| self.ctx.refuse(&name, "symlink without a target"))?;
+                self.ctx.clear_slot(&mut self.tree, parent, pnode, &name, last, false)?;
+                symlinkat(OsStr::from_bytes(&target), parent, last_os)
+                    .map_err(self.ctx.fail(&name, "create symlink"))?;
+                self.ctx.chown_at(&name, parent, last_os, &meta)?;
+                utimensat(parent, last_os, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(self.ctx.fail(&name, "set times"))?;
+                self.ctx.stats.symlinks += 1;
+            }
+            EntryType::Link => {
+                let raw_target = entry
+                    .link
+                    .ok_or_else(|| self.ctx.refuse(&name, "hardlink without a target"))?;
+                self.hardlink(&name, pnode, &comps, &raw_target)?;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let (file_type, dev) = match kind {
+                    EntryType::Fifo => (FileType::Fifo, makedev(0, 0)),
+                    _ => {
+                        let major = entry.header.device_major().ok().flatten().unwrap_or(0);
+                        let minor = entry.header.device_minor().ok().flatten().unwrap_or(0);
+                        let ft = if kind == EntryType::Char {
+                            FileType::CharacterDevice
+                        } else {
+                            FileType::BlockDevice
+                        };
+                        (ft, makedev(major, minor))
+                    }
+                };
+                self.ctx.clear_slot(&mut self.tree, parent, pnode, &name, last, false)?;
+                mknodat(parent, last_os, file_type, Mode::from_raw_mode(meta.mode & 0o777), dev).map_err(
+                    self.ctx
+                        .fail(&name, "create device node or fifo (devices need CAP_MKNOD)"),
+                )?;
+                self.ctx.chown_at(&name, parent, last_os, &meta)?;
+                // Not a symlink (just created), so following is moot.
+                chmodat(parent, last_os, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+                    .map_err(self.ctx.fail(&name, "chmod"))?;
+                utimensat(parent, last_os, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(self.ctx.fail(&name, "set times"))?;
+                self.ctx.stats.devices += 1;
+            }
+            other => {
+                return Err(self.ctx.refuse(&name, format!("unsupported tar entry type {other:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the chain to the parent directories of an entry, opening
+    /// (and creating if missing) those the previous entry did not share,
+    /// one component at a time, refusing symlinks and non-directories.
+    fn open_parent(&mut self, name: &str, parents: &[&[u8]]) -> Result<()> {
+        let common = self.chain.common(&self.tree, parents);
+        self.chain.truncate(common);
+        self.chain
+            .open_last(&self.tree)
+            .map_err(self.ctx.fail(name, "open parent directory"))?;
+        for (i, c) in parents.iter().enumerate().skip(common) {
+            let pnode = self.chain.last();
+            let parent = self.chain.last_fd();
+            let c_os = OsStr::from_bytes(c);
+            let (node, dir, lower) = match statat(parent, c_os, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                    FileType::Directory => {
+                        let dir = open_dir(parent, c).map_err(self.ctx.fail(name, "open parent directory"))?;
+                        (self.tree.child_or_insert(pnode, c), dir, None)
+                    }
+                    FileType::Symlink => {
+                        return Err(self.ctx.refuse(
+                            name,
+                            format!(
+                                "its parent {} is a symlink and writing through symlinks is not allowed",
+                                display(&parents[..=i])
+                            ),
+                        ));
+                    }
+                    _ if is_whiteout_stat(&st) => {
+                        // Deleted from the lowers earlier in this layer, now
+                        // needed as a directory: a fresh, opaque one.
+                        unlinkat(parent, c_os, AtFlags::empty()).map_err(self.ctx.fail(name, "replace whiteout"))?;
+                        let dir = self.ctx.mkdir(name, parent, c, DirMeta::DEFAULT)?;
+                        let node = self.tree.insert(pnode, c, Some(DirMeta::DEFAULT));
+                        self.ctx.set_opaque(name, &dir, &mut self.tree, node)?;
+                        (node, dir, None)
+                    }
+                    _ => {
+                        return Err(self.ctx.refuse(
+                            name,
+                            format!("its parent {} is not a directory", display(&parents[..=i])),
+                        ));
+                    }
+                },
+                Err(Errno::NOENT) => {
+                    let view = self
+                        .chain
+                        .lower_child(&self.tree, self.ctx.lowers, c)
+                        .map_err(self.ctx.fail_io(name, "look up parent in lower layers"))?;
+                    let meta = view.meta().unwrap_or(DirMeta::DEFAULT);
+                    let dir = self.ctx.mkdir(name, self.chain.last_fd(), c, meta)?;
+                    (self.tree.insert(pnode, c, Some(meta)), dir, Some(view))
+                }
+                Err(e) => return Err(self.ctx.fail(name, "inspect parent directory")(e)),
+            };
+            self.chain.push(node, Some(dir), lower);
+        }
+        Ok(())
+    }
+
+    /// An OCI whiteout: `.wh..wh..opq` makes the parent opaque, `.wh.NAME`
+    /// becomes a 0:0 character device NAME. Whiteouts only hide lower
+    /// layers: what this layer itself has at NAME stays (a directory becomes
+    /// opaque).
+    fn whiteout(&mut self, name: &str, parents: &[&[u8]], last: &[u8]) -> Result<()> {
+        self.open_parent(name, parents)?;
+        let pnode = self.chain.last();
+        let parent = self.chain.last_fd();
+        if last == OPAQUE_MARKER {
+            // The chain ends at this directory, so no view of the lowers
+            // below it is cached: the mark applies to all that follows.
+            self.ctx.set_opaque(name, parent, &mut self.tree, pnode)?;
+            self.ctx.stats.opaque_dirs += 1;
+            return Ok(());
+        }
+        let hidden = &last[WHITEOUT_PREFIX.len()..];
+        if hidden.starts_with(WHITEOUT_PREFIX) {
+            // Other `.wh..wh.` names are aufs bookkeeping: nothing to extract.
+            return Ok(());
+        }
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            return Err(self.ctx.refuse(name, "whiteout of an invalid name"));
+        }
+        let hidden_os = OsStr::from_bytes(hidden);
+        match statat(parent, hidden_os, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                let dir = open_dir(parent, hidden).map_err(self.ctx.fail(name, "open directory"))?;
+                let node = self.tree.child_or_insert(pnode, hidden);
+                self.ctx.set_opaque(name, &dir, &mut self.tree, node)?;
+            }
+            Ok(_) => {}
+            Err(Errno::NOENT) => {
+                mknodat(
+                    parent,
+                    hidden_os,
+                    FileType::CharacterDevice,
+                    Mode::empty(),
+                    makedev(0, 0),
+                )
+                .map_err(
+                    self.ctx
+                        .fail(name, "create whiteout (a 0:0 character device; needs CAP_MKNOD)"),
+                )?;
+            }
+            Err(e) => return Err(self.ctx.fail(name, "inspect whited-out entry")(e)),
+        }
+        self.ctx.stats.whiteouts += 1;
+        Ok(())
+    }
+
+    /// A hardlink to an entry extracted earlier from this layer.
+    fn hardlink(&mut self, name: &str, pnode: NodeId, comps: &[&[u8]], raw_target: &[u8]) -> Result<()> {
+        let ctx = &self.ctx;
+        let target = components(raw_target).map_err(|r| ctx.refuse(name, format!("hardlink target: {r}")))?;
+        let shown = String::from_utf8_lossy(raw_target).into_owned();
+        let Some((tlast, tparents)) = target.split_last() else {
+            return Err(ctx.refuse(name, "hardlink to the layer root"));
+        };
+        if target == comps {
+            return Err(ctx.refuse(name, "hardlink to itself"));
+        }
+        if target.iter().any(|c| is_whiteout_name(c)) {
+            return Err(ctx.refuse(name, format!("hardlink target {shown:?} is a whiteout")));
+        }
+        // Walked from the root: at most the depth of a directory that
+        // exists, which the depth limit bounds.
+        let mut tparent = rustix::io::dup(self.chain.root()).map_err(ctx.fail(name, "open the layer root"))?;
+        for (i, c) in tparents.iter().enumerate() {
+            tparent = open_dir(&tparent, c).map_err(|e| match e {
+                Errno::NOENT => ctx.refuse(name, format!("hardlink target {shown:?} is not in this layer")),
+                Errno::NOTDIR | Errno::LOOP => ctx.refuse(
+                    name,
+                    format!(
+                        "hardlink target {shown:?} passes through {}, which is not a directory",
+                        display(&tparents[..=i])
+                    ),
+                ),
+                e => ctx.fail(name, "open hardlink target directory")(e),
+            })?;
+        }
+        let tlast_os = OsStr::from_bytes(tlast);
+        match statat(&tparent, tlast_os, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                return Err(ctx.refuse(name, format!("hardlink target {shown:?} is a directory")));
+            }
+            Ok(st) if is_whiteout_stat(&st) => {
+                return Err(ctx.refuse(name, format!("hardlink target {shown:?} was deleted by a whiteout")));
+            }
+            Ok(_) => {}
+            Err(Errno::NOENT) => {
+                return Err(ctx.refuse(name, format!("hardlink target {shown:?} is not in this layer")));
+            }
+            Err(e) => return Err(ctx.fail(name, "inspect hardlink target")(e)),
+        }
+        let parent = self.chain.last_fd();
+        let last = comps.last().expect("not the root");
+        self.ctx.clear_slot(&mut self.tree, parent, pnode, name, last, false)?;
+        linkat(&tparent, tlast_os, parent, OsStr::from_bytes(last), AtFlags::empty())
+            .map_err(self.ctx.fail(name, "create hardlink"))?;
+        self.ctx.stats.hardlinks += 1;
+        Ok(())
+    }
+
+    /// Sets owner, mode and mtime of every directory written, now that
+    /// nothing more is written into them, and returns what was done.
+    pub(super) fn finish(mut self) -> Result<ApplyStats> {
+        // Depth first, children before their parent: a parent made
+        // unreadable (mode 0) would otherwise hide them from an
+        // unprivileged caller.
+        self.chain.truncate(0);
+        let mut stack = vec![(Tree::ROOT, 0, false)];
+        while let Some((id, depth, children_done)) = stack.pop() {
+            if !children_done {
+                if depth > 0 {
+                    self.chain.truncate(depth - 1);
+                    self.chain.push(id, None, None);
+                }
+                stack.push((id, depth, true));
+                stack.extend(self.tree.children(id).map(|c| (c, depth + 1, false)));
+                continue;
+            }
+            let Some(meta) = self.tree.node(id).meta else {
+                continue;
+            };
+            self.chain.truncate(depth);
+            let opened = self.chain.open_last(&self.tree);
+            let name = || self.chain.display(&self.tree);
+            opened.map_err(|e| self.ctx.fail(&name(), "open directory")(e))?;
+            let fd = self.chain.last_fd();
+            let owner = fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)));
+            self.ctx
+                .chown_result(owner)
+                .map_err(|e| self.ctx.fail(&name(), "chown directory")(e))?;
+            fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(|e| self.ctx.fail(&name(), "chmod directory")(e))?;
+            futimens(fd, &Meta::from_dir(meta).times())
+                .map_err(|e| self.ctx.fail(&name(), "set directory times")(e))?;
+        }
+        Ok(self.ctx.stats)
+    }
+}
+
+impl Ctx<'_> {
     fn refuse(&self, entry: &str, reason: impl Into<String>) -> Error {
         Error::UnsafeEntry {
             entry: entry.to_string(),
             layer: self.layer.clone(),
             reason: reason.into(),
+        }
+    }
+
+    fn over(&self, entry: &str, limit: Limit, actual: u64, max: u64) -> Error {
+        Error::LimitExceeded {
+            entry: entry.to_string(),
+            layer: self.layer.clone(),
+            limit,
+            actual,
+            max,
         }
     }
 
@@ -126,204 +505,60 @@ impl<'a> Extractor<'a> {
         }
     }
 
-    /// Writes one tar entry.
-    pub(super) fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
-        let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
-        ) {
-            return Ok(());
+    /// Refuses a file over the size limits, before anything is written.
+    fn check_file_limits<R>(&self, name: &str, entry: &Entry<'_, R>) -> Result<()> {
+        let stored = entry.data.len();
+        let size = entry.sparse.as_ref().map_or(stored, |m| m.size());
+        if let Some(max) = self.limits.max_entry_size
+            && size > max
+        {
+            return Err(self.over(name, Limit::EntrySize, size, max));
         }
-        let raw = entry.path_bytes().into_owned();
-        let name = String::from_utf8_lossy(&raw).into_owned();
-        self.stats.entries += 1;
-        let comps = components(&raw).map_err(|r| self.refuse(&name, r))?;
-
-        if let Some((last, parents)) = comps.split_last() {
-            if let Some(i) = parents.iter().position(|c| is_whiteout_name(c)) {
-                return Err(self.refuse(
-                    &name,
-                    format!(
-                        "its parent {} is a whiteout name, not a directory",
-                        display(&parents[..=i])
-                    ),
-                ));
-            }
-            if is_whiteout_name(last) {
-                return self.whiteout(&name, parents, last);
-            }
-        }
-
-        let meta = self.meta(&name, &mut entry)?;
-        let Some((last, parents)) = comps.split_last() else {
-            if kind != EntryType::Directory {
-                return Err(self.refuse(&name, "it would replace the layer root with a non-directory"));
-            }
-            let root = rustix::io::dup(&self.root).map_err(self.fail(&name, "open the layer root"))?;
-            self.set_xattrs(&name, &root, &meta.xattrs)?;
-            self.dirs.insert(
-                Vec::new(),
-                DirMeta {
-                    mode: meta.mode,
-                    uid: meta.uid,
-                    gid: meta.gid,
-                    mtime: meta.mtime,
-                },
-            );
-            self.stats.dirs += 1;
-            return Ok(());
-        };
-        let parent = self.open_parent(&name, parents)?;
-        let last_os = OsStr::from_bytes(last);
-
-        match kind {
-            EntryType::Directory => {
-                let slot = self.clear_slot(&name, &parent, &comps, true)?;
-                if slot != Slot::Dir {
-                    mkdirat(&parent, last_os, Mode::from_raw_mode(0o700))
-                        .map_err(self.fail(&name, "create directory"))?;
-                }
-                let dir = self.open_dir(&name, &parent, last_os)?;
-                if slot == Slot::Whiteout {
-                    // The whiteout hid a lower directory: this one must not
-                    // merge with it.
-                    self.set_opaque(&name, &dir, &comps)?;
-                }
-                self.set_xattrs(&name, &dir, &meta.xattrs)?;
-                self.dirs.insert(
-                    comps.clone(),
-                    DirMeta {
-                        mode: meta.mode,
-                        uid: meta.uid,
-                        gid: meta.gid,
-                        mtime: meta.mtime,
-                    },
-                );
-                self.stats.dirs += 1;
-            }
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.clear_slot(&name, &parent, &comps, false)?;
-                let fd = openat(
-                    &parent,
-                    last_os,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(self.fail(&name, "create file"))?;
-                let mut file = File::from(fd);
-                let n = io::copy(&mut entry, &mut file).map_err(self.fail_io(&name, "write file"))?;
-                self.stats.bytes += n;
-                // Order matters: chown clears setuid bits and file
-                // capabilities, so it comes before xattrs and chmod.
-                self.chown_fd(&name, &file, &meta)?;
-                self.set_xattrs(&name, &file, &meta.xattrs)?;
-                fchmod(&file, Mode::from_raw_mode(meta.mode)).map_err(self.fail(&name, "chmod"))?;
-                futimens(
-                    &file,
-                    &Timestamps {
-                        last_access: ts(meta.atime),
-                        last_modification: ts(meta.mtime),
-                    },
-                )
-                .map_err(self.fail(&name, "set times"))?;
-                self.stats.files += 1;
-            }
-            EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|c| c.into_owned())
-                    .filter(|t| !t.is_empty())
-                    .ok_or_else(|| self.refuse(&name, "symlink without a target"))?;
-                self.clear_slot(&name, &parent, &comps, false)?;
-                symlinkat(OsStr::from_bytes(&target), &parent, last_os).map_err(self.fail(&name, "create symlink"))?;
-                self.chown_at(&name, &parent, last_os, &meta)?;
-                utimensat(
-                    &parent,
-                    last_os,
-                    &Timestamps {
-                        last_access: ts(meta.atime),
-                        last_modification: ts(meta.mtime),
-                    },
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(self.fail(&name, "set times"))?;
-                self.stats.symlinks += 1;
-            }
-            EntryType::Link => {
-                let raw_target = entry
-                    .link_name_bytes()
-                    .map(|c| c.into_owned())
-                    .ok_or_else(|| self.refuse(&name, "hardlink without a target"))?;
-                self.hardlink(&name, &parent, &comps, &raw_target)?;
-            }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let (file_type, dev) = match kind {
-                    EntryType::Fifo => (FileType::Fifo, makedev(0, 0)),
-                    _ => {
-                        let major = entry.header().device_major().ok().flatten().unwrap_or(0);
-                        let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
-                        let ft = if kind == EntryType::Char {
-                            FileType::CharacterDevice
-                        } else {
-                            FileType::BlockDevice
-                        };
-                        (ft, makedev(major, minor))
-                    }
-                };
-                self.clear_slot(&name, &parent, &comps, false)?;
-                mknodat(&parent, last_os, file_type, Mode::from_raw_mode(meta.mode & 0o777), dev)
-                    .map_err(self.fail(&name, "create device node or fifo (devices need CAP_MKNOD)"))?;
-                self.chown_at(&name, &parent, last_os, &meta)?;
-                // Not a symlink (just created), so following is moot.
-                chmodat(&parent, last_os, Mode::from_raw_mode(meta.mode), AtFlags::empty())
-                    .map_err(self.fail(&name, "chmod"))?;
-                utimensat(
-                    &parent,
-                    last_os,
-                    &Timestamps {
-                        last_access: ts(meta.atime),
-                        last_modification: ts(meta.mtime),
-                    },
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(self.fail(&name, "set times"))?;
-                self.stats.devices += 1;
-            }
-            other => {
-                return Err(self.refuse(&name, format!("unsupported tar entry type {other:?}")));
-            }
+        let total = self.stats.bytes.saturating_add(stored);
+        if let Some(max) = self.limits.max_total_bytes
+            && total > max
+        {
+            return Err(self.over(name, Limit::TotalBytes, total, max));
         }
         Ok(())
     }
 
     /// Reads mode, owner, times and xattrs of an entry.
-    fn meta<R: Read>(&self, name: &str, entry: &mut tar::Entry<'_, R>) -> Result<Meta> {
-        let h = entry.header();
+    fn meta<R>(&self, name: &str, entry: &Entry<'_, R>) -> Result<Meta> {
+        let h = &entry.header;
         let bad = |what: &str, e: io::Error| self.refuse(name, format!("unreadable {what} in its header: {e}"));
+        let pax_id = |what: &str, v: &[u8]| {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| self.refuse(name, format!("unreadable {what} in its PAX records")))
+        };
+        let (mut uid, mut gid, mut mtime, mut atime) = (None, None, None, None);
+        let mut xattrs = Vec::new();
+        for (key, value) in &entry.pax {
+            if let Some(xname) = key.strip_prefix("SCHILY.xattr.") {
+                xattrs.push((xname.to_string(), value.clone()));
+                continue;
+            }
+            match key.as_str() {
+                "uid" => uid = Some(pax_id("uid", value)?),
+                "gid" => gid = Some(pax_id("gid", value)?),
+                "mtime" => mtime = parse_pax_time(value).or(mtime),
+                "atime" => atime = parse_pax_time(value),
+                _ => {}
+            }
+        }
         let mode = h.mode().map_err(|e| bad("mode", e))? & 0o7777;
-        let uid = h.uid().map_err(|e| bad("uid", e))?;
-        let gid = h.gid().map_err(|e| bad("gid", e))?;
+        let uid = uid.map_or_else(|| h.uid().map_err(|e| bad("uid", e)), Ok)?;
+        let gid = gid.map_or_else(|| h.gid().map_err(|e| bad("gid", e)), Ok)?;
         let (uid, gid) = match (u32::try_from(uid), u32::try_from(gid)) {
             (Ok(u), Ok(g)) if u != u32::MAX && g != u32::MAX => (u, g),
             _ => return Err(self.refuse(name, format!("owner {uid}:{gid} is out of range"))),
         };
-        let mut mtime = (h.mtime().map_err(|e| bad("mtime", e))? as i64, 0);
-        let mut atime = None;
-        let mut xattrs = Vec::new();
-        if let Some(exts) = entry.pax_extensions().map_err(|e| bad("PAX records", e))? {
-            for ext in exts {
-                let ext = ext.map_err(|e| bad("PAX record", e))?;
-                let Ok(key) = ext.key() else { continue };
-                if let Some(xname) = key.strip_prefix("SCHILY.xattr.") {
-                    xattrs.push((xname.to_string(), ext.value_bytes().to_vec()));
-                } else if key == "mtime" {
-                    mtime = parse_pax_time(ext.value_bytes()).unwrap_or(mtime);
-                } else if key == "atime" {
-                    atime = parse_pax_time(ext.value_bytes());
-                }
-            }
-        }
+        let mtime = match mtime {
+            Some(t) => t,
+            None => (h.mtime().map_err(|e| bad("mtime", e))? as i64, 0),
+        };
         Ok(Meta {
             mode,
             uid,
@@ -334,96 +569,31 @@ impl<'a> Extractor<'a> {
         })
     }
 
-    /// Opens (creating if missing) the parent directories of an entry, one
-    /// component at a time, refusing symlinks and non-directories.
-    fn open_parent(&mut self, name: &str, parents: &[Vec<u8>]) -> Result<OwnedFd> {
-        let mut fd = rustix::io::dup(&self.root).map_err(self.fail(name, "open the layer root"))?;
-        let mut lowers_hidden = self.opaque.contains(&Vec::new());
-        for i in 0..parents.len() {
-            let prefix = &parents[..=i];
-            let c = OsStr::from_bytes(&parents[i]);
-            match statat(&fd, c, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => match FileType::from_raw_mode(st.st_mode) {
-                    FileType::Directory => {}
-                    FileType::Symlink => {
-                        return Err(self.refuse(
-                            name,
-                            format!(
-                                "its parent {} is a symlink and writing through symlinks is not allowed",
-                                display(prefix)
-                            ),
-                        ));
-                    }
-                    _ if is_whiteout_stat(&st) => {
-                        // Deleted from the lowers earlier in this layer, now
-                        // needed as a directory: a fresh, opaque one.
-                        unlinkat(&fd, c, AtFlags::empty()).map_err(self.fail(name, "replace whiteout"))?;
-                        mkdirat(&fd, c, Mode::from_raw_mode(0o755))
-                            .map_err(self.fail(name, "create parent directory"))?;
-                        let dir = self.open_dir(name, &fd, c)?;
-                        self.set_opaque(name, &dir, prefix)?;
-                        self.chown_fd(name, &dir, &Meta::from_dir(DirMeta::DEFAULT))?;
-                        self.dirs.insert(prefix.to_vec(), DirMeta::DEFAULT);
-                        self.stats.implicit_dirs += 1;
-                    }
-                    _ => {
-                        return Err(self.refuse(name, format!("its parent {} is not a directory", display(prefix))));
-                    }
-                },
-                Err(Errno::NOENT) => {
-                    let from_lower = if lowers_hidden {
-                        None
-                    } else {
-                        lower_dir(self.lowers, prefix).map_err(self.fail_io(name, "look up parent in lower layers"))?
-                    };
-                    let meta = from_lower.unwrap_or(DirMeta::DEFAULT);
-                    mkdirat(&fd, c, Mode::from_raw_mode(0o755)).map_err(self.fail(name, "create parent directory"))?;
-                    let dir = self.open_dir(name, &fd, c)?;
-                    self.chown_fd(name, &dir, &Meta::from_dir(meta))?;
-                    self.dirs.insert(prefix.to_vec(), meta);
-                    self.stats.implicit_dirs += 1;
-                }
-                Err(e) => return Err(self.fail(name, "inspect parent directory")(e)),
-            }
-            fd = self.open_dir(name, &fd, c)?;
-            if self.opaque.contains(prefix) {
-                lowers_hidden = true;
-            }
-        }
-        Ok(fd)
+    /// Creates the parent directory `name` in `parent` with the owner of
+    /// `meta` (its mode and mtime are set at the end).
+    fn mkdir(&mut self, entry: &str, parent: &OwnedFd, name: &[u8], meta: DirMeta) -> Result<OwnedFd> {
+        mkdirat(parent, OsStr::from_bytes(name), Mode::from_raw_mode(0o755))
+            .map_err(self.fail(entry, "create parent directory"))?;
+        let dir = open_dir(parent, name).map_err(self.fail(entry, "open parent directory"))?;
+        self.chown_fd(entry, &dir, &Meta::from_dir(meta))?;
+        self.stats.implicit_dirs += 1;
+        Ok(dir)
     }
 
-    /// Opens an existing directory without creating anything (for hardlink
-    /// targets and the final metadata pass).
-    fn open_existing(&self, parents: &[Vec<u8>]) -> std::result::Result<OwnedFd, (usize, Errno)> {
-        let mut fd = rustix::io::dup(&self.root).map_err(|e| (0, e))?;
-        for (i, c) in parents.iter().enumerate() {
-            fd = openat(
-                &fd,
-                OsStr::from_bytes(c),
-                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| (i, e))?;
-        }
-        Ok(fd)
-    }
-
-    fn open_dir(&self, name: &str, parent: &OwnedFd, c: &OsStr) -> Result<OwnedFd> {
-        openat(
-            parent,
-            c,
-            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(self.fail(name, "open directory"))
-    }
-
-    /// Makes room for a new entry at `comps`: an existing directory stays
-    /// when a directory replaces it (they merge); anything else is removed.
-    fn clear_slot(&mut self, name: &str, parent: &OwnedFd, comps: &Components, new_is_dir: bool) -> Result<Slot> {
-        let last = OsStr::from_bytes(comps.last().expect("not the root"));
-        let st = match statat(parent, last, AtFlags::SYMLINK_NOFOLLOW) {
+    /// Makes room for a new entry `last` in `parent`: an existing directory
+    /// stays when a directory replaces it (they merge); anything else is
+    /// removed.
+    fn clear_slot(
+        &self,
+        tree: &mut Tree,
+        parent: &OwnedFd,
+        pnode: NodeId,
+        name: &str,
+        last: &[u8],
+        new_is_dir: bool,
+    ) -> Result<Slot> {
+        let last_os = OsStr::from_bytes(last);
+        let st = match statat(parent, last_os, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => return Ok(Slot::Empty),
             Err(e) => return Err(self.fail(name, "inspect existing entry")(e)),
@@ -433,12 +603,11 @@ impl<'a> Extractor<'a> {
             return Ok(Slot::Dir);
         }
         if is_dir {
-            remove_tree(parent, last).map_err(self.fail(name, "remove the directory it replaces"))?;
-            self.dirs.retain(|k, _| !k.starts_with(comps));
-            self.opaque.retain(|k| !k.starts_with(comps));
+            remove_tree(parent, last_os).map_err(self.fail(name, "remove the directory it replaces"))?;
+            tree.remove(pnode, last);
             return Ok(Slot::Empty);
         }
-        unlinkat(parent, last, AtFlags::empty()).map_err(self.fail(name, "remove the entry it replaces"))?;
+        unlinkat(parent, last_os, AtFlags::empty()).map_err(self.fail(name, "remove the entry it replaces"))?;
         Ok(if is_whiteout_stat(&st) {
             Slot::Whiteout
         } else {
@@ -446,101 +615,12 @@ impl<'a> Extractor<'a> {
         })
     }
 
-    /// An OCI whiteout: `.wh..wh..opq` makes the parent opaque, `.wh.NAME`
-    /// becomes a 0:0 character device NAME. Whiteouts only hide lower
-    /// layers: what this layer itself has at NAME stays (a directory becomes
-    /// opaque).
-    fn whiteout(&mut self, name: &str, parents: &[Vec<u8>], last: &[u8]) -> Result<()> {
-        let parent = self.open_parent(name, parents)?;
-        if last == OPAQUE_MARKER {
-            self.set_opaque(name, &parent, parents)?;
-            self.stats.opaque_dirs += 1;
-            return Ok(());
-        }
-        let hidden = &last[WHITEOUT_PREFIX.len()..];
-        if hidden.starts_with(WHITEOUT_PREFIX) {
-            // Other `.wh..wh.` names are aufs bookkeeping: nothing to extract.
-            return Ok(());
-        }
-        if hidden.is_empty() || hidden == b"." || hidden == b".." {
-            return Err(self.refuse(name, "whiteout of an invalid name"));
-        }
-        let hidden_os = OsStr::from_bytes(hidden);
-        match statat(&parent, hidden_os, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-                let dir = self.open_dir(name, &parent, hidden_os)?;
-                let mut comps = parents.to_vec();
-                comps.push(hidden.to_vec());
-                self.set_opaque(name, &dir, &comps)?;
-            }
-            Ok(_) => {}
-            Err(Errno::NOENT) => {
-                mknodat(
-                    &parent,
-                    hidden_os,
-                    FileType::CharacterDevice,
-                    Mode::empty(),
-                    makedev(0, 0),
-                )
-                .map_err(self.fail(name, "create whiteout (a 0:0 character device; needs CAP_MKNOD)"))?;
-            }
-            Err(e) => return Err(self.fail(name, "inspect whited-out entry")(e)),
-        }
-        self.stats.whiteouts += 1;
-        Ok(())
-    }
-
-    /// A hardlink to an entry extracted earlier from this layer.
-    fn hardlink(&mut self, name: &str, parent: &OwnedFd, comps: &Components, raw_target: &[u8]) -> Result<()> {
-        let target = components(raw_target).map_err(|r| self.refuse(name, format!("hardlink target: {r}")))?;
-        let shown = String::from_utf8_lossy(raw_target).into_owned();
-        let Some((tlast, tparents)) = target.split_last() else {
-            return Err(self.refuse(name, "hardlink to the layer root"));
-        };
-        if &target == comps {
-            return Err(self.refuse(name, "hardlink to itself"));
-        }
-        if target.iter().any(|c| is_whiteout_name(c)) {
-            return Err(self.refuse(name, format!("hardlink target {shown:?} is a whiteout")));
-        }
-        let tparent = self.open_existing(tparents).map_err(|(i, e)| match e {
-            Errno::NOENT => self.refuse(name, format!("hardlink target {shown:?} is not in this layer")),
-            Errno::NOTDIR | Errno::LOOP => self.refuse(
-                name,
-                format!(
-                    "hardlink target {shown:?} passes through {}, which is not a directory",
-                    display(&tparents[..=i])
-                ),
-            ),
-            e => self.fail(name, "open hardlink target directory")(e),
-        })?;
-        let tlast_os = OsStr::from_bytes(tlast);
-        match statat(&tparent, tlast_os, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-                return Err(self.refuse(name, format!("hardlink target {shown:?} is a directory")));
-            }
-            Ok(st) if is_whiteout_stat(&st) => {
-                return Err(self.refuse(name, format!("hardlink target {shown:?} was deleted by a whiteout")));
-            }
-            Ok(_) => {}
-            Err(Errno::NOENT) => {
-                return Err(self.refuse(name, format!("hardlink target {shown:?} is not in this layer")));
-            }
-            Err(e) => return Err(self.fail(name, "inspect hardlink target")(e)),
-        }
-        self.clear_slot(name, parent, comps, false)?;
-        let last = OsStr::from_bytes(comps.last().expect("not the root"));
-        linkat(&tparent, tlast_os, parent, last, AtFlags::empty()).map_err(self.fail(name, "create hardlink"))?;
-        self.stats.hardlinks += 1;
-        Ok(())
-    }
-
-    fn set_opaque(&mut self, name: &str, dir: &OwnedFd, comps: &[Vec<u8>]) -> Result<()> {
+    fn set_opaque(&self, name: &str, dir: &impl AsFd, tree: &mut Tree, node: NodeId) -> Result<()> {
         fsetxattr(dir, OPAQUE_XATTR, b"y", XattrFlags::empty()).map_err(self.fail(
             name,
             "mark directory opaque (trusted.overlay.opaque needs CAP_SYS_ADMIN)",
         ))?;
-        self.opaque.insert(comps.to_vec());
+        tree.node_mut(node).opaque = true;
         Ok(())
     }
 
@@ -569,21 +649,21 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
-    fn chown_result(&mut self, name: &str, r: rustix::io::Result<()>) -> Result<()> {
+    /// A chown's result: without root, ownership cannot be given away, so
+    /// ours is kept and counted.
+    fn chown_result(&mut self, r: rustix::io::Result<()>) -> rustix::io::Result<()> {
         match r {
-            Ok(()) => Ok(()),
-            // Without root, ownership cannot be given away: keep ours.
             Err(Errno::PERM) if !self.is_root => {
                 self.stats.ownership_skipped += 1;
                 Ok(())
             }
-            Err(e) => Err(self.fail(name, "chown")(e)),
+            r => r,
         }
     }
 
     fn chown_fd(&mut self, name: &str, fd: &impl AsFd, meta: &Meta) -> Result<()> {
         let r = fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)));
-        self.chown_result(name, r)
+        self.chown_result(r).map_err(self.fail(name, "chown"))
     }
 
     fn chown_at(&mut self, name: &str, parent: &OwnedFd, last: &OsStr, meta: &Meta) -> Result<()> {
@@ -594,33 +674,7 @@ impl<'a> Extractor<'a> {
             Some(Gid::from_raw(meta.gid)),
             AtFlags::SYMLINK_NOFOLLOW,
         );
-        self.chown_result(name, r)
-    }
-
-    /// Sets owner, mode and mtime of every directory written, now that
-    /// nothing more is written into them.
-    pub(super) fn finish(&mut self) -> Result<()> {
-        let dirs = std::mem::take(&mut self.dirs);
-        // Children first: a parent made unreadable (mode 0) would otherwise
-        // hide them from an unprivileged caller.
-        for (comps, meta) in dirs.iter().rev() {
-            let name = display(comps);
-            // A directory later replaced by something else is skipped.
-            let Ok(fd) = self.open_existing(comps) else {
-                continue;
-            };
-            self.chown_fd(&name, &fd, &Meta::from_dir(*meta))?;
-            fchmod(&fd, Mode::from_raw_mode(meta.mode)).map_err(self.fail(&name, "chmod directory"))?;
-            futimens(
-                &fd,
-                &Timestamps {
-                    last_access: ts(meta.mtime),
-                    last_modification: ts(meta.mtime),
-                },
-            )
-            .map_err(self.fail(&name, "set directory times"))?;
-        }
-        Ok(())
+        self.chown_result(r).map_err(self.fail(name, "chown"))
     }
 }
 
@@ -633,6 +687,22 @@ impl Meta {
             mtime: d.mtime,
             atime: d.mtime,
             xattrs: Vec::new(),
+        }
+    }
+
+    fn dir(&self) -> DirMeta {
+        DirMeta {
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+        }
+    }
+
+    fn times(&self) -> Timestamps {
+        Timestamps {
+            last_access: ts(self.atime),
+            last_modification: ts(self.mtime),
         }
     }
 }

@@ -1,12 +1,10 @@
 //! Lookups in the lower layers of an overlay stack (top-most first), with
 //! overlayfs semantics and without ever following a symlink.
 
-use std::ffi::OsStr;
 use std::fs::{self, Metadata};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kiln_store::merged::{is_opaque, is_whiteout};
 
@@ -47,38 +45,79 @@ fn lstat(path: &std::path::Path) -> io::Result<Option<Metadata>> {
     }
 }
 
-/// The directory `comps` as the merged view of `lowers` shows it: `None`
-/// when no lower has it, or it is whited out, hidden by an opaque parent,
-/// or not a directory (a symlink there is never followed).
-pub fn lower_dir(lowers: &[PathBuf], comps: &[Vec<u8>]) -> io::Result<Option<DirMeta>> {
-    if comps.is_empty() {
-        return Ok(None);
+/// What the lowers show at one directory path, built one component at a
+/// time from the root (see [`LowerView::child`]) so that each step costs
+/// one lookup per lower still involved: the lowers (top-most first) that
+/// have a directory there, up to the first one that hides the path.
+#[derive(Debug, Clone, Default)]
+pub struct LowerView {
+    states: Vec<State>,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    /// Lower `index` has a directory here. `opaque`: it or a directory
+    /// above it is opaque in that lower, so lowers below do not show what
+    /// it lacks.
+    Dir { index: usize, meta: DirMeta, opaque: bool },
+    /// A lower hides the path (a whiteout, a non-directory, or nothing
+    /// under an opaque directory): lowers below it do not count.
+    Hidden,
+}
+
+impl LowerView {
+    /// The roots of `lowers`.
+    pub fn root(lowers: &[PathBuf]) -> Self {
+        let states = (0..lowers.len())
+            .map(|index| State::Dir {
+                index,
+                meta: DirMeta::DEFAULT,
+                opaque: false,
+            })
+            .collect();
+        Self { states }
     }
-    'layers: for lower in lowers {
-        let mut path = lower.clone();
-        let mut opaque_above = false;
-        for (i, c) in comps.iter().enumerate() {
-            path.push(OsStr::from_bytes(c));
-            // Every prefix is checked before going deeper, so no symlink is
-            // ever traversed.
-            let Some(meta) = lstat(&path)? else {
-                if opaque_above {
-                    return Ok(None);
-                }
-                continue 'layers;
+
+    /// What the lowers show at `rel` (relative to the lower roots), a child
+    /// of this view's path. Only paths checked to be directories are
+    /// extended, so no symlink is ever traversed.
+    pub fn child(&self, lowers: &[PathBuf], rel: &Path) -> io::Result<Self> {
+        let mut states = Vec::new();
+        for state in &self.states {
+            let State::Dir { index, opaque, .. } = *state else {
+                states.push(State::Hidden);
+                break;
             };
-            if is_whiteout(&meta) || !meta.is_dir() {
-                return Ok(None);
-            }
-            if i + 1 == comps.len() {
-                return Ok(Some(DirMeta::of(&meta)));
-            }
-            if is_opaque(&path) {
-                opaque_above = true;
+            let path = lowers[index].join(rel);
+            match lstat(&path)? {
+                None if opaque => {
+                    states.push(State::Hidden);
+                    break;
+                }
+                None => {}
+                Some(m) if is_whiteout(&m) || !m.is_dir() => {
+                    states.push(State::Hidden);
+                    break;
+                }
+                Some(m) => states.push(State::Dir {
+                    index,
+                    meta: DirMeta::of(&m),
+                    opaque: opaque || is_opaque(&path),
+                }),
             }
         }
+        Ok(Self { states })
     }
-    Ok(None)
+
+    /// The directory as the merged lowers show it: `None` when no lower
+    /// has it, or it is whited out, hidden by an opaque parent, or not a
+    /// directory.
+    pub fn meta(&self) -> Option<DirMeta> {
+        match self.states.first() {
+            Some(State::Dir { meta, .. }) => Some(*meta),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -86,8 +125,14 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{PermissionsExt, symlink};
 
-    fn comps(s: &str) -> Vec<Vec<u8>> {
-        s.split('/').map(|c| c.as_bytes().to_vec()).collect()
+    fn lower_dir(lowers: &[PathBuf], path: &str) -> Option<DirMeta> {
+        let mut view = LowerView::root(lowers);
+        let mut rel = PathBuf::new();
+        for c in path.split('/') {
+            rel.push(c);
+            view = view.child(lowers, &rel).unwrap();
+        }
+        view.meta()
     }
 
     #[test]
@@ -103,11 +148,11 @@ mod tests {
         fs::create_dir_all(lower.join("evil/x")).unwrap();
         let lowers = [upper, lower];
 
-        assert_eq!(lower_dir(&lowers, &comps("a")).unwrap().unwrap().mode, 0o700);
-        assert_eq!(lower_dir(&lowers, &comps("a/b")).unwrap().unwrap().mode, 0o710);
-        assert_eq!(lower_dir(&lowers, &comps("nope")).unwrap(), None);
+        assert_eq!(lower_dir(&lowers, "a").unwrap().mode, 0o700);
+        assert_eq!(lower_dir(&lowers, "a/b").unwrap().mode, 0o710);
+        assert_eq!(lower_dir(&lowers, "nope"), None);
         // The upper symlink shadows the lower dir and is not followed.
-        assert_eq!(lower_dir(&lowers, &comps("evil")).unwrap(), None);
-        assert_eq!(lower_dir(&lowers, &comps("evil/x")).unwrap(), None);
+        assert_eq!(lower_dir(&lowers, "evil"), None);
+        assert_eq!(lower_dir(&lowers, "evil/x"), None);
     }
 }

@@ -1,13 +1,18 @@
 //! Extraction of one layer tarball into an overlayfs layer directory: OCI
-//! whiteouts become overlayfs whiteouts, and no entry can write outside the
-//! directory or through a symlink (see [`apply_layer`]); and the reverse,
-//! an overlayfs upper directory back into a layer ([`diff_to_layer`]).
+//! whiteouts become overlayfs whiteouts, no entry can write outside the
+//! directory or through a symlink, and a hostile layer cannot exhaust the
+//! host (see [`apply_layer`]); and the reverse, an overlayfs upper
+//! directory back into a layer ([`diff_to_layer`]).
 
 mod compression;
 mod diff;
+mod dirs;
 mod extract;
+mod limits;
 mod lower;
 mod paths;
+mod sparse;
+mod stream;
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -18,8 +23,10 @@ use sha2::{Digest as _, Sha256};
 pub use compression::Compression;
 pub use diff::{DiffStats, diff_to_layer};
 pub use extract::OPAQUE_XATTR;
+pub use limits::{ExtractLimits, Limit};
 
 use crate::error::{Error, Result};
+use stream::{StreamError, TarStream};
 
 /// What applying a layer did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,7 +54,8 @@ pub struct ApplyStats {
     pub whiteouts: u64,
     /// `.wh..wh..opq` markers applied.
     pub opaque_dirs: u64,
-    /// Bytes of regular file content written.
+    /// Bytes of regular file content written (the data of sparse files,
+    /// not their holes).
     pub bytes: u64,
     /// Extended attributes not applied (`trusted.*`, or refused by the
     /// filesystem or for lack of privilege).
@@ -91,11 +99,32 @@ impl<R: Read> Read for HashingReader<R> {
 /// - Owner, mode (setuid/sticky included), mtime and PAX `SCHILY.xattr.*`
 ///   attributes are applied; `trusted.*` xattrs never are, and others the
 ///   filesystem refuses are skipped and counted. Without root, ownership is
-///   kept as ours and counted in [`ApplyStats::ownership_skipped`].
+///   kept as ours and counted in [`ApplyStats::ownership_skipped`]. Device
+///   nodes and setuid files are created inside `target` like any entry.
 /// - A later entry for a path replaces an earlier one; a directory over a
 ///   directory merges.
+/// - Sparse files (old GNU type `S` entries, PAX `GNU.sparse` formats 0.0,
+///   0.1 and 1.0) are written as sparse files: their data at its offsets,
+///   holes left unwritten, so a claimed terabyte of zeros takes no disk. A
+///   sparse map out of order, overlapping, beyond the file's size, not
+///   matching the data, or over 1 MiB is refused with the entry named, as
+///   are GNU long names and PAX records over 1 MiB.
+/// - `limits` bound the file content written in total, each file's size
+///   (holes included) and each path's depth; an entry over one is refused
+///   before anything is written for it, with [`Error::LimitExceeded`]
+///   naming the layer, the entry and the configuration key that raises the
+///   limit.
+/// - Time and memory are linear in the number of entries (each entry's
+///   work is bounded by what its path adds to the previous entry's, within
+///   the depth limit), and at most a few dozen directories are kept open.
 /// - Nothing is fsynced: callers that need durability sync the filesystem.
-pub fn apply_layer(reader: impl Read, media_type: &str, target: &Path, lowers: &[PathBuf]) -> Result<ApplyStats> {
+pub fn apply_layer(
+    reader: impl Read,
+    media_type: &str,
+    target: &Path,
+    lowers: &[PathBuf],
+    limits: ExtractLimits,
+) -> Result<ApplyStats> {
     let layer = target.display().to_string();
     let layer_err = |reason: String| Error::Layer {
         layer: layer.clone(),
@@ -113,20 +142,25 @@ pub fn apply_layer(reader: impl Read, media_type: &str, target: &Path, lowers: &
         hasher: Sha256::new(),
     };
 
-    let mut extractor = extract::Extractor::new(target, lowers, layer.clone())?;
-    let mut archive = tar::Archive::new(hashing);
-    let entries = archive.entries().map_err(|e| layer_err(format!("read tar: {e}")))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| layer_err(format!("read tar ({compression:?}): {e}")))?;
+    let mut extractor = extract::Extractor::new(target, lowers, layer.clone(), limits)?;
+    let mut tar = TarStream::new(hashing);
+    loop {
+        let entry = tar.next().map_err(|e| match e {
+            StreamError::Stream(reason) => layer_err(format!("read tar ({compression:?}): {reason}")),
+            StreamError::Entry { entry, reason } => Error::UnsafeEntry {
+                entry,
+                layer: layer.clone(),
+                reason,
+            },
+        })?;
+        let Some(entry) = entry else { break };
         extractor.entry(entry)?;
     }
     // Read to the end so that the whole stream is hashed and decompressors
     // check their trailers.
-    let mut hashing = archive.into_inner();
+    let mut hashing = tar.into_inner();
     io::copy(&mut hashing, &mut io::sink()).map_err(|e| layer_err(format!("read past the end of the tar: {e}")))?;
-    extractor.finish()?;
-
-    let mut stats = std::mem::take(&mut extractor.stats);
+    let mut stats = extractor.finish()?;
     stats.compression = Some(compression);
     stats.diff_id = Some(Digest::from_bytes(hashing.hasher.finalize().into()));
     Ok(stats)

@@ -6,31 +6,31 @@ pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
 pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
 /// A path inside the layer as its normal components (no `.`, `..` or empty
-/// ones); empty for the layer root.
-pub type Components = Vec<Vec<u8>>;
+/// ones), borrowed from the entry name; empty for the layer root.
+pub type Components<'a> = Vec<&'a [u8]>;
 
 /// Splits a tar entry name into components: leading `/` and `./` and
 /// repeated slashes are dropped; any `..` component is refused.
-pub fn components(raw: &[u8]) -> Result<Components, String> {
+pub fn components(raw: &[u8]) -> Result<Components<'_>, String> {
     let mut out = Vec::new();
     for part in raw.split(|b| *b == b'/') {
         match part {
             b"" | b"." => continue,
             b".." => return Err("its path has a `..` component".to_string()),
-            p => out.push(p.to_vec()),
+            p => out.push(p),
         }
     }
     Ok(out)
 }
 
 /// `a/b/c` for messages.
-pub fn display(comps: &[Vec<u8>]) -> String {
+pub fn display(comps: &[&[u8]]) -> String {
     if comps.is_empty() {
         return "/".to_string();
     }
     comps
         .iter()
-        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .map(|c| String::from_utf8_lossy(c))
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -45,7 +45,7 @@ mod tests {
     use super::*;
 
     fn c(s: &str) -> Result<Vec<String>, String> {
-        components(s.as_bytes()).map(|v| v.into_iter().map(|c| String::from_utf8(c).unwrap()).collect())
+        components(s.as_bytes()).map(|v| v.into_iter().map(|c| String::from_utf8(c.to_vec()).unwrap()).collect())
     }
 
     #[test]
