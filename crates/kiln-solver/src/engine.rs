@@ -10,7 +10,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, try_join_all};
 use kiln_exec::Runtime;
 use kiln_graph::{Key, KeyBuilder, Node, Op, SourcePolicy, cache_key};
-use kiln_oci::{Registry, RegistryConfig};
+use kiln_oci::{ExtractLimits, Registry, RegistryConfig};
 use kiln_store::{CacheRecord, Digest, HostPolicy, PinGuard, SnapshotId, Store, Volumes, now_secs, tree_digest};
 use tokio::sync::Semaphore;
 
@@ -46,6 +46,9 @@ pub struct EngineConfig {
     /// What exports to the host may create of what grants privileges there
     /// (device nodes, setuid/setgid files): nothing unless asked.
     pub export: HostPolicy,
+    /// Bounds on what one image layer may write (`max_total_bytes` is
+    /// further bounded by the free disk space).
+    pub layer_limits: ExtractLimits,
 }
 
 /// Counters of what the engine did since it started.
@@ -86,6 +89,7 @@ pub struct Engine {
     explain_cache: bool,
     fail_on_cache_miss: bool,
     export: HostPolicy,
+    pub(crate) layer_limits: ExtractLimits,
     explanations: Mutex<Vec<Explanation>>,
     counters: Counters,
 }
@@ -120,6 +124,7 @@ impl Engine {
             explain_cache: config.explain_cache,
             fail_on_cache_miss: config.fail_on_cache_miss,
             export: config.export,
+            layer_limits: config.layer_limits,
             explanations: Mutex::new(Vec::new()),
             counters: Counters::default(),
         }))

@@ -36,6 +36,12 @@ pub enum EventKind {
         /// tail of a failed command's output).
         message: String,
     },
+    /// Something worth telling about a running operation that is not its
+    /// output: waiting for a registry that does not answer, retrying.
+    Notice {
+        /// One line for people.
+        message: String,
+    },
     /// A running exec wrote output.
     Output {
         /// Which stream.

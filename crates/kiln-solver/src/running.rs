@@ -23,6 +23,13 @@ pub(crate) struct Running {
 }
 
 impl Running {
+    /// A function that reports notices about this operation (see
+    /// [`EventKind::Notice`]) from anywhere, for as long as it lives.
+    pub(crate) fn notifier(&self) -> impl Fn(String) + Send + Sync + 'static {
+        let (events, subject) = (self.events.clone(), self.subject.clone());
+        move |message| events.emit(&subject, EventKind::Notice { message }, None)
+    }
+
     /// `subject` starts running; its events go to `events`.
     pub(crate) fn new(events: &Events, subject: &Subject, secrets: &Arc<Secrets>) -> Self {
         Self {

@@ -88,13 +88,18 @@ impl KeepStorage {
         match self {
             KeepStorage::Bytes(b) => *b,
             KeepStorage::Percent(p) => {
-                let free = rustix::fs::statvfs(state_dir)
-                    .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-                    .unwrap_or(0);
+                let free = free_space(state_dir).unwrap_or(0);
                 ((free.saturating_add(used)) as f64 * p / 100.0) as u64
             }
         }
     }
+}
+
+/// Bytes free for unprivileged writes on the filesystem holding `path`.
+pub fn free_space(path: &Path) -> Option<u64> {
+    rustix::fs::statvfs(path)
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+        .ok()
 }
 
 /// What a collection pass aims for.

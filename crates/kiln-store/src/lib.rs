@@ -37,7 +37,7 @@ pub use copy::{CopyError, CopyOptions, CopyStats, HostPolicy, Withheld, copy_tre
 pub use db::{CacheEntry, CacheRecord, Db, SnapshotRecord};
 pub use digest::Digest;
 pub use filter::{FilterError, PathFilter};
-pub use gc::{GcReport, GcTarget, KeepStorage};
+pub use gc::{GcReport, GcTarget, KeepStorage, free_space};
 pub use host::{HostError, HostTree};
 pub use merged::MergedView;
 pub use pins::PinGuard;

@@ -110,6 +110,11 @@ impl SessionTrace {
                 span.set_status(Status::error(first));
                 span.end_with_timestamp(now);
             }
+            EventKind::Notice { message } => {
+                if let Some(span) = self.running.get_mut(&ev.node) {
+                    span.add_event_with_timestamp("kiln.notice", now, vec![KeyValue::new("message", message.clone())]);
+                }
+            }
             EventKind::Output { .. } => {}
         }
     }

@@ -13,12 +13,16 @@
 //! [export]                      # what Directory/File.export may create on the host
 //! setuid = false                # keep setuid/setgid bits (default: cleared)
 //! devices = false               # create device nodes (default: skipped)
+//! [limits]                      # what one image layer may write
+//! layer_max_bytes = "100GB"     # file data in all (default: the free disk space)
+//! layer_max_entry_size = "64GiB" # one file, holes of sparse files included (the default)
+//! layer_max_depth = 256         # directories deep (the default)
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use kiln_oci::RegistryConfig;
+use kiln_oci::{ExtractLimits, RegistryConfig};
 use kiln_store::KeepStorage;
 use serde::{Deserialize, Deserializer};
 
@@ -38,6 +42,43 @@ pub struct Config {
     pub gc: GcConfig,
     /// What exports to the host may create of what grants privileges there.
     pub export: ExportConfig,
+    /// Bounds on what image layers may write.
+    pub limits: LimitsConfig,
+}
+
+/// The `[limits]` table: bounds on what one image layer may write, so that
+/// a hostile layer cannot exhaust the host.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most bytes of file content one layer may write.
+    #[serde(deserialize_with = "size")]
+    pub layer_max_bytes: Option<u64>,
+    /// Largest file in a layer (sparse holes included).
+    #[serde(deserialize_with = "size")]
+    pub layer_max_entry_size: Option<u64>,
+    /// Deepest path in a layer, in components.
+    pub layer_max_depth: Option<usize>,
+}
+
+impl LimitsConfig {
+    /// The extraction limits: kiln's defaults where unset.
+    pub fn extract_limits(self) -> ExtractLimits {
+        let default = ExtractLimits::default();
+        ExtractLimits {
+            max_total_bytes: self.layer_max_bytes,
+            max_entry_size: self.layer_max_entry_size.or(default.max_entry_size),
+            max_depth: self.layer_max_depth.unwrap_or(default.max_depth),
+        }
+    }
+}
+
+/// A size: a number of bytes, or text such as `"64GiB"`.
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match RawSize::deserialize(d)? {
+        RawSize::Bytes(b) => Ok(Some(b)),
+        RawSize::Text(t) => kiln_store::parse_size(&t).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// The `[export]` table: device nodes and setuid/setgid bits from
@@ -79,16 +120,18 @@ impl GcConfig {
     }
 }
 
+/// A size as written in the config: bytes, or text (`"20GB"`, `"25%"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
 fn keep_storage<'de, D: Deserializer<'de>>(d: D) -> Result<Option<KeepStorage>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Bytes(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Bytes(b) => Ok(Some(KeepStorage::Bytes(b))),
-        Raw::Text(t) => t.parse().map(Some).map_err(serde::de::Error::custom),
+    match RawSize::deserialize(d)? {
+        RawSize::Bytes(b) => Ok(Some(KeepStorage::Bytes(b))),
+        RawSize::Text(t) => t.parse().map(Some).map_err(serde::de::Error::custom),
     }
 }
 
@@ -156,6 +199,11 @@ mod tests {
         let c: Config = toml::from_str("[export]\nsetuid = true\n").unwrap();
         assert!(c.export.policy(false).setid && !c.export.policy(false).devices);
         assert!(c.export.policy(true).devices);
+        let c: Config = toml::from_str("[limits]\nlayer_max_bytes = '1GB'\nlayer_max_depth = 10\n").unwrap();
+        let limits = c.limits.extract_limits();
+        assert_eq!(limits.max_total_bytes, Some(1_000_000_000));
+        assert_eq!(limits.max_depth, 10);
+        assert_eq!(limits.max_entry_size, ExtractLimits::default().max_entry_size);
         let err = toml::from_str::<Config>("stat_dir = '/s'").unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");
     }

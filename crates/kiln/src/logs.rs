@@ -111,7 +111,7 @@ impl RunLog {
             EventKind::Done { duration } => (Status::Ran, *duration),
             EventKind::Cached { duration } => (Status::Cached, *duration),
             EventKind::Failed { .. } => (Status::Failed, Duration::ZERO),
-            EventKind::Started | EventKind::Output { .. } => return,
+            EventKind::Started | EventKind::Output { .. } | EventKind::Notice { .. } => return,
         };
         let record = Record::Exec {
             node: ev.node.to_string(),

@@ -178,6 +178,7 @@ fn open_engine(cli: &Cli) -> anyhow::Result<Arc<Engine>> {
         explain_cache: cli.explain_cache,
         fail_on_cache_miss: cli.fail_on_cache_miss,
         export: config.export.policy(cli.export_special_files),
+        layer_limits: config.limits.extract_limits(),
     })
     .with_context(|| format!("starting the engine on {}", state_dir.display()))?;
     cache_cmd::apply_budget(&engine, &config.gc);

@@ -7,13 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kiln_graph::{Key, KeyBuilder};
-use kiln_oci::{Platform, Reference, ResolvedImage};
+use kiln_oci::{ExtractLimits, Platform, Reference, ResolvedImage};
 use kiln_store::{CacheRecord, Digest, SnapshotId, now_secs};
 
 use super::{OpOutput, blocking};
 use crate::SolveError;
 use crate::engine::Engine;
 use crate::result::ImageMeta;
+use crate::running::Running;
 
 fn parse_platform(op: &str, platform: Option<&str>) -> Result<Platform, SolveError> {
     match platform {
@@ -30,7 +31,10 @@ impl Engine {
         let op = "resolve image";
         let r = Reference::parse(reference).map_err(|e| SolveError::op(op, e))?;
         let p = parse_platform(op, platform)?;
+        // Not an operation yet (the API resolves tags as pipelines are
+        // built): notices go to the log.
         self.registry
+            .with_observer(|notice| tracing::warn!("{notice}"))
             .resolve(&r, &p, self.store.blobs())
             .await
             .map_err(|e| SolveError::op(op, e))
@@ -64,15 +68,21 @@ pub(crate) async fn pull(
     reference: &str,
     manifest_digest: &str,
     platform: &str,
+    running: &Running,
 ) -> Result<OpOutput, SolveError> {
     let op = format!("pull {reference}");
     let digest: Digest = manifest_digest.parse().map_err(|e| SolveError::op(&op, e))?;
     let r = Reference::parse(reference)
         .map_err(|e| SolveError::op(&op, e))?
         .with_digest(digest);
-    let image = engine.resolve_image(&r.to_string(), Some(platform)).await?;
-    engine
-        .registry
+    let p = parse_platform(&op, Some(platform))?;
+    let notify = running.notifier();
+    let registry = engine.registry.with_observer(move |notice| notify(notice.to_string()));
+    let image = registry
+        .resolve(&r, &p, engine.store.blobs())
+        .await
+        .map_err(|e| SolveError::op(&op, e))?;
+    registry
         .fetch_layers(&image, engine.store.blobs())
         .await
         .map_err(|e| SolveError::op(&op, e))?;
@@ -102,6 +112,7 @@ pub(crate) async fn import(
 
 async fn unpack(engine: &Arc<Engine>, op: &str, image: ResolvedImage) -> Result<OpOutput, SolveError> {
     let meta = serde_json::json!({ "image": ImageMeta { config: image.config.clone() } });
+    let limits = engine.layer_limits;
     let top = blocking(&engine.store, op, move |store| {
         let mut parent: Option<SnapshotId> = None;
         let mut chain = KeyBuilder::new("kiln/layer/v1").finish();
@@ -117,7 +128,7 @@ async fn unpack(engine: &Arc<Engine>, op: &str, image: ResolvedImage) -> Result<
                 parent = rec.outputs.first().copied().flatten();
                 continue;
             }
-            parent = Some(apply(store, chain, parent, layer)?);
+            parent = Some(apply(store, chain, parent, layer, limits)?);
         }
         Ok(parent)
     })
@@ -134,8 +145,16 @@ fn apply(
     chain: Key,
     parent: Option<SnapshotId>,
     layer: &kiln_oci::LayerDesc,
+    limits: ExtractLimits,
 ) -> Result<SnapshotId, String> {
     let staged = store.stage(parent).map_err(|e| e.to_string())?;
+    // Never more than the disk can take: a layer that does not fit fails
+    // naming its entry instead of filling the disk.
+    let available = kiln_store::free_space(store.root());
+    let limits = ExtractLimits {
+        max_total_bytes: [limits.max_total_bytes, available].into_iter().flatten().min(),
+        ..limits
+    };
     let lowers = store.chain(parent).map_err(|e| e.to_string())?;
     let blob = store.blobs().open_blob(&layer.digest).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
@@ -144,6 +163,7 @@ fn apply(
         &layer.media_type,
         &staged.diff(),
         &lowers,
+        limits,
     )
     .map_err(|e| format!("layer {}: {e}", layer.digest))?;
     // The layer's snapshot is cached by its uncompressed digest: check it.

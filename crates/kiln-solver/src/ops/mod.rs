@@ -98,7 +98,7 @@ pub(crate) async fn run(
                 platform,
             },
             _,
-        ) => image::pull(engine, reference, manifest_digest, platform).await,
+        ) => image::pull(engine, reference, manifest_digest, platform, running).await,
         (
             Op::ImageImport {
                 path,

@@ -175,6 +175,13 @@ impl Ops {
                     .map(|l| (*stream, l))
                     .collect(),
             ),
+            EventKind::Notice { message } => with(
+                op.output
+                    .push(Stream::Stderr, format!("kiln: {message}\n").as_bytes())
+                    .into_iter()
+                    .map(|l| (Stream::Stderr, l))
+                    .collect(),
+            ),
             EventKind::Cached { duration } => {
                 op.state = State::Cached { duration: *duration };
                 Vec::new()

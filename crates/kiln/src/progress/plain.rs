@@ -29,6 +29,7 @@ pub fn line(ev: &Event) -> Option<String> {
             let first = message.lines().next().unwrap_or_default();
             format!("[{id}] FAILED {}: {first}", ev.description)
         }
+        EventKind::Notice { message } => format!("[{id}] NOTICE {}: {message}", ev.description),
         EventKind::Output { .. } => return None,
     })
 }
