@@ -45,6 +45,8 @@ impl Args {
                     _ => None,
                 })
                 .collect(),
+            // GraphQL coerces a single value to a list of one.
+            Some(Value::String(s)) => vec![s.clone()],
             _ => Vec::new(),
         }
     }

@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock};
 
 use async_graphql::dynamic::Schema;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
+use axum::extract::DefaultBodyLimit;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -93,8 +95,39 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn query(State(server): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
-    if !authorized(&headers, &server.token) {
+/// The largest request body kiln reads (a query with a big `withNewFile`
+/// contents, say). Dagger sets no limit of its own; this one keeps a
+/// runaway client from exhausting memory.
+pub const MAX_REQUEST_BYTES: usize = 256 << 20;
+
+/// A GraphQL error response.
+fn graphql_error(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(serde_json::json!({ "errors": [{ "message": message }] }))).into_response()
+}
+
+/// Reads a request body of at most [`MAX_REQUEST_BYTES`].
+async fn read_body(body: Body) -> Result<Bytes, Response> {
+    match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(graphql_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request is larger than kiln's limit of {} MiB; pass large contents as files \
+                 (Host.directory, Host.file) instead of inline strings",
+                MAX_REQUEST_BYTES >> 20
+            ),
+        )),
+        Err(e) => Err(graphql_error(
+            StatusCode::BAD_REQUEST,
+            format!("reading the request body: {e}"),
+        )),
+    }
+}
+
+async fn query(State(server): State<Server>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    if !authorized(headers, &server.token) {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Basic realm=\"kiln\"")],
@@ -105,12 +138,17 @@ async fn query(State(server): State<Server>, headers: HeaderMap, body: Bytes) ->
     if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
         let _ = server.traceparent.set(traceparent.to_string());
     }
+    let body = match read_body(body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            let body =
-                serde_json::json!({ "errors": [{ "message": format!("request body is not a GraphQL request: {e}") }] });
-            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+            return graphql_error(
+                StatusCode::BAD_REQUEST,
+                format!("request body is not a GraphQL request: {e}"),
+            );
         }
     };
     axum::Json(server.run(request).await).into_response()
@@ -155,7 +193,10 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
         let port = listener.local_addr()?.port();
         let token = self.token.to_string();
-        let app = Router::new().route("/query", post(query)).with_state(self);
+        let app = Router::new()
+            .route("/query", post(query))
+            .layer(DefaultBodyLimit::disable())
+            .with_state(self);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app)

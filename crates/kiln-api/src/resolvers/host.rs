@@ -24,10 +24,12 @@ async fn directory(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiEr
         ));
     }
     if !path.is_dir() {
-        return Err(ApiError::invalid(format!(
-            "host directory {}: no such directory",
-            path.display()
-        )));
+        let why = if path.exists() {
+            "it is a file, not a directory (use Host.file for a file)"
+        } else {
+            "no such directory"
+        };
+        return Err(ApiError::invalid(format!("host directory {}: {why}", path.display())));
     }
     let node = api.nodes.add(
         Op::HostDir {
@@ -49,7 +51,14 @@ async fn directory(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiEr
 async fn file(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
     let path = api.host_path(&args.string("path")?);
     if !path.is_file() {
-        return Err(ApiError::invalid(format!("host file {}: no such file", path.display())));
+        let why = if path.is_dir() {
+            "it is a directory, not a file (use Host.directory for a directory)"
+        } else if path.exists() {
+            "it is not a regular file"
+        } else {
+            "no such file"
+        };
+        return Err(ApiError::invalid(format!("host file {}: {why}", path.display())));
     }
     let (parent, name) = (
         path.parent().unwrap_or(Path::new("/")),
