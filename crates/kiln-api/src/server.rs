@@ -9,7 +9,6 @@ use async_graphql::dynamic::Schema;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::DefaultBodyLimit;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +16,7 @@ use axum::routing::post;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::sync::oneshot;
 
 use crate::api::Api;
@@ -102,7 +102,11 @@ pub const MAX_REQUEST_BYTES: usize = 256 << 20;
 
 /// A GraphQL error response.
 fn graphql_error(status: StatusCode, message: String) -> Response {
-    (status, axum::Json(serde_json::json!({ "errors": [{ "message": message }] }))).into_response()
+    (
+        status,
+        axum::Json(serde_json::json!({ "errors": [{ "message": message }] })),
+    )
+        .into_response()
 }
 
 /// Reads a request body of at most [`MAX_REQUEST_BYTES`].

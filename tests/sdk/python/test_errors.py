@@ -63,3 +63,25 @@ async def test_entries_of_a_file_says_so(dag):
     with pytest.raises(dagger.QueryError) as info:
         await d.entries(path="notes.txt")
     assert one_line(info.value) == "/notes.txt is a file, not a directory"
+
+
+async def test_host_directory_that_is_a_file_says_so(dag, tmp_path: Path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    with pytest.raises(dagger.QueryError) as info:
+        await dag.host().directory(str(f)).entries()
+    msg = one_line(info.value)
+    assert str(f) in msg and "is a file, not a directory" in msg, msg
+
+
+async def test_host_file_that_is_a_directory_says_so(dag, tmp_path: Path):
+    with pytest.raises(dagger.QueryError) as info:
+        await dag.host().file(str(tmp_path)).contents()
+    msg = one_line(info.value)
+    assert str(tmp_path) in msg and "is a directory, not a file" in msg, msg
+
+
+async def test_files_of_several_megabytes_go_through_the_api(dag):
+    contents = "0123456789abcdef" * (3 << 16)  # 3 MiB, over axum's default body limit
+    f = dag.directory().with_new_file("big.txt", contents).file("big.txt")
+    assert await f.size() == len(contents)

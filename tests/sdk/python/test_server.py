@@ -112,3 +112,22 @@ def test_exec_error_extensions_on_the_wire(session):
     assert ext["exitCode"] == 7
     assert ext["stderr"] == "e\n"
     assert ext["cmd"] == ["sh", "-c", "echo e >&2; exit 7"]
+
+
+def test_a_single_string_for_a_list_argument_is_a_list_of_one(session):
+    _, port, token = session
+    q = '{ container { from(address: "busybox") { withExec(args: "pwd") { stdout } } } }'
+    status, body = post(port, json.dumps({"query": q}).encode(), basic(token))
+    assert status == 200 and not body.get("errors"), body
+    assert body["data"]["container"]["from"]["withExec"]["stdout"] == "/\n"
+
+
+def test_request_bodies_over_the_limit_get_a_graphql_error_naming_it(session):
+    _, port, token = session
+    big = "x" * (257 << 20)
+    status, body = post(port, json.dumps({"query": f'{{ directory {{ withNewFile(path: "f", contents: "{big}") {{ id }} }} }}'}).encode(), basic(token))
+    assert status == 413, status
+    assert "256 MiB" in body["errors"][0]["message"], body
+    # A missing token is refused before the body is read.
+    status, _ = post(port, b"{}", None)
+    assert status == 401
