@@ -48,6 +48,11 @@ fn is_whiteout(p: &Path) -> bool {
     m.file_type().is_char_device() && m.rdev() == 0
 }
 
+/// Applies an uncompressed layer with the default limits.
+fn apply(layer: &[u8], target: &Path, lowers: &[PathBuf]) -> kiln_oci::ApplyStats {
+    apply_layer(layer, TAR, target, lowers, kiln_oci::ExtractLimits::default()).unwrap()
+}
+
 #[test]
 fn root_whiteouts_become_overlayfs_whiteouts() {
     if !require_root("root_whiteouts_become_overlayfs_whiteouts") {
@@ -57,22 +62,8 @@ fn root_whiteouts_become_overlayfs_whiteouts() {
     let (l1, l2) = (t.path().join("l1"), t.path().join("l2"));
     fs::create_dir_all(&l1).unwrap();
     fs::create_dir_all(&l2).unwrap();
-    apply_layer(
-        base_layer().as_slice(),
-        TAR,
-        &l1,
-        &[],
-        kiln_oci::ExtractLimits::default(),
-    )
-    .unwrap();
-    let stats = apply_layer(
-        upper_layer().as_slice(),
-        TAR,
-        &l2,
-        std::slice::from_ref(&l1),
-        kiln_oci::ExtractLimits::default(),
-    )
-    .unwrap();
+    apply(base_layer().as_slice(), &l1, &[]);
+    let stats = apply(upper_layer().as_slice(), &l2, std::slice::from_ref(&l1));
     assert_eq!(stats.whiteouts, 3);
     assert_eq!(stats.opaque_dirs, 1);
 
@@ -118,7 +109,7 @@ fn root_ownership_and_devices_are_applied() {
         )])
         .file("ping", b"p", 0o755)
         .finish();
-    let stats = apply_layer(tar.as_slice(), TAR, t.path(), &[], kiln_oci::ExtractLimits::default()).unwrap();
+    let stats = apply(tar.as_slice(), t.path(), &[]);
     let m = |p: &str| fs::symlink_metadata(t.path().join(p)).unwrap();
     assert_eq!((m("f").uid(), m("f").gid(), m("f").mode() & 0o7777), (123, 456, 0o4750));
     assert_eq!((m("d").uid(), m("d").gid(), m("d").mode() & 0o7777), (7, 8, 0o2770));
@@ -151,22 +142,8 @@ fn root_overlay_merged_view_hides_whiteouts() {
     for d in [&l1, &l2, &mnt] {
         fs::create_dir_all(d).unwrap();
     }
-    apply_layer(
-        base_layer().as_slice(),
-        TAR,
-        &l1,
-        &[],
-        kiln_oci::ExtractLimits::default(),
-    )
-    .unwrap();
-    apply_layer(
-        upper_layer().as_slice(),
-        TAR,
-        &l2,
-        std::slice::from_ref(&l1),
-        kiln_oci::ExtractLimits::default(),
-    )
-    .unwrap();
+    apply(base_layer().as_slice(), &l1, &[]);
+    apply(upper_layer().as_slice(), &l2, std::slice::from_ref(&l1));
 
     let opts = format!("lowerdir={}:{}", l2.display(), l1.display());
     let copts = std::ffi::CString::new(opts.clone()).unwrap();
@@ -207,14 +184,7 @@ fn root_overlay_upper_dir_diffs_back_into_a_layer() {
     for d in ["l1", "up", "work", "mnt", "l2", "view"] {
         fs::create_dir_all(p(d)).unwrap();
     }
-    apply_layer(
-        base_layer().as_slice(),
-        TAR,
-        &p("l1"),
-        &[],
-        kiln_oci::ExtractLimits::default(),
-    )
-    .unwrap();
+    apply(base_layer().as_slice(), &p("l1"), &[]);
 
     // Change the tree through a writable overlay mount.
     let opts = format!(

@@ -267,15 +267,29 @@ fn root_kill_while_containers_start_leaves_nothing_behind() {
     // Several kills at slightly different moments of a container's start.
     for delay_ms in [0, 2, 5] {
         let state = tempfile::tempdir().unwrap();
-        let child = ChildEngine::spawn("start", state.path(), &[]);
-        let tag = child.wait_for("INSTANCE ");
-        child.wait_for("STARTING");
         let runtime = kiln_store::volatile_dir(state.path()).0.join(kiln_store::RUNTIME_STATE);
-        poll_until("a container starts", || !entries(&runtime).is_empty());
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        child.kill_9();
-        assert_next_start_cleans(state.path(), &tag);
+        let starting = || !entries(&runtime).is_empty();
+        kill_when("start", state.path(), &[], ("a container starts", starting), delay_ms);
     }
+}
+
+/// Runs `scenario` in a child engine on `state`, kills it (SIGKILL)
+/// `delay_ms` after `moment` first holds, and checks that the next start
+/// cleans up after it.
+fn kill_when(
+    scenario: &str,
+    state: &Path,
+    extra: &[(&str, &str)],
+    (what, mut moment): (&str, impl FnMut() -> bool),
+    delay_ms: u64,
+) {
+    let child = ChildEngine::spawn(scenario, state, extra);
+    let tag = child.wait_for("INSTANCE ");
+    child.wait_for("STARTING");
+    poll_until(what, &mut moment);
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    child.kill_9();
+    assert_next_start_cleans(state, &tag);
 }
 
 #[test]
@@ -292,16 +306,9 @@ fn root_kill_during_an_upload_leaves_nothing_behind() {
             fs::write(dir.join(format!("f{f}")), format!("{d}/{f}")).unwrap();
         }
     }
-    let child = ChildEngine::spawn(
-        "upload",
-        state.path(),
-        &[("KILN_CRASH_SRC", src.path().to_str().unwrap())],
-    );
-    let tag = child.wait_for("INSTANCE ");
-    child.wait_for("STARTING");
-    poll_until("the upload is staged", || !staged(state.path()).is_empty());
-    child.kill_9();
-    assert_next_start_cleans(state.path(), &tag);
+    let staging = || !staged(state.path()).is_empty();
+    let src = [("KILN_CRASH_SRC", src.path().to_str().unwrap())];
+    kill_when("upload", state.path(), &src, ("the upload is staged", staging), 0);
 }
 
 #[test]
@@ -313,13 +320,10 @@ fn root_kill_during_a_pull_leaves_nothing_behind() {
     registry.push(&kiln_testkit::debian_layout(), "debian:crash");
     let state = tempfile::tempdir().unwrap();
     let reference = registry.image_ref("debian:crash");
-    let child = ChildEngine::spawn("pull", state.path(), &[("KILN_CRASH_REF", &reference)]);
-    let tag = child.wait_for("INSTANCE ");
-    child.wait_for("STARTING");
     // A download in progress, or a layer being unpacked.
-    poll_until("the pull is under way", || !staged(state.path()).is_empty());
-    child.kill_9();
-    assert_next_start_cleans(state.path(), &tag);
+    let pulling = || !staged(state.path()).is_empty();
+    let reference = [("KILN_CRASH_REF", reference.as_str())];
+    kill_when("pull", state.path(), &reference, ("the pull is under way", pulling), 0);
 }
 
 #[test]

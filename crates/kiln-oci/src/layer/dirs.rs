@@ -120,7 +120,8 @@ pub(super) struct Chain {
     levels: Vec<Level>,
 }
 
-fn open_dir(parent: &OwnedFd, name: &[u8]) -> rustix::io::Result<OwnedFd> {
+/// Opens the directory `name` in `parent`, never following a symlink.
+pub(super) fn open_dir(parent: &OwnedFd, name: &[u8]) -> rustix::io::Result<OwnedFd> {
     openat(
         parent,
         OsStr::from_bytes(name),

@@ -24,7 +24,7 @@ use rustix::io::Errno;
 use tar::EntryType;
 
 use super::ApplyStats;
-use super::dirs::{Chain, NodeId, Tree};
+use super::dirs::{Chain, NodeId, Tree, open_dir};
 use super::limits::{ExtractLimits, Limit};
 use super::lower::DirMeta;
 use super::paths::{OPAQUE_MARKER, WHITEOUT_PREFIX, components, display, is_whiteout_name};
@@ -85,15 +85,6 @@ fn ts((sec, nsec): (i64, i64)) -> Timespec {
 
 fn is_whiteout_stat(st: &rustix::fs::Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
-}
-
-fn open_dir(parent: &OwnedFd, name: &[u8]) -> rustix::io::Result<OwnedFd> {
-    openat(
-        parent,
-        OsStr::from_bytes(name),
-        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
 }
 
 impl<'a> Extractor<'a> {
