@@ -4,11 +4,12 @@ withhold from the host."""
 import os
 import re
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import write_script
+from conftest import KILN_BIN, session_line, write_script
 
 pytestmark = pytest.mark.slow
 
@@ -82,3 +83,45 @@ def test_exports_keep_device_nodes_and_setuid_bits_when_asked(kiln, tmp_path: Pa
     assert os.major((out / "null").stat().st_rdev) == 1
     assert (out / "su").stat().st_mode & 0o4000
     assert "not created" not in run.stderr
+
+
+WRITES_A_LAYER = """
+import anyio, dagger
+from dagger import dag
+
+async def main():
+    async with dagger.connection():
+        await dag.container().from_("busybox").with_exec(["sh", "-c", "head -c 100000 /dev/zero > /blob"]).sync()
+
+anyio.run(main)
+"""
+
+
+def test_garbage_collection_says_what_it_evicted_at_the_default_log_level(kiln, tmp_path: Path):
+    config = tmp_path / "kiln.toml"
+    config.write_text(Path(os.environ["KILN_CONFIG"]).read_text() + "[gc]\nkeep_storage = 1\n")
+    kiln.env["KILN_CONFIG"] = str(config)
+    kiln.env.pop("KILN_LOG", None)
+    run = kiln.run_python(write_script(tmp_path / "layer.py", WRITES_A_LAYER))
+    run.check()
+    assert "garbage collection:" in run.stderr, run.stderr
+
+
+def test_a_second_process_on_a_busy_state_dir_names_the_holder_without_colour(kiln):
+    holder = kiln.session()
+    waiter = None
+    try:
+        session_line(holder)
+        waiter = subprocess.Popen(
+            [KILN_BIN, "query"], env=kiln.env, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        waiter.stdin.write("{ version }")
+        waiter.stdin.close()
+        line = waiter.stderr.readline()
+        assert f"in use by kiln pid {holder.pid}" in line, line
+        assert "\x1b[" not in line, repr(line)
+    finally:
+        for p in (waiter, holder):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()

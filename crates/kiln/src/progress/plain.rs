@@ -58,6 +58,12 @@ mod tests {
             exec: None,
         };
         let line = |kind| line(&ev(kind)).unwrap();
+        assert_eq!(
+            line(EventKind::Notice {
+                message: "waiting for 127.0.0.1:5000: no response to manifest x:1 for 2s".into()
+            }),
+            "[abababababab] NOTICE exec make test: waiting for 127.0.0.1:5000: no response to manifest x:1 for 2s"
+        );
         assert_eq!(line(EventKind::Started), "[abababababab] RUN    exec make test");
         assert_eq!(
             line(EventKind::Cached {
