@@ -94,19 +94,29 @@ pub struct Engine {
     counters: Counters,
 }
 
+/// Detects the OCI runtime for `store` and removes what killed engines
+/// left behind that opening the store does not: containers still named in
+/// this state directory's runtime state (killed, then deleted), and the
+/// cgroups of containers of any engine that is gone. Opening the store has
+/// already removed partial work in `tmp` and abandoned runtime directories.
+pub fn remove_leftovers(store: &Store, runtime: Option<&str>) -> Result<Runtime, SolveError> {
+    let runtime =
+        Runtime::detect(runtime, store.runtime_state_dir()).map_err(|e| SolveError::op("detect runtime", e))?;
+    for id in runtime.remove_stale() {
+        tracing::info!(container = %id, "removed a container left by an interrupted run");
+    }
+    for cgroup in kiln_exec::remove_leaked_cgroups() {
+        tracing::info!(cgroup = %cgroup.display(), "removed a cgroup left by an engine that is gone");
+    }
+    Ok(runtime)
+}
+
 impl Engine {
     /// Opens the state directory, detects the runtime and removes what a
     /// killed predecessor left behind.
     pub fn open(config: EngineConfig) -> Result<Arc<Self>, SolveError> {
         let store = Store::open(&config.state_dir).map_err(|e| SolveError::op("open state", e))?;
-        let runtime = Runtime::detect(config.runtime.as_deref(), store.runtime_state_dir())
-            .map_err(|e| SolveError::op("detect runtime", e))?;
-        for id in runtime.remove_stale() {
-            tracing::info!(container = %id, "removed a container left by an interrupted run");
-        }
-        for cgroup in kiln_exec::remove_leaked_cgroups() {
-            tracing::info!(cgroup = %cgroup.display(), "removed a cgroup left by an engine that is gone");
-        }
+        let runtime = remove_leftovers(&store, config.runtime.as_deref())?;
         let registry = Registry::new(config.registry.clone());
         let secrets = Secrets::open(store.root()).map_err(|e| SolveError::op("open secrets key", e))?;
         let volumes =

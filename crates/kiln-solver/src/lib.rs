@@ -16,7 +16,7 @@ mod running;
 pub mod secrets;
 pub mod volumes;
 
-pub use engine::{Engine, EngineConfig, Session, Stats};
+pub use engine::{Engine, EngineConfig, Session, Stats, remove_leftovers};
 pub use error::SolveError;
 pub use events::{Event, EventKind, Events, Stream};
 pub use ops::files::resolve_owner;

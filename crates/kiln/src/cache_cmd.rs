@@ -24,7 +24,8 @@ pub enum CacheCommand {
         top: usize,
     },
     /// Remove cached results, least recently used first; without options,
-    /// down to the configured budget (gc.keep_storage)
+    /// down to the configured budget (gc.keep_storage). Also removes what
+    /// interrupted runs left behind (containers, cgroups, partial work)
     Prune {
         /// Remove everything (cache volumes are kept)
         #[arg(long, conflicts_with_all = ["keep", "older_than"])]
@@ -96,6 +97,9 @@ pub fn run(cli: &Cli, command: &CacheCommand) -> anyhow::Result<ExitCode> {
                 let used = store.usage()?.cache_bytes();
                 GcTarget::Keep(budget.bytes(&state_dir, used))
             };
+            // What killed engines left goes too, as at an engine's start.
+            kiln_solver::remove_leftovers(&store, cli.runtime.as_deref().or(config.runtime.as_deref()))
+                .context("removing what interrupted runs left behind")?;
             let report = store.gc(target).context("pruning the cache")?;
             print_report(&report);
         }
