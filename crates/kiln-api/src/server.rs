@@ -1,7 +1,6 @@
 //! The HTTP endpoint the SDKs talk to: `POST /query` on 127.0.0.1, HTTP
 //! Basic auth with the session token as user name, GraphQL JSON in and out.
 
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
@@ -17,6 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
 use crate::api::Api;
@@ -59,8 +59,8 @@ const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// A fresh random session token.
 pub fn new_token() -> std::io::Result<String> {
     let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    Ok(hex::encode(bytes))
 }
 
 /// The nesting depth the GraphQL parser (async-graphql-parser) accepts.
@@ -88,11 +88,7 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     .or_else(|| URL_SAFE.decode(encoded).ok());
     let Some(decoded) = decoded else { return false };
     let user = decoded.split(|&b| b == b':').next().unwrap_or_default();
-    constant_time_eq(user, token.as_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    user.ct_eq(token.as_bytes()).into()
 }
 
 /// The largest request body kiln reads (a query with a big `withNewFile`

@@ -152,14 +152,12 @@ impl Runtime {
         };
         let hide_cgroup_v2 = cgroup_layout() == CgroupLayout::Hybrid;
         let mut random = [0u8; 4];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
-            .map_err(|source| ExecError::Setup {
-                id: String::new(),
-                action: "reading /dev/urandom",
-                source,
-            })?;
-        let instance: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        getrandom::fill(&mut random).map_err(|e| ExecError::Setup {
+            id: String::new(),
+            action: "drawing a random instance tag",
+            source: std::io::Error::other(e),
+        })?;
+        let instance = hex::encode(random);
         let registration = cgroups::register(&instance).map(Arc::new);
         Ok(Self {
             kind,

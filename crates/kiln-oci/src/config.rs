@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kiln_store::{format_duration, parse_duration};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::reference::DOCKER_HUB;
@@ -169,45 +170,13 @@ mod duration {
         let parsed = match Raw::deserialize(d)? {
             Raw::Seconds(s) => Ok(Duration::from_secs(s)),
             Raw::Fraction(s) => Duration::try_from_secs_f64(s).map_err(|e| format!("{s}: {e}")),
-            Raw::Text(t) => parse_duration(&t),
+            Raw::Text(t) => parse_duration(&t).map_err(|e| e.to_string()),
         };
         match parsed {
             Ok(d) if d.is_zero() => Err(serde::de::Error::custom("a duration of zero is not allowed")),
             Ok(d) => Ok(Some(d)),
             Err(e) => Err(serde::de::Error::custom(e)),
         }
-    }
-}
-
-/// Parses `"500ms"`, `"10s"`, `"1.5s"`, `"2m"` or `"1h"`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid =
-        || format!("invalid duration {text:?}: expected a number with a unit, e.g. \"500ms\", \"10s\", \"2m\"");
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(invalid)?;
-    let (number, unit) = t.split_at(split);
-    let number: f64 = number.parse().map_err(|_| invalid())?;
-    let seconds = match unit.trim() {
-        "ms" => number / 1000.0,
-        "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => return Err(invalid()),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| invalid())
-}
-
-/// Formats a duration the way the config writes it: `"500ms"`, `"10s"`,
-/// `"1.5s"`.
-pub(crate) fn format_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 && d.as_secs() > 0 {
-        format!("{}s", d.as_secs())
-    } else if d.as_secs() == 0 {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}s", d.as_secs_f64())
     }
 }
 
@@ -317,7 +286,7 @@ mod tests {
 
         let c: RegistryConfig = toml::from_str(
             r#"
-            connect_timeout = "1.5s"
+            connect_timeout = "1s 500ms"
             read_timeout = 90
             retries = 0
             waiting_notice_after = "250ms"
@@ -343,7 +312,7 @@ mod tests {
 
         let text = toml::to_string(&c).unwrap();
         assert!(
-            text.contains("connect_timeout = \"1.5s\"") && text.contains("waiting_notice_after = \"250ms\""),
+            text.contains("connect_timeout = \"1s 500ms\"") && text.contains("waiting_notice_after = \"250ms\""),
             "{text}"
         );
         assert_eq!(toml::from_str::<RegistryConfig>(&text).unwrap(), c);

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use kiln_store::BlobError;
 
-use crate::config::format_duration;
 use crate::layer::Limit;
+use kiln_store::format_duration;
 
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

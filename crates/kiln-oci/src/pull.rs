@@ -25,7 +25,7 @@ use oci_client::client::{ClientConfig, ClientProtocol, SizedStream};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 
-use crate::config::{RegistryConfig, format_duration};
+use crate::config::RegistryConfig;
 use crate::credentials::Credentials;
 use crate::error::{Error, Failure, Fault, Result, blob_failure};
 use crate::image::{
@@ -34,6 +34,7 @@ use crate::image::{
 };
 use crate::platform::Platform;
 use crate::reference::{Reference, check_port};
+use kiln_store::format_duration;
 
 const ACCEPT: &[&str] = &[OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
 

@@ -30,7 +30,7 @@ impl Secrets {
         match fs::File::open(&path) {
             Ok(mut f) => f.read_exact(&mut key)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+                getrandom::fill(&mut key).map_err(io::Error::other)?;
                 let mut f = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
