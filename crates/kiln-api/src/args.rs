@@ -2,6 +2,7 @@
 
 use async_graphql::indexmap::IndexMap;
 use async_graphql::{Name, Value};
+use kiln_graph::Owner;
 
 use crate::error::ApiError;
 
@@ -49,6 +50,11 @@ impl Args {
             Some(Value::String(s)) => vec![s.clone()],
             _ => Vec::new(),
         }
+    }
+
+    /// The `owner` argument (`user[:group]`), if given.
+    pub fn owner(&self) -> Option<Owner> {
+        self.opt_string("owner").as_deref().map(Owner::parse)
     }
 
     /// A boolean (false when absent).

@@ -110,6 +110,22 @@ pub struct Owner {
     pub group: Option<String>,
 }
 
+impl Owner {
+    /// Reads `user`, `user:group`, `uid` or `uid:gid` (Dagger's `owner`).
+    pub fn parse(text: &str) -> Self {
+        match text.split_once(':') {
+            Some((user, group)) => Owner {
+                user: user.into(),
+                group: Some(group.into()),
+            },
+            None => Owner {
+                user: text.into(),
+                group: None,
+            },
+        }
+    }
+}
+
 /// What exit status an exec must have to succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

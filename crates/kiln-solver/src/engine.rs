@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use futures::future::{BoxFuture, Shared, try_join_all};
+use futures::future::{BoxFuture, try_join_all};
 use kiln_exec::Runtime;
 use kiln_graph::{Key, KeyBuilder, Node, Op, SourcePolicy, cache_key};
 use kiln_oci::{ExtractLimits, Registry, RegistryConfig};
@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 
 use crate::events::{EventKind, Events, Subject};
 use crate::explain::{self, Explanation, Footprint};
+use crate::once_map::{Joinable, OnceMap};
 use crate::ops::{self, OpOutput, Prepared};
 use crate::result::ExecMeta;
 use crate::running::Running;
@@ -26,7 +27,8 @@ use crate::{SolveError, Solved};
 /// Content digests of parts of trees, by (tree, path).
 type PartDigests = HashMap<(Option<SnapshotId>, String), Option<Digest>>;
 
-type SharedSolve = Shared<BoxFuture<'static, Result<Arc<Solved>, SolveError>>>;
+/// What solving a node gives.
+type SolveResult = Result<Arc<Solved>, SolveError>;
 
 /// Engine settings.
 #[derive(Debug, Clone, Default)]
@@ -84,7 +86,7 @@ pub struct Engine {
     pub(crate) secrets: Arc<Secrets>,
     pub(crate) volumes: Arc<VolumeLeases>,
     events: Events,
-    inflight: Mutex<HashMap<Key, SharedSolve>>,
+    inflight: Arc<OnceMap<Key, SolveResult>>,
     part_digests: Mutex<PartDigests>,
     explain_cache: bool,
     fail_on_cache_miss: bool,
@@ -129,7 +131,7 @@ impl Engine {
             secrets: Arc::new(secrets),
             volumes: VolumeLeases::new(volumes),
             events: Events::default(),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: OnceMap::in_flight(),
             part_digests: Mutex::new(HashMap::new()),
             explain_cache: config.explain_cache,
             fail_on_cache_miss: config.fail_on_cache_miss,
@@ -252,7 +254,7 @@ impl Engine {
     pub fn session(self: &Arc<Self>) -> Session {
         Session {
             engine: self.clone(),
-            memo: Arc::new(Mutex::new(HashMap::new())),
+            memo: OnceMap::memo(),
             pins: Arc::default(),
         }
     }
@@ -266,21 +268,11 @@ impl Engine {
         prepared: Prepared,
         inputs: Vec<Arc<Solved>>,
         input_keys: Vec<Key>,
-    ) -> SharedSolve {
-        let mut inflight = self.inflight.lock().expect("inflight lock");
-        if let Some(running) = inflight.get(&key) {
-            return running.clone();
-        }
+    ) -> Joinable<SolveResult> {
         let engine = self.clone();
-        let fut = async move {
-            let result = engine.lookup_or_run(&node, key, prepared, inputs, input_keys).await;
-            engine.inflight.lock().expect("inflight lock").remove(&key);
-            result
-        }
-        .boxed()
-        .shared();
-        inflight.insert(key, fut.clone());
-        fut
+        self.inflight.get_or_start(key, move || {
+            async move { engine.lookup_or_run(&node, key, prepared, inputs, input_keys).await }.boxed()
+        })
     }
 
     async fn lookup_or_run(
@@ -381,7 +373,7 @@ impl Engine {
 #[derive(Clone)]
 pub struct Session {
     engine: Arc<Engine>,
-    memo: Arc<Mutex<HashMap<Key, SharedSolve>>>,
+    memo: Arc<OnceMap<Key, SolveResult>>,
     /// Keeps what this session solved from garbage collection while it lives.
     pins: Arc<Mutex<Vec<PinGuard>>>,
 }
@@ -393,20 +385,17 @@ impl Session {
     }
 
     /// Solves `node` and everything it depends on.
-    pub fn solve(&self, node: &Arc<Node>) -> BoxFuture<'static, Result<Arc<Solved>, SolveError>> {
-        let mut memo = self.memo.lock().expect("memo lock");
-        if let Some(f) = memo.get(&node.digest()) {
-            return f.clone().boxed();
-        }
+    pub fn solve(&self, node: &Arc<Node>) -> BoxFuture<'static, SolveResult> {
         let session = self.clone();
-        let digest = node.digest();
         let node = node.clone();
-        let fut = async move { session.solve_uncached(node).await }.boxed().shared();
-        memo.insert(digest, fut.clone());
-        fut.boxed()
+        self.memo
+            .get_or_start(node.digest(), move || {
+                async move { session.solve_uncached(node).await }.boxed()
+            })
+            .boxed()
     }
 
-    async fn solve_uncached(&self, node: Arc<Node>) -> Result<Arc<Solved>, SolveError> {
+    async fn solve_uncached(&self, node: Arc<Node>) -> SolveResult {
         node.validate().map_err(|e| SolveError::op(node.op().describe(), e))?;
         let inputs = try_join_all(node.inputs().iter().map(|i| self.solve(&i.node))).await?;
         if matches!(node.op(), Op::Scratch) {

@@ -10,6 +10,7 @@ mod engine;
 mod error;
 mod events;
 pub mod explain;
+mod once_map;
 mod ops;
 mod result;
 mod running;

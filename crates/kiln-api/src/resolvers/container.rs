@@ -78,24 +78,6 @@ fn path_arg(c: &Container, args: &Args, name: &str) -> Result<String, ApiError> 
     Ok(join_path(&c.workdir, &path))
 }
 
-/// `user`, `user:group`, `uid:gid` as an owner.
-fn parse_owner(o: &str) -> Owner {
-    match o.split_once(':') {
-        Some((u, g)) => Owner {
-            user: u.into(),
-            group: Some(g.into()),
-        },
-        None => Owner {
-            user: o.into(),
-            group: None,
-        },
-    }
-}
-
-fn owner_arg(args: &Args) -> Option<Owner> {
-    args.opt_string("owner").as_deref().map(parse_owner)
-}
-
 async fn id(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
     api.id(&obj)
 }
@@ -207,7 +189,7 @@ async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
                     }
                     None => None,
                 };
-                let owner = owner.as_deref().map(parse_owner);
+                let owner = owner.as_deref().map(Owner::parse);
                 mounts.push(Mount::Cache {
                     target,
                     key: key.clone(),
@@ -220,7 +202,7 @@ async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
                 target,
                 secret: api.secret_ref(secret)?,
                 mode: *mode,
-                owner: owner.as_deref().map(parse_owner),
+                owner: owner.as_deref().map(Owner::parse),
             }),
         }
     }
@@ -437,7 +419,7 @@ async fn with_directory(api: Arc<Api>, obj: Object, args: Args) -> Result<Output
         contents_only: true,
         include: args.strings("include"),
         exclude: args.strings("exclude"),
-        owner: owner_arg(&args),
+        owner: args.owner(),
         mode: args.int("permissions").map(|p| p as u32),
     };
     on_rootfs(&api, c, op, Some(src.tree))
@@ -453,7 +435,7 @@ async fn with_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
         contents_only: true,
         include: vec![],
         exclude: vec![],
-        owner: owner_arg(&args),
+        owner: args.owner(),
         mode: args.int("permissions").map(|p| p as u32),
     };
     on_rootfs(&api, c, op, Some(src.tree))
@@ -465,7 +447,7 @@ async fn with_new_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output,
         path: path_arg(&c, &args, "path")?,
         contents: args.opt_string("contents").unwrap_or_default(),
         mode: args.int("permissions").unwrap_or(0o644) as u32,
-        owner: owner_arg(&args),
+        owner: args.owner(),
     };
     on_rootfs(&api, c, op, None)
 }
@@ -532,7 +514,7 @@ async fn with_mounted_directory(api: Arc<Api>, obj: Object, args: Args) -> Resul
     let c = container(obj)?;
     let target = path_arg(&c, &args, "path")?;
     let src = api.arg_directory(&args, "source")?;
-    let (tree, path) = mount_source(&api, &c, src.tree, src.path, owner_arg(&args), false).await?;
+    let (tree, path) = mount_source(&api, &c, src.tree, src.path, args.owner(), false).await?;
     with_mount(
         c,
         target,
@@ -548,7 +530,7 @@ async fn with_mounted_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Out
     let c = container(obj)?;
     let target = path_arg(&c, &args, "path")?;
     let src = api.arg_file(&args, "source")?;
-    let (tree, path) = mount_source(&api, &c, src.tree, src.path, owner_arg(&args), true).await?;
+    let (tree, path) = mount_source(&api, &c, src.tree, src.path, args.owner(), true).await?;
     with_mount(
         c,
         target,

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_graphql::Value;
-use kiln_graph::{Op, Owner};
+use kiln_graph::Op;
 use kiln_store::{CopyOptions, PathFilter, copy_tree};
 
 use crate::api::{Api, Output, Registry, directory, join_path};
@@ -113,16 +113,6 @@ fn apply(api: &Api, d: Directory, op: Op, src: Option<Option<TreeRef>>) -> Resul
     })
 }
 
-fn owner(args: &Args) -> Option<Owner> {
-    args.opt_string("owner").map(|o| match o.split_once(':') {
-        Some((u, g)) => Owner {
-            user: u.into(),
-            group: Some(g.into()),
-        },
-        None => Owner { user: o, group: None },
-    })
-}
-
 async fn with_new_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let d = directory(obj)?;
     let op = Op::MkFile {
@@ -153,7 +143,7 @@ async fn with_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
         contents_only: true,
         include: vec![],
         exclude: vec![],
-        owner: owner(&args),
+        owner: args.owner(),
         mode: args.int("permissions").map(|p| p as u32),
     };
     apply(&api, d, op, Some(src.tree))
@@ -168,7 +158,7 @@ async fn with_directory(api: Arc<Api>, obj: Object, args: Args) -> Result<Output
         contents_only: true,
         include: args.strings("include"),
         exclude: args.strings("exclude"),
-        owner: owner(&args),
+        owner: args.owner(),
         mode: args.int("permissions").map(|p| p as u32),
     };
     apply(&api, d, op, Some(src.tree))
