@@ -343,17 +343,10 @@ impl Exec {
     }
 }
 
+/// `args` as a shell would need them written (quoted where needed).
 fn shell_words(args: &[String]) -> String {
-    args.iter()
-        .map(|a| {
-            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    // Only a NUL byte fails to quote, and no process argument holds one.
+    shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "))
 }
 
 #[cfg(test)]
@@ -372,7 +365,15 @@ mod tests {
             expect: ExitExpectation::Success,
             ..Default::default()
         });
-        assert_eq!(op.describe(), r#"exec sh -c 'echo '\''hi'\'''"#);
+        assert_eq!(op.describe(), r#"exec sh -c "echo 'hi'""#);
+        assert_eq!(
+            shell_words(&["sh".into(), "-c".into(), "exit 127".into()]),
+            "sh -c 'exit 127'"
+        );
+        assert_eq!(
+            shell_words(&["make".into(), "test".into(), String::new()]),
+            "make test ''"
+        );
     }
 
     #[test]

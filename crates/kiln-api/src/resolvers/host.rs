@@ -68,7 +68,7 @@ async fn file(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> 
     let node = api.nodes.add(
         Op::HostDir {
             path: parent.display().to_string(),
-            include: vec![globset_escape(&name)],
+            include: vec![globset::escape(&name)],
             exclude: vec![],
         },
         vec![],
@@ -80,14 +80,4 @@ async fn file(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> 
         }),
         path: format!("/{name}"),
     })))
-}
-
-/// Escapes glob metacharacters so that a file name matches only itself.
-fn globset_escape(name: &str) -> String {
-    name.chars()
-        .flat_map(|c| match c {
-            '*' | '?' | '[' | ']' | '{' | '}' | '\\' => vec!['\\', c],
-            c => vec![c],
-        })
-        .collect()
 }
