@@ -107,7 +107,7 @@ fn root_tty_mode_leaves_the_finished_tree_the_report_and_the_summary() {
     };
     assert!(line("✔ pull docker.io/library/busybox", "CACHED"), "{screen}");
     assert!(line("✔ exec sh -c 'echo warm'", "CACHED"), "{screen}");
-    assert!(line("✘ exec sh -c 'echo compiling;", "FAILED"), "{screen}");
+    assert!(line("✘ exec sh -c \"echo compiling;", "FAILED"), "{screen}");
     assert!(line("✔ exec sh -c 'echo other branch'", "s"), "{screen}");
     assert!(
         lines.contains(&"failing.graphql: failed"),
