@@ -12,30 +12,25 @@ use kiln_solver::SolveError;
 
 #[tokio::test]
 async fn root_exec_sees_env_workdir_and_user() {
-    if !require_root() {
-        return;
-    }
-    let state = tempfile::tempdir().unwrap();
-    let engine = engine(state.path());
-    let session = engine.session();
-    let base = busybox(&engine).await;
+    let Some(f) = Fixture::start().await else { return };
     let mut e = exec("echo $GREETING; pwd; id -u; id -g; id -G; echo $HOME; cat /etc/os-release | grep ^ID=");
     e.env.push("GREETING=hello kiln".into());
     e.cwd = "/work/dir".into();
     e.user = "app".into();
-    let node = Node::new(Op::Exec(e), vec![base.output(0)]);
+    let node = Node::new(Op::Exec(e), vec![f.base.output(0)]);
     assert_eq!(
-        output(&session, &node).await,
+        output(&f.session, &node).await,
         "hello kiln\n/work/dir\n1000\n1000\n1000 2000\n/home/app\nID=kiln-busybox\n"
     );
     let mut numeric = exec("id -u; id -g");
     numeric.user = "4242:4343".into();
-    let node = Node::new(Op::Exec(numeric), vec![base.output(0)]);
-    assert_eq!(output(&session, &node).await, "4242\n4343\n");
+    let node = Node::new(Op::Exec(numeric), vec![f.base.output(0)]);
+    assert_eq!(output(&f.session, &node).await, "4242\n4343\n");
     let mut unknown = exec("true");
     unknown.user = "nobody-here".into();
-    let err = session
-        .solve(&Node::new(Op::Exec(unknown), vec![base.output(0)]))
+    let err = f
+        .session
+        .solve(&Node::new(Op::Exec(unknown), vec![f.base.output(0)]))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("nobody-here"), "{err}");
@@ -43,15 +38,9 @@ async fn root_exec_sees_env_workdir_and_user() {
 
 #[tokio::test]
 async fn root_failed_exec_reports_command_exit_code_and_output() {
-    if !require_root() {
-        return;
-    }
-    let state = tempfile::tempdir().unwrap();
-    let engine = engine(state.path());
-    let session = engine.session();
-    let base = busybox(&engine).await;
-    let node = run(&base, "echo to-stdout; echo to-stderr >&2; exit 42");
-    match session.solve(&node).await.unwrap_err() {
+    let Some(f) = Fixture::start().await else { return };
+    let node = run(&f.base, "echo to-stdout; echo to-stderr >&2; exit 42");
+    match f.session.solve(&node).await.unwrap_err() {
         SolveError::Exec {
             args,
             exit_code,
@@ -66,20 +55,14 @@ async fn root_failed_exec_reports_command_exit_code_and_output() {
         other => panic!("expected an exec error, got {other}"),
     }
     // Failures are not cached: the next attempt runs again.
-    let before = engine.stats().execs;
-    assert!(engine.session().solve(&node).await.is_err());
-    assert_eq!(engine.stats().execs, before + 1);
+    let before = f.engine.stats().execs;
+    assert!(f.engine.session().solve(&node).await.is_err());
+    assert_eq!(f.engine.stats().execs, before + 1);
 }
 
 #[tokio::test]
 async fn root_file_ops_build_layers() {
-    if !require_root() {
-        return;
-    }
-    let state = tempfile::tempdir().unwrap();
-    let engine = engine(state.path());
-    let session = engine.session();
-    let base = busybox(&engine).await;
+    let Some(f) = Fixture::start().await else { return };
     let with_file = Node::new(
         Op::MkFile {
             path: "/srv/app/config.txt".into(),
@@ -90,7 +73,7 @@ async fn root_file_ops_build_layers() {
                 group: None,
             }),
         },
-        vec![base.output(0)],
+        vec![f.base.output(0)],
     );
     let with_dir = Node::new(
         Op::MkDir {
@@ -111,15 +94,18 @@ async fn root_file_ops_build_layers() {
         &without,
         "cat /srv/app/config.txt; stat -c '%a %u' /srv/app/config.txt /srv/data/deep; test -e /etc/os-release || echo removed",
     );
-    assert_eq!(output(&session, &check).await, "key=value\n640 1000\n700 0\nremoved\n");
+    assert_eq!(
+        output(&f.session, &check).await,
+        "key=value\n640 1000\n700 0\nremoved\n"
+    );
     let missing = Node::new(
         Op::Rm {
             path: "/nope".into(),
             allow_not_found: false,
         },
-        vec![base.output(0)],
+        vec![f.base.output(0)],
     );
-    let err = session.solve(&missing).await.unwrap_err().to_string();
+    let err = f.session.solve(&missing).await.unwrap_err().to_string();
     assert!(err.contains("/nope") && err.contains("no such file"), "{err}");
 }
 
@@ -159,33 +145,23 @@ async fn root_changed_file_reruns_only_the_ops_that_read_it() {
 
 #[tokio::test]
 async fn root_identical_work_requested_at_once_runs_once() {
-    if !require_root() {
-        return;
-    }
-    let state = tempfile::tempdir().unwrap();
-    let engine = engine(state.path());
-    let base = busybox(&engine).await;
-    let node = run(&base, "sleep 1; echo once");
-    let (s1, s2) = (engine.session(), engine.session());
+    let Some(f) = Fixture::start().await else { return };
+    let node = run(&f.base, "sleep 1; echo once");
+    let (s1, s2) = (f.engine.session(), f.engine.session());
     let (r1, r2) = tokio::join!(s1.solve(&node), s2.solve(&node));
-    assert_eq!(stdout(&engine, &r1.unwrap()), "once\n");
-    assert_eq!(stdout(&engine, &r2.unwrap()), "once\n");
-    assert_eq!(engine.stats().execs, 1);
+    assert_eq!(stdout(&f.engine, &r1.unwrap()), "once\n");
+    assert_eq!(stdout(&f.engine, &r2.unwrap()), "once\n");
+    assert_eq!(f.engine.stats().execs, 1);
 }
 
 #[tokio::test]
 async fn root_independent_branches_run_in_parallel() {
-    if !require_root() {
-        return;
-    }
-    let state = tempfile::tempdir().unwrap();
-    let engine = engine(state.path());
-    let base = busybox(&engine).await;
-    let mut events = engine.events().subscribe();
+    let Some(f) = Fixture::start().await else { return };
+    let mut events = f.engine.events().subscribe();
     // Both branches started before either finished: proves overlap without
     // measuring time.
-    let left = run(&base, "sleep 2; echo left");
-    let right = run(&base, "sleep 2; echo right");
+    let left = run(&f.base, "sleep 2; echo left");
+    let right = run(&f.base, "sleep 2; echo right");
     let both = Node::new(
         Op::Copy {
             src_path: "/".into(),
@@ -198,7 +174,7 @@ async fn root_independent_branches_run_in_parallel() {
         },
         vec![left.output(0), right.output(0)],
     );
-    engine.session().solve(&both).await.unwrap();
+    f.engine.session().solve(&both).await.unwrap();
     let mut order = Vec::new();
     while let Ok(ev) = events.try_recv() {
         if ev.description.starts_with("exec") && !matches!(ev.kind, kiln_solver::EventKind::Output { .. }) {

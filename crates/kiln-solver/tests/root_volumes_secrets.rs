@@ -53,22 +53,16 @@ async fn root_cache_volume_persists_across_engines_and_stays_out_of_snapshots() 
 
 #[tokio::test]
 async fn root_locked_cache_volume_serialises_concurrent_writers() {
-    if !require_root() {
-        return;
-    }
-    let state = tempfile::tempdir().unwrap();
-    let engine = engine(state.path());
-    let base = busybox(&engine).await;
+    let Some(f) = Fixture::start().await else { return };
     let script = "if [ -e /cache/busy ]; then echo overlap; fi; touch /cache/busy; sleep 1; rm /cache/busy; echo ok";
     let nodes: Vec<_> = (0..3)
         .map(|i| {
             let mut e = with_cache(script, "locked", CacheSharing::Locked);
             e.env.push(format!("WRITER={i}"));
-            Node::new(Op::Exec(e), vec![base.output(0)])
+            Node::new(Op::Exec(e), vec![f.base.output(0)])
         })
         .collect();
-    let session = engine.session();
-    let outs = futures::future::join_all(nodes.iter().map(|n| output(&session, n))).await;
+    let outs = futures::future::join_all(nodes.iter().map(|n| output(&f.session, n))).await;
     assert_eq!(
         outs,
         ["ok\n", "ok\n", "ok\n"],
@@ -93,14 +87,9 @@ fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<String> {
 
 #[tokio::test]
 async fn root_secrets_reach_the_process_but_never_disk_or_output() {
-    if !require_root() {
-        return;
-    }
-    let state = tempfile::tempdir().unwrap();
-    let engine = engine(state.path());
-    let base = busybox(&engine).await;
+    let Some(f) = Fixture::start().await else { return };
     let plaintext = "kiln-s3cr3t-7f1d2a";
-    let secret = engine.secrets().add("token", plaintext.into());
+    let secret = f.engine.secrets().add("token", plaintext.into());
     let mut e = exec(
         "echo env=$TOKEN; cat /run/secrets/token; echo; stat -c '%a %u' /run/secrets/token; \
          test \"$TOKEN\" = kiln-s3cr3t-7f1d2a && echo matches; echo $TOKEN >&2; exit 1",
@@ -116,35 +105,36 @@ async fn root_secrets_reach_the_process_but_never_disk_or_output() {
         owner: None,
     });
     e.expect = kiln_graph::ExitExpectation::Any;
-    let node = Node::new(Op::Exec(e.clone()), vec![base.output(0)]);
-    let session = engine.session();
-    let out = output(&session, &node).await;
+    let node = Node::new(Op::Exec(e.clone()), vec![f.base.output(0)]);
+    let out = output(&f.session, &node).await;
     assert_eq!(out, "env=***\n***\n400 0\nmatches\n");
 
     // A failing command's error carries scrubbed output too.
     let mut failing = e.clone();
     failing.expect = kiln_graph::ExitExpectation::Success;
-    let err = session
-        .solve(&Node::new(Op::Exec(failing), vec![base.output(0)]))
+    let err = f
+        .session
+        .solve(&Node::new(Op::Exec(failing), vec![f.base.output(0)]))
         .await
         .unwrap_err();
     assert!(!err.report().contains(plaintext), "{}", err.report());
 
     // Another value is another cache key; the same value hits the cache.
-    let other = engine.secrets().add("token", "another-value-93c1".into());
+    let other = f.engine.secrets().add("token", "another-value-93c1".into());
     let mut changed = e.clone();
     changed.secret_env[0].secret = other;
-    let rerun = session
-        .solve(&Node::new(Op::Exec(changed), vec![base.output(0)]))
+    let rerun = f
+        .session
+        .solve(&Node::new(Op::Exec(changed), vec![f.base.output(0)]))
         .await
         .unwrap();
     assert!(!rerun.cached, "a changed secret must re-run the exec");
-    let again = engine.session().solve(&node).await.unwrap();
+    let again = f.engine.session().solve(&node).await.unwrap();
     assert!(again.cached);
 
-    engine.store().flush().unwrap();
-    let hits = grep_dir(state.path(), plaintext.as_bytes());
+    f.engine.store().flush().unwrap();
+    let hits = grep_dir(f.state.path(), plaintext.as_bytes());
     assert!(hits.is_empty(), "the secret reached the disk: {hits:?}");
-    let hits = grep_dir(&kiln_store::volatile_dir(state.path()).0, plaintext.as_bytes());
+    let hits = grep_dir(&kiln_store::volatile_dir(f.state.path()).0, plaintext.as_bytes());
     assert!(hits.is_empty(), "secret files outlived the exec: {hits:?}");
 }

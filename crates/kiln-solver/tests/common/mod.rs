@@ -115,3 +115,35 @@ pub async fn output(session: &Session, node: &Arc<Node>) -> String {
         .unwrap_or_else(|e| panic!("solve failed: {e}"));
     stdout(session.engine(), &solved)
 }
+
+/// What most root tests start from: a fresh state directory, an engine on
+/// it, a session, and the busybox image.
+pub struct Fixture {
+    /// The state directory (removed when the fixture drops).
+    pub state: tempfile::TempDir,
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// A session of the engine.
+    pub session: Session,
+    /// The busybox image node.
+    pub base: Arc<Node>,
+}
+
+impl Fixture {
+    /// The fixture, or `None` when root tests are skipped.
+    pub async fn start() -> Option<Self> {
+        if !require_root() {
+            return None;
+        }
+        let state = tempfile::tempdir().unwrap();
+        let engine = engine(state.path());
+        let session = engine.session();
+        let base = busybox(&engine).await;
+        Some(Self {
+            state,
+            engine,
+            session,
+            base,
+        })
+    }
+}
