@@ -1,7 +1,9 @@
 //! API errors and their GraphQL form.
 
 use async_graphql::{ErrorExtensions, Value};
-use kiln_solver::SolveError;
+use std::sync::Arc;
+
+use kiln_solver::{Cause, SolveError};
 
 /// An error answered to a GraphQL client.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -15,9 +17,12 @@ pub enum ApiError {
     /// Evaluating the pipeline failed.
     #[error("{0}")]
     Solve(#[from] SolveError),
-    /// A bug or an environment problem inside kiln.
+    /// Reading a result failed (an owner, a file of a tree).
+    #[error("{0}")]
+    Cause(#[from] Cause),
+    /// A bug or an environment problem inside kiln, with its source kept.
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] Arc<dyn std::error::Error + Send + Sync>),
 }
 
 impl ApiError {
@@ -26,9 +31,9 @@ impl ApiError {
         ApiError::Invalid(msg.into())
     }
 
-    /// An internal failure.
-    pub fn internal(e: impl std::fmt::Display) -> Self {
-        ApiError::Internal(e.to_string())
+    /// An internal failure (an error, or a message).
+    pub fn internal(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        ApiError::Internal(Arc::from(e.into()))
     }
 
     /// The GraphQL error, with Dagger's `EXEC_ERROR` extensions for failed

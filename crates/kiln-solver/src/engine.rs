@@ -184,15 +184,12 @@ impl Engine {
         if let Some(d) = self.part_digests.lock().expect("digest memo").get(&memo_key) {
             return Ok(*d);
         }
-        let store = self.store.clone();
         let p = path.to_string();
-        let digest = tokio::task::spawn_blocking(move || {
-            let view = store.view(tree).map_err(|e| e.to_string())?;
-            tree_digest(&view, &p).map_err(|e| e.to_string())
+        let digest = ops::blocking(&self.store, &format!("digest {path}"), move |store| {
+            let view = store.view(tree)?;
+            Ok(tree_digest(&view, &p)?)
         })
-        .await
-        .map_err(|e| SolveError::op(format!("digest {path}"), e))?
-        .map_err(|e| SolveError::op(format!("digest {path}"), e))?;
+        .await?;
         self.part_digests.lock().expect("digest memo").insert(memo_key, digest);
         Ok(digest)
     }

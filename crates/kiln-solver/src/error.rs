@@ -1,7 +1,10 @@
 //! Errors of graph evaluation. They are cheap to clone, since one failure
-//! is reported to every waiter of a shared computation.
+//! is reported to every waiter of a shared computation, and keep their
+//! cause (the store's, the registry client's, the runtime's error) so that
+//! callers can tell them apart.
 
-use std::fmt;
+use std::io;
+use std::sync::Arc;
 
 /// How many trailing lines of output an exec error shows.
 const TAIL_LINES: usize = 30;
@@ -23,20 +26,135 @@ pub enum SolveError {
         stderr: String,
     },
     /// Any other failure of an operation.
-    #[error("{op}: {message}")]
+    #[error("{op}: {cause}")]
     Op {
         /// Description of the operation.
         op: String,
         /// What went wrong.
-        message: String,
+        #[source]
+        cause: Cause,
     },
 }
 
+/// Why an operation failed: the error of the part that failed, kept whole.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Cause {
+    /// The store (snapshots, database, state directory).
+    #[error(transparent)]
+    Store(Arc<kiln_store::StoreError>),
+    /// A copy between trees or onto the host.
+    #[error(transparent)]
+    Copy(Arc<kiln_store::CopyError>),
+    /// The blob store.
+    #[error(transparent)]
+    Blob(Arc<kiln_store::BlobError>),
+    /// Reading a host directory.
+    #[error(transparent)]
+    Host(Arc<kiln_store::HostError>),
+    /// An include/exclude pattern.
+    #[error(transparent)]
+    Filter(Arc<kiln_store::FilterError>),
+    /// Images: references, registries, layers, archives.
+    #[error(transparent)]
+    Image(Arc<kiln_oci::Error>),
+    /// Starting or running a container.
+    #[error(transparent)]
+    Runtime(Arc<kiln_exec::ExecError>),
+    /// A user or group that the tree does not know.
+    #[error(transparent)]
+    User(Arc<kiln_exec::UserError>),
+    /// A file operation.
+    #[error(transparent)]
+    Io(Arc<io::Error>),
+    /// What the pipeline asked for cannot be done; the message says why and
+    /// what to do.
+    #[error("{0}")]
+    Invalid(String),
+    /// A graph that was put together wrong.
+    #[error(transparent)]
+    Graph(Arc<kiln_graph::GraphError>),
+    /// A task of kiln's own failed (panicked or was cancelled).
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// A cause, with what was being done when it happened.
+    #[error("{context}: {cause}")]
+    In {
+        /// What was being done (`seeding cache volume "pip"`).
+        context: String,
+        /// Why it failed.
+        #[source]
+        cause: Box<Cause>,
+    },
+}
+
+/// Adds what was being done to an error on its way up.
+pub(crate) trait Context<T> {
+    /// `context: error` in place of `error`, the error kept as the source.
+    fn context(self, context: impl FnOnce() -> String) -> Result<T, Cause>;
+}
+
+impl<T, E: Into<Cause>> Context<T> for Result<T, E> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T, Cause> {
+        self.map_err(|e| Cause::In {
+            context: context(),
+            cause: Box::new(e.into()),
+        })
+    }
+}
+
+macro_rules! cause_from {
+    ($($variant:ident($ty:ty)),* $(,)?) => {$(
+        impl From<$ty> for Cause {
+            fn from(e: $ty) -> Self {
+                Cause::$variant(Arc::new(e))
+            }
+        }
+    )*};
+}
+
+cause_from!(
+    Store(kiln_store::StoreError),
+    Copy(kiln_store::CopyError),
+    Blob(kiln_store::BlobError),
+    Host(kiln_store::HostError),
+    Filter(kiln_store::FilterError),
+    Image(kiln_oci::Error),
+    Runtime(kiln_exec::ExecError),
+    User(kiln_exec::UserError),
+    Io(io::Error),
+    Graph(kiln_graph::GraphError),
+);
+
+impl From<tokio::sync::AcquireError> for Cause {
+    fn from(e: tokio::sync::AcquireError) -> Self {
+        Cause::Internal(e.to_string())
+    }
+}
+
+impl From<String> for Cause {
+    fn from(message: String) -> Self {
+        Cause::Invalid(message)
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(message: &str) -> Self {
+        Cause::Invalid(message.to_string())
+    }
+}
+
+impl From<tokio::task::JoinError> for Cause {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Cause::Internal(e.to_string())
+    }
+}
+
 impl SolveError {
-    pub(crate) fn op(op: impl Into<String>, message: impl fmt::Display) -> Self {
+    /// The operation `op` failed because of `cause`.
+    pub(crate) fn op(op: impl Into<String>, cause: impl Into<Cause>) -> Self {
         SolveError::Op {
             op: op.into(),
-            message: message.to_string(),
+            cause: cause.into(),
         }
     }
 

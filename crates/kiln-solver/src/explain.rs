@@ -51,13 +51,13 @@ fn shape_slot(description: &str) -> Key {
 }
 
 /// Remembers `footprint` as the latest run of `def` (and of its shape).
-pub fn record(db: &Db, def: &Key, footprint: &Footprint) -> Result<(), String> {
-    let bytes = serde_json::to_vec(footprint).map_err(|e| e.to_string())?;
+pub fn record(db: &Db, def: &Key, footprint: &Footprint) -> Result<(), kiln_store::StoreError> {
+    let bytes = serde_json::to_vec(footprint).expect("a footprint serializes");
     let objects = [
         (*def_slot(def).as_bytes(), bytes.clone()),
         (*shape_slot(&footprint.description).as_bytes(), bytes),
     ];
-    db.put_objects(&objects).map_err(|e| e.to_string())
+    db.put_objects(&objects)
 }
 
 fn load(db: &Db, slot: &Key) -> Option<Footprint> {

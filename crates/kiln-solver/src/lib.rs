@@ -18,7 +18,7 @@ pub mod secrets;
 pub mod volumes;
 
 pub use engine::{Engine, EngineConfig, Session, Stats, remove_leftovers};
-pub use error::SolveError;
+pub use error::{Cause, SolveError};
 pub use events::{Event, EventKind, Events, Stream};
 pub use ops::files::resolve_owner;
 pub use result::{ExecMeta, Solved};

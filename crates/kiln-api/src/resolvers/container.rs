@@ -480,7 +480,7 @@ async fn mount_source(
     let Some(owner) = owner else { return Ok((tree, path)) };
     // Names mean what the container's /etc/passwd says.
     let view = api.view(c.rootfs).await?;
-    let (uid, gid) = kiln_solver::resolve_owner(&view, &owner).map_err(ApiError::invalid)?;
+    let (uid, gid) = kiln_solver::resolve_owner(&view, &owner)?;
     let owner = Owner {
         user: uid.to_string(),
         group: Some(gid.to_string()),

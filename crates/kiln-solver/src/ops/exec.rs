@@ -14,12 +14,13 @@ use kiln_store::{CopyOptions, MergedView, PathFilter, SnapshotId, Staged, Store,
 
 use super::files::{read_text, resolve_owner};
 use super::{OpOutput, blocking};
-use crate::SolveError;
 use crate::engine::Engine;
+use crate::error::Context;
 use crate::result::ExecMeta;
 use crate::running::Running;
 use crate::secrets::Secrets;
 use crate::volumes::Lease;
+use crate::{Cause, SolveError};
 
 /// Mount points the runtime creates in every container.
 const RUNTIME_MOUNTS: [&str; 6] = ["/proc", "/dev/pts", "/dev/shm", "/dev/mqueue", "/dev", "/sys"];
@@ -47,20 +48,20 @@ impl Drop for SecretDir {
 /// Host directories of the cache volumes an exec mounts, in mount order.
 type VolumePaths = Vec<PathBuf>;
 
-fn overlay(store: &Store, top: Option<SnapshotId>, upper: Option<&Staged>) -> Result<Overlay, String> {
-    let lowers = store.mount_layers(top).map_err(|e| e.to_string())?;
+fn overlay(store: &Store, top: Option<SnapshotId>, upper: Option<&Staged>) -> Result<Overlay, Cause> {
+    let lowers = store.mount_layers(top)?;
     Ok(Overlay {
         lowers,
         upper: upper.map(|s| (s.diff(), s.work())),
     })
 }
 
-fn secret(secrets: &Secrets, r: &kiln_graph::SecretRef) -> Result<Arc<String>, String> {
+fn secret(secrets: &Secrets, r: &kiln_graph::SecretRef) -> Result<Arc<String>, Cause> {
     secrets.get(r).ok_or_else(|| {
-        format!(
+        Cause::Invalid(format!(
             "secret {:?} is not known to this engine session: set it again (setSecret or secret(uri))",
             r.name
-        )
+        ))
     })
 }
 
@@ -71,17 +72,17 @@ fn prepare(
     exec: &Exec,
     inputs: &[Option<SnapshotId>],
     volumes: &VolumePaths,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, Cause> {
     let rootfs = inputs[0];
-    let view = store.view(rootfs).map_err(|e| e.to_string())?;
+    let view = store.view(rootfs)?;
     let (passwd, group) = (read_text(&view, "/etc/passwd"), read_text(&view, "/etc/group"));
-    let identity = kiln_exec::user::resolve(&exec.user, &passwd, &group).map_err(|e| e.to_string())?;
-    let root = store.stage(rootfs).map_err(|e| e.to_string())?;
+    let identity = kiln_exec::user::resolve(&exec.user, &passwd, &group)?;
+    let root = store.stage(rootfs)?;
 
     // The working directory exists before the process starts, as in Docker.
-    let cwd = view.resolve(&exec.cwd, true).map_err(|e| e.to_string())?;
-    if view.lookup(&cwd).map_err(|e| e.to_string())?.is_none() {
-        prepare_parents(&view, &root.diff(), &cwd.join("x")).map_err(|e| e.to_string())?;
+    let cwd = view.resolve(&exec.cwd, true)?;
+    if view.lookup(&cwd)?.is_none() {
+        prepare_parents(&view, &root.diff(), &cwd.join("x"))?;
     }
 
     let mut trees = Vec::new();
@@ -99,18 +100,14 @@ fn prepare(
                 readonly,
             } => {
                 let top = inputs[*input];
-                let tree_view = store.view(top).map_err(|e| e.to_string())?;
-                let subpath = tree_view.resolve(source_path, true).map_err(|e| e.to_string())?;
-                if !subpath.as_os_str().is_empty() && tree_view.lookup(&subpath).map_err(|e| e.to_string())?.is_none() {
-                    return Err(format!(
+                let tree_view = store.view(top)?;
+                let subpath = tree_view.resolve(source_path, true)?;
+                if !subpath.as_os_str().is_empty() && tree_view.lookup(&subpath)?.is_none() {
+                    return Err(Cause::Invalid(format!(
                         "cannot mount {source_path} at {target}: no such file or directory in the mounted tree"
-                    ));
+                    )));
                 }
-                let staged = if *readonly {
-                    None
-                } else {
-                    Some(store.stage(top).map_err(|e| e.to_string())?)
-                };
+                let staged = if *readonly { None } else { Some(store.stage(top)?) };
                 trees.push(TreeMount {
                     overlay: overlay(store, top, staged.as_ref())?,
                     subpath,
@@ -134,25 +131,24 @@ fn prepare(
                 owner,
             } => {
                 if !store.run_dir_in_memory() {
-                    return Err(format!(
+                    return Err(Cause::Invalid(format!(
                         "cannot mount secret {:?}: no in-memory filesystem (tmpfs at /dev/shm) to hold it",
                         r.name
-                    ));
+                    )));
                 }
                 let dir = secret_dir
                     .get_or_insert_with(|| SecretDir(store.run_dir().join(format!("secrets-{}", root.id()))))
                     .0
                     .clone();
-                fs::create_dir_all(&dir).map_err(|e| format!("secret files: {e}"))?;
+                fs::create_dir_all(&dir).context(|| "secret files".to_string())?;
                 let file = dir.join(binds.len().to_string());
-                fs::write(&file, secret(secrets, r)?.as_bytes()).map_err(|e| format!("secret file: {e}"))?;
+                fs::write(&file, secret(secrets, r)?.as_bytes()).context(|| "secret file".to_string())?;
                 let (uid, gid) = match owner {
                     Some(o) => resolve_owner(&view, o)?,
                     None => (identity.uid, identity.gid),
                 };
-                std::os::unix::fs::chown(&file, Some(uid), Some(gid)).map_err(|e| format!("secret file: {e}"))?;
-                fs::set_permissions(&file, fs::Permissions::from_mode(*mode))
-                    .map_err(|e| format!("secret file: {e}"))?;
+                std::os::unix::fs::chown(&file, Some(uid), Some(gid)).context(|| "secret file".to_string())?;
+                fs::set_permissions(&file, fs::Permissions::from_mode(*mode)).context(|| "secret file".to_string())?;
                 binds.push(Bind {
                     source: file,
                     target: target.clone(),
@@ -174,7 +170,7 @@ fn prepare(
         env.push(format!("HOME={}", identity.home));
     }
     let stdin = match &exec.stdin_path {
-        Some(path) => Some(read_file(&view, path).map_err(|e| format!("redirectStdin {path}: {e}"))?),
+        Some(path) => Some(read_file(&view, path).context(|| format!("redirectStdin {path}"))?),
         None => exec.stdin.clone().map(String::into_bytes),
     };
     let spec = RunSpec {
@@ -202,10 +198,10 @@ fn prepare(
 }
 
 /// Reads a whole file of a tree (symlinks followed inside the tree).
-fn read_file(view: &MergedView, path: &str) -> Result<Vec<u8>, String> {
-    let rel = view.resolve(path, true).map_err(|e| e.to_string())?;
-    match view.lookup(&rel).map_err(|e| e.to_string())? {
-        Some(e) if e.meta.is_file() => fs::read(&e.real).map_err(|e| e.to_string()),
+fn read_file(view: &MergedView, path: &str) -> Result<Vec<u8>, Cause> {
+    let rel = view.resolve(path, true)?;
+    match view.lookup(&rel)? {
+        Some(e) if e.meta.is_file() => Ok(fs::read(&e.real)?),
         Some(_) => Err("not a regular file".into()),
         None => Err("no such file".into()),
     }
@@ -213,15 +209,15 @@ fn read_file(view: &MergedView, path: &str) -> Result<Vec<u8>, String> {
 
 /// Writes captured output into a file of the exec's new layer
 /// (redirectStdout / redirectStderr).
-fn write_redirect(lower: &MergedView, upper: &Path, cwd: &str, path: &str, bytes: &[u8]) -> Result<(), String> {
+fn write_redirect(lower: &MergedView, upper: &Path, cwd: &str, path: &str, bytes: &[u8]) -> Result<(), Cause> {
     let abs = if path.starts_with('/') {
         PathBuf::from(path)
     } else {
         Path::new(cwd).join(path)
     };
     let rel = clean(&abs);
-    prepare_parents(lower, upper, &rel).map_err(|e| e.to_string())?;
-    fs::write(upper.join(&rel), bytes).map_err(|e| format!("redirect to {path}: {e}"))
+    prepare_parents(lower, upper, &rel)?;
+    fs::write(upper.join(&rel), bytes).context(|| format!("redirect to {path}"))
 }
 
 /// Removes the empty mount points the runtime had to create in the rootfs,
@@ -250,9 +246,10 @@ fn prune_mount_points(lower: &MergedView, upper: &Path, targets: &[String]) {
 /// Leases the cache volumes an exec mounts and seeds new ones.
 async fn lease_volumes(
     engine: &Arc<Engine>,
+    desc: &str,
     exec: &Exec,
     inputs: &[Option<SnapshotId>],
-) -> Result<(Vec<Lease>, VolumePaths), String> {
+) -> Result<(Vec<Lease>, VolumePaths), SolveError> {
     let mut leases = Vec::new();
     for m in &exec.mounts {
         let Mount::Cache {
@@ -269,27 +266,29 @@ async fn lease_volumes(
             .volumes
             .acquire(key, *sharing)
             .await
-            .map_err(|e| format!("cache volume {key:?}: {e}"))?;
+            .context(|| format!("cache volume {key:?}"))
+            .map_err(|e| SolveError::op(desc, e))?;
         if lease.created {
             let (path, key, owner, source) = (lease.path.clone(), key.clone(), owner.clone(), source.clone());
             let source = source.map(|(input, sub)| (inputs[input], sub));
             let rootfs = inputs[0];
-            blocking(engine.store(), "seed cache volume", move |store| {
+            blocking(engine.store(), desc, move |store| {
                 if let Some((tree, sub)) = source {
-                    let view = store.view(tree).map_err(|e| e.to_string())?;
+                    let view = store.view(tree)?;
                     let filter = PathFilter::default();
                     let opts = CopyOptions::new(&filter);
-                    copy_tree(&view, Path::new(&sub), &path, &opts).map_err(|e| format!("seeding {key:?}: {e}"))?;
+                    copy_tree(&view, Path::new(&sub), &path, &opts)
+                        .context(|| format!("seeding cache volume {key:?}"))?;
                 }
                 if let Some(o) = owner {
-                    let view = store.view(rootfs).map_err(|e| e.to_string())?;
+                    let view = store.view(rootfs)?;
                     let (uid, gid) = resolve_owner(&view, &o)?;
-                    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| format!("{key:?}: {e}"))?;
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                        .context(|| format!("owner of cache volume {key:?}"))?;
                 }
                 Ok(())
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         }
         leases.push(lease);
     }
@@ -310,9 +309,7 @@ pub(crate) async fn run(
             "no command to run (empty args and no default args)",
         ));
     }
-    let (_leases, volumes) = lease_volumes(engine, exec, inputs)
-        .await
-        .map_err(|e| SolveError::op(desc, e))?;
+    let (_leases, volumes) = lease_volumes(engine, desc, exec, inputs).await?;
     let (exec_c, inputs_c) = (exec.clone(), inputs.to_vec());
     let (runtime, secrets) = (engine.runtime.clone(), engine.secrets.clone());
     let prepared = blocking(engine.store(), desc, move |store| {
@@ -360,9 +357,9 @@ pub(crate) async fn run(
         }
         let meta = ExecMeta {
             exit_code: output.exit_code,
-            stdout: store.blobs().put(&shown.0).map_err(|e| e.to_string())?,
-            stderr: store.blobs().put(&shown.1).map_err(|e| e.to_string())?,
-            combined: Some(store.blobs().put(&combined).map_err(|e| e.to_string())?),
+            stdout: store.blobs().put(&shown.0)?,
+            stderr: store.blobs().put(&shown.1)?,
+            combined: Some(store.blobs().put(&combined)?),
         };
         drop(prepared.secret_dir);
         let mut staged = vec![prepared.root];

@@ -20,10 +20,7 @@ pub(crate) async fn scan(
     let op = format!("upload {path}");
     let filter = PathFilter::new(include, exclude).map_err(|e| SolveError::op(&op, e))?;
     let root = PathBuf::from(path);
-    let tree = blocking(engine.store(), &op, move |store| {
-        store.scan_host(&root, &filter).map_err(|e| e.to_string())
-    })
-    .await?;
+    let tree = blocking(engine.store(), &op, move |store| Ok(store.scan_host(&root, &filter)?)).await?;
     tracing::debug!(path, stats = ?tree.stats, "scanned");
     Ok(Prepared::Host(tree))
 }
@@ -31,7 +28,7 @@ pub(crate) async fn scan(
 pub(crate) async fn import(engine: &Arc<Engine>, tree: HostTree) -> Result<OpOutput, SolveError> {
     let op = format!("upload {}", tree.root.display());
     blocking(engine.store(), &op, move |store| {
-        let staged = store.import_host(&tree).map_err(|e| e.to_string())?;
+        let staged = store.import_host(&tree)?;
         Ok(OpOutput::single(staged))
     })
     .await

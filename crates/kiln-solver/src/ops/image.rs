@@ -11,10 +11,11 @@ use kiln_oci::{ExtractLimits, Platform, Reference, ResolvedImage};
 use kiln_store::{CacheRecord, Digest, SnapshotId, now_secs};
 
 use super::{OpOutput, blocking};
-use crate::SolveError;
 use crate::engine::Engine;
+use crate::error::Context;
 use crate::result::ImageMeta;
 use crate::running::Running;
+use crate::{Cause, SolveError};
 
 fn parse_platform(op: &str, platform: Option<&str>) -> Result<Platform, SolveError> {
     match platform {
@@ -57,7 +58,7 @@ impl Engine {
             } else {
                 kiln_oci::import_archive(path, tag.as_deref(), &p, store.blobs())
             };
-            result.map_err(|e| e.to_string())
+            Ok(result?)
         })
         .await
     }
@@ -71,7 +72,9 @@ pub(crate) async fn pull(
     running: &Running,
 ) -> Result<OpOutput, SolveError> {
     let op = format!("pull {reference}");
-    let digest: Digest = manifest_digest.parse().map_err(|e| SolveError::op(&op, e))?;
+    let digest: Digest = manifest_digest
+        .parse()
+        .map_err(|e: kiln_store::digest::InvalidDigest| SolveError::op(&op, e.to_string()))?;
     let r = Reference::parse(reference)
         .map_err(|e| SolveError::op(&op, e))?
         .with_digest(digest);
@@ -124,7 +127,7 @@ async fn unpack(engine: &Arc<Engine>, op: &str, image: ResolvedImage) -> Result<
                 .bytes(layer.diff_id.as_bytes())
                 .finish();
             pins.push(store.pin_keys(&[*chain.as_bytes()]));
-            if let Some(rec) = store.cache_get(chain.as_bytes()).map_err(|e| e.to_string())? {
+            if let Some(rec) = store.cache_get(chain.as_bytes())? {
                 parent = rec.outputs.first().copied().flatten();
                 continue;
             }
@@ -146,8 +149,8 @@ fn apply(
     parent: Option<SnapshotId>,
     layer: &kiln_oci::LayerDesc,
     limits: ExtractLimits,
-) -> Result<SnapshotId, String> {
-    let staged = store.stage(parent).map_err(|e| e.to_string())?;
+) -> Result<SnapshotId, Cause> {
+    let staged = store.stage(parent)?;
     // Never more than the disk can take: a layer that does not fit fails
     // naming its entry instead of filling the disk.
     let available = kiln_store::free_space(store.root());
@@ -155,8 +158,8 @@ fn apply(
         max_total_bytes: [limits.max_total_bytes, available].into_iter().flatten().min(),
         ..limits
     };
-    let lowers = store.chain(parent).map_err(|e| e.to_string())?;
-    let blob = store.blobs().open_blob(&layer.digest).map_err(|e| e.to_string())?;
+    let lowers = store.chain(parent)?;
+    let blob = store.blobs().open_blob(&layer.digest)?;
     let started = std::time::Instant::now();
     let stats = kiln_oci::apply_layer(
         std::io::BufReader::new(blob),
@@ -165,13 +168,13 @@ fn apply(
         &lowers,
         limits,
     )
-    .map_err(|e| format!("layer {}: {e}", layer.digest))?;
+    .context(|| format!("layer {}", layer.digest))?;
     // The layer's snapshot is cached by its uncompressed digest: check it.
     if stats.diff_id != Some(layer.diff_id) {
-        return Err(format!(
+        return Err(Cause::Invalid(format!(
             "layer {}: its uncompressed content does not match the image config (diff_id {} expected)",
             layer.digest, layer.diff_id
-        ));
+        )));
     }
     let id = staged.id();
     let record = CacheRecord {
@@ -181,8 +184,6 @@ fn apply(
         created: now_secs(),
         duration_ms: started.elapsed().as_millis() as u64,
     };
-    store
-        .commit(vec![staged], Some((chain.as_bytes(), &record)))
-        .map_err(|e| e.to_string())?;
+    store.commit(vec![staged], Some((chain.as_bytes(), &record)))?;
     Ok(id)
 }

@@ -12,7 +12,7 @@ use kiln_store::{SnapshotId, Staged, Store};
 
 use crate::engine::Engine;
 use crate::running::Running;
-use crate::{SolveError, Solved};
+use crate::{Cause, SolveError, Solved};
 
 /// Work done before the cache key is known (reading content-keyed sources).
 pub(crate) enum Prepared {
@@ -58,7 +58,7 @@ impl OpOutput {
 pub(crate) async fn blocking<T: Send + 'static>(
     store: &Arc<Store>,
     op: &str,
-    f: impl FnOnce(&Store) -> Result<T, String> + Send + 'static,
+    f: impl FnOnce(&Store) -> Result<T, Cause> + Send + 'static,
 ) -> Result<T, SolveError> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || f(&store))
