@@ -200,4 +200,25 @@ mod tests {
         assert!(report.ends_with("line 40"));
         assert!(!report.contains("line 10\n") && !report.contains("stderr"));
     }
+
+    #[test]
+    fn operation_errors_keep_their_cause_and_context() {
+        use std::error::Error as _;
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let cause = Err::<(), _>(io)
+            .context(|| "seeding cache volume \"pip\"".to_string())
+            .unwrap_err();
+        let e = SolveError::op("exec make", cause);
+        assert_eq!(e.to_string(), "exec make: seeding cache volume \"pip\": denied");
+        let SolveError::Op {
+            cause: Cause::In { cause, .. },
+            ..
+        } = &e
+        else {
+            panic!("not an operation error with context: {e:?}")
+        };
+        assert!(matches!(**cause, Cause::Io(_)), "the io::Error is kept: {cause:?}");
+        let source = e.source().and_then(|s| s.source()).expect("a source chain");
+        assert_eq!(source.to_string(), "denied");
+    }
 }
