@@ -320,7 +320,7 @@ mod tests {
         for (bad, needle) in [
             ("read_timeout = 0", "zero"),
             ("read_timeout = \"0s\"", "zero"),
-            ("read_timeout = \"10\"", "invalid duration \"10\""),
+            ("read_timeout = \"ten\"", "invalid duration \"ten\""),
             ("connect_timeout = \"5 parsecs\"", "invalid duration"),
             ("connect_timeout = \"s\"", "invalid duration"),
         ] {

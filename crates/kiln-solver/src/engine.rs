@@ -16,13 +16,13 @@ use tokio::sync::Semaphore;
 
 use crate::events::{EventKind, Events, Subject};
 use crate::explain::{self, Explanation, Footprint};
-use crate::once_map::{Joinable, OnceMap};
+use crate::once_map::{OnceMap, Waiter};
 use crate::ops::{self, OpOutput, Prepared};
 use crate::result::ExecMeta;
 use crate::running::Running;
 use crate::secrets::Secrets;
 use crate::volumes::VolumeLeases;
-use crate::{SolveError, Solved};
+use crate::{Cause, SolveError, Solved};
 
 /// Content digests of parts of trees, by (tree, path).
 type PartDigests = HashMap<(Option<SnapshotId>, String), Option<Digest>>;
@@ -131,7 +131,7 @@ impl Engine {
             secrets: Arc::new(secrets),
             volumes: VolumeLeases::new(volumes),
             events: Events::default(),
-            inflight: OnceMap::in_flight(),
+            inflight: OnceMap::in_flight(lost_job),
             part_digests: Mutex::new(HashMap::new()),
             explain_cache: config.explain_cache,
             fail_on_cache_miss: config.fail_on_cache_miss,
@@ -251,7 +251,7 @@ impl Engine {
     pub fn session(self: &Arc<Self>) -> Session {
         Session {
             engine: self.clone(),
-            memo: OnceMap::memo(),
+            memo: OnceMap::memo(lost_job),
             pins: Arc::default(),
         }
     }
@@ -265,10 +265,10 @@ impl Engine {
         prepared: Prepared,
         inputs: Vec<Arc<Solved>>,
         input_keys: Vec<Key>,
-    ) -> Joinable<SolveResult> {
+    ) -> Waiter<Key, SolveResult> {
         let engine = self.clone();
-        self.inflight.get_or_start(key, move || {
-            async move { engine.lookup_or_run(&node, key, prepared, inputs, input_keys).await }.boxed()
+        self.inflight.get_or_spawn(key, move || async move {
+            engine.lookup_or_run(&node, key, prepared, inputs, input_keys).await
         })
     }
 
@@ -382,14 +382,17 @@ impl Session {
     }
 
     /// Solves `node` and everything it depends on.
+    ///
+    /// The work runs as jobs the engine owns: it goes on while anyone waits
+    /// for it, and is cancelled (containers killed, slots and locks
+    /// released) when every request for it was dropped.
     pub fn solve(&self, node: &Arc<Node>) -> BoxFuture<'static, SolveResult> {
         let session = self.clone();
         let node = node.clone();
-        self.memo
-            .get_or_start(node.digest(), move || {
-                async move { session.solve_uncached(node).await }.boxed()
-            })
-            .boxed()
+        let waiter = self
+            .memo
+            .get_or_spawn(node.digest(), move || async move { session.solve_uncached(node).await });
+        waiter.wait().boxed()
     }
 
     async fn solve_uncached(&self, node: Arc<Node>) -> SolveResult {
@@ -427,8 +430,19 @@ impl Session {
         let pin = self.engine.store.pin_keys(&[*key.as_bytes()]);
         self.pins.lock().expect("pins lock").push(pin);
         let input_keys = input_keys.into_iter().map(|(k, _)| k).collect();
-        self.engine.solve_keyed(node, key, prepared, inputs, input_keys).await
+        self.engine
+            .solve_keyed(node, key, prepared, inputs, input_keys)
+            .wait()
+            .await
     }
+}
+
+/// What waiters of a job that panicked get.
+fn lost_job() -> SolveResult {
+    Err(SolveError::op(
+        "solve",
+        Cause::Internal("the job ended without a result (it panicked; see the log)".into()),
+    ))
 }
 
 fn hex_digest(bytes: &[u8; 32]) -> String {
