@@ -231,6 +231,12 @@ impl Engine {
         }
     }
 
+    /// How many requests (of any session) wait for operations that are
+    /// running or about to run: a diagnostic.
+    pub fn waiting_requests(&self) -> usize {
+        self.inflight.waiters()
+    }
+
     /// What the engine did so far.
     pub fn stats(&self) -> Stats {
         let c = &self.counters;

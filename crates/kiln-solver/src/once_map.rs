@@ -147,6 +147,18 @@ where
         let slots = self.slots.lock().expect("once map lock");
         slots.values().filter(|(_, s)| matches!(s, Slot::Running(_))).count()
     }
+
+    /// How many requests wait for running jobs, in all.
+    pub(crate) fn waiters(&self) -> usize {
+        let slots = self.slots.lock().expect("once map lock");
+        slots
+            .values()
+            .map(|(_, s)| match s {
+                Slot::Running(job) => job.waiters,
+                Slot::Done(_) => 0,
+            })
+            .sum()
+    }
 }
 
 /// One request's hold on a job; await it for the job's result. Dropping it
