@@ -169,16 +169,18 @@ impl Api {
             name: secret.name.clone(),
             digest: secret.digest.clone(),
         };
-        if self.engine.secrets().get(&known).is_some() {
+        if self.session.secret(&known).is_some() {
             return Ok(known);
         }
         match &secret.uri {
+            // Read again from this client's side: its own env, files, commands.
             Some(uri) => {
                 let plaintext = crate::resolvers::secret::read_uri(uri)?;
-                Ok(self.engine.secrets().add(&secret.name, plaintext))
+                Ok(self.session.add_secret(&secret.name, plaintext))
             }
             None => Err(ApiError::invalid(format!(
-                "secret {:?} is not held by this engine session: set it again with setSecret",
+                "secret {:?} was not set in this session (an ID from another session or client does not \
+                 carry its value): set it again with setSecret",
                 secret.name
             ))),
         }

@@ -271,6 +271,16 @@ pub enum SourcePolicy {
 }
 
 impl Op {
+    /// The secrets the operation uses (as env vars or mounted files).
+    pub fn secrets(&self) -> Vec<&SecretRef> {
+        let Op::Exec(exec) = self else { return Vec::new() };
+        let mounted = exec.mounts.iter().filter_map(|m| match m {
+            Mount::Secret { secret, .. } => Some(secret),
+            _ => None,
+        });
+        exec.secret_env.iter().map(|e| &e.secret).chain(mounted).collect()
+    }
+
     /// A short human name for progress output, e.g. `exec sh -c make`.
     pub fn describe(&self) -> String {
         match self {

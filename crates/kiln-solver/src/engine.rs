@@ -1,6 +1,6 @@
 //! The engine (store + runtime + registry) and sessions that solve nodes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::{BoxFuture, try_join_all};
 use kiln_exec::Runtime;
-use kiln_graph::{Key, KeyBuilder, Node, Op, SourcePolicy, cache_key};
+use kiln_graph::{Key, KeyBuilder, Node, Op, SecretRef, SourcePolicy, cache_key};
 use kiln_oci::{ExtractLimits, Registry, RegistryConfig};
 use kiln_store::{CacheRecord, Digest, HostPolicy, PinGuard, SnapshotId, Store, Volumes, now_secs, tree_digest};
 use tokio::sync::Semaphore;
@@ -259,6 +259,7 @@ impl Engine {
             engine: self.clone(),
             memo: OnceMap::memo(lost_job),
             pins: Arc::default(),
+            secrets: Arc::default(),
         }
     }
 
@@ -379,12 +380,48 @@ pub struct Session {
     memo: Arc<OnceMap<Key, SolveResult>>,
     /// Keeps what this session solved from garbage collection while it lives.
     pins: Arc<Mutex<Vec<PinGuard>>>,
+    /// The secrets this session set (by digest): the only ones its graphs
+    /// may use and its clients may read, whatever IDs they present.
+    secrets: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Session {
     /// The engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// Sets a secret for this session; returns how graphs name it.
+    pub fn add_secret(&self, name: &str, plaintext: String) -> SecretRef {
+        let secret = self.engine.secrets.add(name, plaintext);
+        self.secrets
+            .lock()
+            .expect("session secrets")
+            .insert(secret.digest.clone());
+        secret
+    }
+
+    /// The plaintext of a secret this session set; `None` for any other,
+    /// even one another session holds.
+    pub fn secret(&self, secret: &SecretRef) -> Option<Arc<String>> {
+        let granted = self.secrets.lock().expect("session secrets").contains(&secret.digest);
+        granted.then(|| self.engine.secrets.get(secret)).flatten()
+    }
+
+    /// Refuses a node that uses a secret this session did not set.
+    fn check_secrets(&self, node: &Node) -> Result<(), SolveError> {
+        let granted = self.secrets.lock().expect("session secrets");
+        match node.op().secrets().into_iter().find(|s| !granted.contains(&s.digest)) {
+            None => Ok(()),
+            Some(s) => Err(SolveError::op(
+                self.engine.secrets.scrub(&node.op().describe()),
+                format!(
+                    "secret {:?} was not set in this session (an ID from another session or client \
+                     does not carry its value): set it with setSecret or secret(uri) here",
+                    s.name
+                ),
+            )),
+        }
     }
 
     /// Solves `node` and everything it depends on.
@@ -403,6 +440,7 @@ impl Session {
 
     async fn solve_uncached(&self, node: Arc<Node>) -> SolveResult {
         node.validate().map_err(|e| SolveError::op(node.op().describe(), e))?;
+        self.check_secrets(&node)?;
         let inputs = try_join_all(node.inputs().iter().map(|i| self.solve(&i.node))).await?;
         if matches!(node.op(), Op::Scratch) {
             return Ok(Arc::new(Solved {

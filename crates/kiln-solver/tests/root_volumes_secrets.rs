@@ -89,7 +89,7 @@ fn grep_dir(dir: &Path, needle: &[u8]) -> Vec<String> {
 async fn root_secrets_reach_the_process_but_never_disk_or_output() {
     let Some(f) = Fixture::start().await else { return };
     let plaintext = "kiln-s3cr3t-7f1d2a";
-    let secret = f.engine.secrets().add("token", plaintext.into());
+    let secret = f.session.add_secret("token", plaintext.into());
     let mut e = exec(
         "echo env=$TOKEN; cat /run/secrets/token; echo; stat -c '%a %u' /run/secrets/token; \
          test \"$TOKEN\" = kiln-s3cr3t-7f1d2a && echo matches; echo $TOKEN >&2; exit 1",
@@ -120,7 +120,7 @@ async fn root_secrets_reach_the_process_but_never_disk_or_output() {
     assert!(!err.report().contains(plaintext), "{}", err.report());
 
     // Another value is another cache key; the same value hits the cache.
-    let other = f.engine.secrets().add("token", "another-value-93c1".into());
+    let other = f.session.add_secret("token", "another-value-93c1".into());
     let mut changed = e.clone();
     changed.secret_env[0].secret = other;
     let rerun = f
@@ -129,8 +129,22 @@ async fn root_secrets_reach_the_process_but_never_disk_or_output() {
         .await
         .unwrap();
     assert!(!rerun.cached, "a changed secret must re-run the exec");
-    let again = f.engine.session().solve(&node).await.unwrap();
+    // Another session that sets the same value shares the cache...
+    let same_value = f.engine.session();
+    same_value.add_secret("token", plaintext.into());
+    let again = same_value.solve(&node).await.unwrap();
     assert!(again.cached);
+    // ...and one that only knows the ID is refused, cached result or not.
+    let stranger = f.engine.session();
+    let refused = stranger.solve(&node).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("secret \"token\" was not set in this session"),
+        "{refused}"
+    );
+    assert!(
+        stranger.secret(&secret).is_none(),
+        "another session's plaintext is not readable"
+    );
 
     f.engine.store().flush().unwrap();
     let hits = grep_dir(f.state.path(), plaintext.as_bytes());

@@ -48,7 +48,7 @@ pub fn read_uri(uri: &str) -> Result<String, ApiError> {
 }
 
 fn secret_object(api: &Api, name: &str, plaintext: String, uri: Option<String>) -> Output {
-    let r = api.engine.secrets().add(name, plaintext);
+    let r = api.session.add_secret(name, plaintext);
     Output::Object(Object::Secret(Secret {
         name: r.name,
         digest: r.digest,
@@ -92,10 +92,9 @@ async fn uri(_: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
 async fn plaintext(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
     let r = api.secret_ref(&this(obj)?)?;
     let value = api
-        .engine
-        .secrets()
-        .get(&r)
-        .ok_or_else(|| ApiError::internal("secret vanished"))?;
+        .session
+        .secret(&r)
+        .ok_or_else(|| ApiError::internal("a secret of this session vanished"))?;
     Ok(Output::string(value.as_str()))
 }
 
