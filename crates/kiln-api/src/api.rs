@@ -175,7 +175,7 @@ impl Api {
         match &secret.uri {
             // Read again from this client's side: its own env, files, commands.
             Some(uri) => {
-                let plaintext = crate::resolvers::secret::read_uri(uri)?;
+                let plaintext = crate::resolvers::secret::read_uri(self.session.host().as_ref(), uri)?;
                 Ok(self.session.add_secret(&secret.name, plaintext))
             }
             None => Err(ApiError::invalid(format!(

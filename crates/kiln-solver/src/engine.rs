@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 
 use crate::events::{EventKind, Events, Subject};
 use crate::explain::{self, Explanation, Footprint};
+use crate::host_access::{HostAccess, LocalHost};
 use crate::once_map::{OnceMap, Waiter};
 use crate::ops::{self, OpOutput, Prepared};
 use crate::result::ExecMeta;
@@ -253,9 +254,16 @@ impl Engine {
         self.counters.execs.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A new session: a memo of the nodes it solved.
+    /// A new session for a client on this host: a memo of the nodes it
+    /// solved, the secrets it set.
     pub fn session(self: &Arc<Self>) -> Session {
+        self.session_on(Arc::new(LocalHost))
+    }
+
+    /// A new session for a client reached through `host`.
+    pub fn session_on(self: &Arc<Self>, host: Arc<dyn HostAccess>) -> Session {
         Session {
+            host,
             engine: self.clone(),
             memo: OnceMap::memo(lost_job),
             pins: Arc::default(),
@@ -383,12 +391,19 @@ pub struct Session {
     /// The secrets this session set (by digest): the only ones its graphs
     /// may use and its clients may read, whatever IDs they present.
     secrets: Arc<Mutex<HashSet<String>>>,
+    /// The client's host.
+    host: Arc<dyn HostAccess>,
 }
 
 impl Session {
     /// The engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// The client's host.
+    pub fn host(&self) -> Arc<dyn HostAccess> {
+        Arc::clone(&self.host)
     }
 
     /// Sets a secret for this session; returns how graphs name it.

@@ -24,6 +24,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The contents of a file entry.
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        std::fs::read(&self.real)
+    }
+
     /// Whether the entry is a directory.
     pub fn is_dir(&self) -> bool {
         self.meta.is_dir()

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_graphql::Value;
 use kiln_graph::Op;
-use kiln_store::{CopyOptions, PathFilter, copy_tree};
+use kiln_solver::Export;
 
 use crate::api::{Api, Output, Registry, directory, join_path};
 use crate::args::Args;
@@ -194,22 +194,20 @@ pub async fn export_to_host(
     dir: PathBuf,
     wipe: bool,
 ) -> Result<(), ApiError> {
-    let policy = api.engine.export_policy();
+    let export = Export {
+        src,
+        dest,
+        dir,
+        wipe,
+        policy: api.engine.export_policy(),
+    };
+    let host = api.session.host();
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        let failed = |e: &dyn std::fmt::Display| ApiError::invalid(format!("export to {}: {e}", dest.display()));
-        if wipe && dest.exists() {
-            std::fs::remove_dir_all(&dest)
-                .map_err(|e| ApiError::invalid(format!("export: wiping {}: {e}", dest.display())))?;
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| failed(&e))?;
-        let filter = PathFilter::default();
-        let opts = CopyOptions {
-            to_host: Some(policy),
-            ..CopyOptions::new(&filter)
-        };
-        let stats = copy_tree(&view, Path::new(&src), &dest, &opts).map_err(|e| failed(&e))?;
+        let stats = host
+            .export(&view, &export)
+            .map_err(|e| ApiError::invalid(format!("export to {}: {e}", export.dest.display())))?;
         if !stats.withheld.is_empty() {
-            tracing::warn!("{}", withheld_message(&dest, &stats.withheld));
+            tracing::warn!("{}", withheld_message(&export.dest, &stats.withheld));
         }
         Ok(())
     })

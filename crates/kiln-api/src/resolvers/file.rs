@@ -58,7 +58,10 @@ async fn sync(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
 async fn contents(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let f = file(obj)?;
     let entry = locate(&api, &f).await?;
-    let bytes = tokio::fs::read(&entry.real).await.map_err(ApiError::internal)?;
+    let bytes = tokio::task::spawn_blocking(move || entry.read())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let (offset, limit) = (args.int("offsetLines"), args.int("limitLines"));
     if offset.is_none() && limit.is_none() {
@@ -91,13 +94,14 @@ async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
     let f = file(obj)?;
     let target = api.host_path(&args.string("path")?);
     let allow_parent = args.bool("allowParentDirPath");
-    if target.is_dir() && !allow_parent {
+    let target_is_dir = api.session.host().kind(&target) == kiln_solver::HostPathKind::Directory;
+    if target_is_dir && !allow_parent {
         return Err(ApiError::invalid(format!(
             "export: {} is a directory; give a file path (or set allowParentDirPath to export into it)",
             target.display()
         )));
     }
-    let dest = if target.is_dir() {
+    let dest = if target_is_dir {
         target.join(Path::new(&f.path).file_name().unwrap_or_default())
     } else {
         target

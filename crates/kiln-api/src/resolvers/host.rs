@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use kiln_graph::Op;
 
+use kiln_solver::HostPathKind;
+
 use crate::api::{Api, Output, Registry};
 use crate::args::Args;
 use crate::error::ApiError;
@@ -23,12 +25,12 @@ async fn directory(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiEr
             "the gitignore argument of Host.directory".into(),
         ));
     }
-    if !path.is_dir() {
-        let why = if path.exists() {
-            "it is a file, not a directory (use Host.file for a file)"
-        } else {
-            "no such directory"
-        };
+    let why = match api.session.host().kind(&path) {
+        HostPathKind::Directory => None,
+        HostPathKind::Missing => Some("no such directory"),
+        _ => Some("it is a file, not a directory (use Host.file for a file)"),
+    };
+    if let Some(why) = why {
         return Err(ApiError::invalid(format!("host directory {}: {why}", path.display())));
     }
     let node = api.nodes.add(
@@ -50,14 +52,13 @@ async fn directory(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiEr
 
 async fn file(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
     let path = api.host_path(&args.string("path")?);
-    if !path.is_file() {
-        let why = if path.is_dir() {
-            "it is a directory, not a file (use Host.directory for a directory)"
-        } else if path.exists() {
-            "it is not a regular file"
-        } else {
-            "no such file"
-        };
+    let why = match api.session.host().kind(&path) {
+        HostPathKind::File => None,
+        HostPathKind::Directory => Some("it is a directory, not a file (use Host.directory for a directory)"),
+        HostPathKind::Other => Some("it is not a regular file"),
+        HostPathKind::Missing => Some("no such file"),
+    };
+    if let Some(why) = why {
         return Err(ApiError::invalid(format!("host file {}: {why}", path.display())));
     }
     let (parent, name) = (

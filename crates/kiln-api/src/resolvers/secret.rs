@@ -2,7 +2,10 @@
 //! the `Secret` type. Values go to the engine's in-memory secret store; the
 //! API objects (and so IDs) hold only names, keyed hashes and URIs.
 
+use std::path::Path;
 use std::sync::Arc;
+
+use kiln_solver::HostAccess;
 
 use crate::api::{Api, Output, Registry};
 use crate::args::Args;
@@ -19,18 +22,18 @@ pub fn register(r: &mut Registry) {
     r.add("Secret", "uri", resolver!(uri));
 }
 
-/// Reads a secret value from its URI.
-pub fn read_uri(uri: &str) -> Result<String, ApiError> {
+/// Reads a secret value from its URI, on the client's host.
+pub fn read_uri(host: &dyn HostAccess, uri: &str) -> Result<String, ApiError> {
     let bad = |why: String| ApiError::invalid(format!("secret {uri:?}: {why}"));
     if let Some(var) = uri.strip_prefix("env://") {
-        std::env::var(var).map_err(|_| bad(format!("environment variable {var} is not set")))
+        host.env(var)
+            .ok_or_else(|| bad(format!("environment variable {var} is not set")))
     } else if let Some(path) = uri.strip_prefix("file://") {
-        std::fs::read_to_string(path).map_err(|e| bad(format!("reading {path}: {e}")))
+        host.read_to_string(Path::new(path))
+            .map_err(|e| bad(format!("reading {path}: {e}")))
     } else if let Some(command) = uri.strip_prefix("cmd://") {
-        let out = std::process::Command::new("sh")
-            .args(["-c", command])
-            .stderr(std::process::Stdio::inherit())
-            .output()
+        let out = host
+            .command_output(command)
             .map_err(|e| bad(format!("running the command: {e}")))?;
         if !out.status.success() {
             return Err(bad(format!("the command failed ({})", out.status)));
@@ -63,7 +66,7 @@ async fn set_secret(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiE
 
 async fn secret(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
     let uri = args.string("uri")?;
-    let plaintext = read_uri(&uri)?;
+    let plaintext = read_uri(api.session.host().as_ref(), &uri)?;
     Ok(secret_object(&api, &uri, plaintext, Some(uri.clone())))
 }
 
@@ -100,32 +103,59 @@ async fn plaintext(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiErr
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{ExitStatus, Output as ProcessOutput};
+
+    use kiln_solver::{Export, ExportError, HostPathKind};
+    use kiln_store::{CopyStats, MergedView};
+
     use super::*;
 
+    /// A host with one env var, one file and one command that works: the
+    /// provider logic above the trait (the real host is tested in
+    /// kiln-solver and by the SDK suites).
+    struct FakeHost;
+
+    impl HostAccess for FakeHost {
+        fn kind(&self, _: &Path) -> HostPathKind {
+            HostPathKind::Missing
+        }
+        fn env(&self, name: &str) -> Option<String> {
+            (name == "TOKEN").then(|| "from-env".to_string())
+        }
+        fn read_to_string(&self, path: &Path) -> io::Result<String> {
+            match path.to_str() {
+                Some("/run/token") => Ok("from-file\n".into()),
+                _ => Err(io::Error::from(io::ErrorKind::NotFound)),
+            }
+        }
+        fn command_output(&self, command: &str) -> io::Result<ProcessOutput> {
+            let (status, stdout) = match command {
+                "vault read token" => (0, b"from-cmd\n".to_vec()),
+                _ => (3 << 8, Vec::new()),
+            };
+            Ok(ProcessOutput {
+                status: ExitStatus::from_raw(status),
+                stdout,
+                stderr: Vec::new(),
+            })
+        }
+        fn export(&self, _: &MergedView, _: &Export) -> Result<CopyStats, ExportError> {
+            unreachable!("not used by secret providers")
+        }
+    }
+
     #[test]
-    fn providers_read_env_files_and_commands() {
-        // SAFETY: single-threaded test setting a variable only it reads.
-        unsafe { std::env::set_var("KILN_TEST_SECRET_PROVIDER", "from-env") };
-        assert_eq!(read_uri("env://KILN_TEST_SECRET_PROVIDER").unwrap(), "from-env");
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), "from-file\n").unwrap();
-        assert_eq!(
-            read_uri(&format!("file://{}", f.path().display())).unwrap(),
-            "from-file\n"
-        );
-        assert_eq!(read_uri("cmd://printf 'from-cmd\\n'").unwrap(), "from-cmd");
-        assert!(
-            read_uri("env://KILN_TEST_SECRET_UNSET")
-                .unwrap_err()
-                .to_string()
-                .contains("not set")
-        );
-        assert!(
-            read_uri("vault://x")
-                .unwrap_err()
-                .to_string()
-                .contains("unsupported provider")
-        );
-        assert!(read_uri("cmd://exit 3").is_err());
+    fn providers_read_env_files_and_commands_of_the_client_host() {
+        let host = &FakeHost;
+        assert_eq!(read_uri(host, "env://TOKEN").unwrap(), "from-env");
+        assert_eq!(read_uri(host, "file:///run/token").unwrap(), "from-file\n");
+        assert_eq!(read_uri(host, "cmd://vault read token").unwrap(), "from-cmd");
+        let err = |uri| read_uri(host, uri).unwrap_err().to_string();
+        assert!(err("env://UNSET").contains("environment variable UNSET is not set"));
+        assert!(err("file:///missing").contains("reading /missing"));
+        assert!(err("cmd://exit 3").contains("the command failed"));
+        assert!(err("vault://x").contains("unsupported provider"));
     }
 }

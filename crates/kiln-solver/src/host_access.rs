@@ -1,0 +1,135 @@
+//! A session's access to its client's host: what is at a path, secret
+//! providers (`env://`, `file://`, `cmd://`) and exports. Behind a trait so
+//! that a client on another machine can serve the same over its connection
+//! (BuildKit's session attachables are the model); [`LocalHost`] is the
+//! host kiln runs on.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use kiln_store::{CopyOptions, CopyStats, HostPolicy, MergedView, PathFilter, copy_tree};
+
+/// What is at a path of the client's host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPathKind {
+    /// Nothing.
+    Missing,
+    /// A directory.
+    Directory,
+    /// A regular file.
+    File,
+    /// Something else (a socket, a device...).
+    Other,
+}
+
+/// An export to the host that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// Removing what was at the destination (`wipe`).
+    #[error("wiping {}: {source}", path.display())]
+    Wipe { path: PathBuf, source: io::Error },
+    /// Creating the destination's directory.
+    #[error("creating {}: {source}", path.display())]
+    Create { path: PathBuf, source: io::Error },
+    /// Copying.
+    #[error(transparent)]
+    Copy(#[from] kiln_store::CopyError),
+}
+
+/// Where an export goes and how.
+#[derive(Debug, Clone)]
+pub struct Export {
+    /// The path in the tree to export.
+    pub src: String,
+    /// The host path it becomes.
+    pub dest: PathBuf,
+    /// The host directory to create first.
+    pub dir: PathBuf,
+    /// Remove `dest` first.
+    pub wipe: bool,
+    /// What may be created of what grants privileges on the host.
+    pub policy: HostPolicy,
+}
+
+/// The client's host, as a session sees it. Blocking calls.
+pub trait HostAccess: Send + Sync {
+    /// What is at `path`.
+    fn kind(&self, path: &Path) -> HostPathKind;
+    /// The value of the environment variable `name`.
+    fn env(&self, name: &str) -> Option<String>;
+    /// The contents of the file at `path`.
+    fn read_to_string(&self, path: &Path) -> io::Result<String>;
+    /// Runs `command` with `sh -c` and returns its output (its stderr goes
+    /// to the client's stderr).
+    fn command_output(&self, command: &str) -> io::Result<std::process::Output>;
+    /// Copies a tree (or file) of `view` to the host.
+    fn export(&self, view: &MergedView, export: &Export) -> Result<CopyStats, ExportError>;
+}
+
+/// The host kiln runs on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalHost;
+
+impl HostAccess for LocalHost {
+    fn kind(&self, path: &Path) -> HostPathKind {
+        match std::fs::metadata(path) {
+            Err(_) => HostPathKind::Missing,
+            Ok(m) if m.is_dir() => HostPathKind::Directory,
+            Ok(m) if m.is_file() => HostPathKind::File,
+            Ok(_) => HostPathKind::Other,
+        }
+    }
+
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
+    fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+
+    fn command_output(&self, command: &str) -> io::Result<std::process::Output> {
+        std::process::Command::new("sh")
+            .args(["-c", command])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+    }
+
+    fn export(&self, view: &MergedView, export: &Export) -> Result<CopyStats, ExportError> {
+        if export.wipe && std::fs::symlink_metadata(&export.dest).is_ok() {
+            std::fs::remove_dir_all(&export.dest).map_err(|source| ExportError::Wipe {
+                path: export.dest.clone(),
+                source,
+            })?;
+        }
+        std::fs::create_dir_all(&export.dir).map_err(|source| ExportError::Create {
+            path: export.dir.clone(),
+            source,
+        })?;
+        let filter = PathFilter::default();
+        let opts = CopyOptions {
+            to_host: Some(export.policy),
+            ..CopyOptions::new(&filter)
+        };
+        Ok(copy_tree(view, Path::new(&export.src), &export.dest, &opts)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_host_tells_kinds_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let host = LocalHost;
+        assert_eq!(host.kind(dir.path()), HostPathKind::Directory);
+        assert_eq!(host.kind(&file), HostPathKind::File);
+        assert_eq!(host.kind(&dir.path().join("none")), HostPathKind::Missing);
+        assert_eq!(host.kind(Path::new("/dev/null")), HostPathKind::Other);
+        assert_eq!(host.read_to_string(&file).unwrap(), "x");
+        assert_eq!(host.command_output("printf hi").unwrap().stdout, b"hi");
+    }
+}
