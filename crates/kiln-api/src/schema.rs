@@ -4,7 +4,7 @@
 //! "not implemented" error naming the field.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_graphql::Value;
 use async_graphql::dynamic::{
@@ -79,13 +79,18 @@ fn base_name(ty: &Type) -> &str {
     }
 }
 
-fn field(api: &Arc<Api>, type_name: &str, def: &FieldDefinition, interfaces: &HashSet<String>) -> Field {
+/// The session a request is for: the schema is shared, the session comes
+/// with each request (see [`crate::Server`]).
+fn session_api(ctx: &ResolverContext<'_>) -> Result<Arc<Api>, async_graphql::Error> {
+    ctx.data::<Arc<Api>>().cloned()
+}
+
+fn field(type_name: &str, def: &FieldDefinition, interfaces: &HashSet<String>) -> Field {
     let (ty, name) = (type_name.to_string(), def.name.node.to_string());
     // Objects returned through an interface type must say what they are.
     let tagged = interfaces.contains(base_name(&def.ty.node));
-    let api = api.clone();
     let mut f = Field::new(name.clone(), type_ref(&def.ty.node), move |ctx: ResolverContext<'_>| {
-        let api = api.clone();
+        let api = session_api(&ctx);
         let parent = ctx
             .parent_value
             .downcast_ref::<ApiObject>()
@@ -94,7 +99,7 @@ fn field(api: &Arc<Api>, type_name: &str, def: &FieldDefinition, interfaces: &Ha
         let args = Args::new(ctx.args.as_index_map().clone());
         let (ty, name) = (ty.clone(), name.clone());
         FieldFuture::new(async move {
-            match api.resolve(&ty, &name, parent, args).await {
+            match api?.resolve(&ty, &name, parent, args).await {
                 Ok(out) => Ok(to_field_value(out, tagged)),
                 Err(e) => Err(e.to_graphql()),
             }
@@ -123,8 +128,18 @@ fn to_field_value(out: Output, tagged: bool) -> Option<FieldValue<'static>> {
     }
 }
 
+/// The schema, built once per process and shared by every session (each
+/// request carries its session's [`Api`] as data).
+pub fn shared() -> Result<Schema, SchemaError> {
+    static SCHEMA: OnceLock<Result<Schema, String>> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| build().map_err(|e| e.0))
+        .clone()
+        .map_err(SchemaError)
+}
+
 /// Builds the schema.
-pub fn build(api: Arc<Api>) -> Result<Schema, SchemaError> {
+fn build() -> Result<Schema, SchemaError> {
     let doc = async_graphql_parser::parse_schema(SDL)
         .expect("the embedded schema parses")
         .definitions;
@@ -183,14 +198,14 @@ pub fn build(api: Arc<Api>) -> Result<Schema, SchemaError> {
             TypeKind::Object(o) => {
                 let mut obj = Object::new(name);
                 for f in &o.fields {
-                    obj = obj.field(field(&api, name, &f.node, &interfaces));
+                    obj = obj.field(field(name, &f.node, &interfaces));
                 }
                 for imp in &o.implements {
                     obj = obj.implement(imp.node.to_string());
                 }
                 if name == "Query" {
                     for ty in &legacy {
-                        obj = obj.field(legacy_loader(&api, ty));
+                        obj = obj.field(legacy_loader(ty));
                     }
                 }
                 builder.register(obj)
@@ -205,18 +220,17 @@ pub fn build(api: Arc<Api>) -> Result<Schema, SchemaError> {
 }
 
 /// `load<Type>FromID(id: <Type>ID!): <Type>!`, as 0.21 clients still use.
-fn legacy_loader(api: &Arc<Api>, ty: &str) -> Field {
-    let api = api.clone();
+fn legacy_loader(ty: &str) -> Field {
     let expected = ty.to_string();
     Field::new(
         format!("load{ty}FromID"),
         TypeRef::named_nn(ty),
         move |ctx: ResolverContext<'_>| {
-            let api = api.clone();
+            let api = session_api(&ctx);
             let expected = expected.clone();
             let args = Args::new(ctx.args.as_index_map().clone());
             FieldFuture::new(async move {
-                let out = api.load_id(&args, Some(&expected)).map_err(|e| e.to_graphql())?;
+                let out = api?.load_id(&args, Some(&expected)).map_err(|e| e.to_graphql())?;
                 Ok(to_field_value(out, false))
             })
         },

@@ -25,6 +25,8 @@ use crate::api::Api;
 #[derive(Clone)]
 pub struct Server {
     schema: Schema,
+    /// The session served.
+    api: Arc<Api>,
     token: Arc<String>,
     /// The first W3C `traceparent` header a client sent.
     traceparent: Arc<OnceLock<String>>,
@@ -158,7 +160,8 @@ impl Server {
     /// A server for `api`, accepting `token`.
     pub fn new(api: Arc<Api>, token: String) -> Result<Self, async_graphql::dynamic::SchemaError> {
         Ok(Self {
-            schema: crate::schema::build(api)?,
+            schema: crate::schema::shared()?,
+            api,
             token: Arc::new(token),
             traceparent: Arc::new(OnceLock::new()),
         })
@@ -176,7 +179,7 @@ impl Server {
     }
 
     async fn run(&self, request: async_graphql::Request) -> async_graphql::Response {
-        let mut response = self.schema.execute(request).await;
+        let mut response = self.schema.execute(request.data(self.api.clone())).await;
         for e in &mut response.errors {
             if e.message == "recursion limit exceeded." {
                 e.message = format!(
