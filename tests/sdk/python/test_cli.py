@@ -5,6 +5,7 @@ import os
 import re
 import stat
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -22,16 +23,18 @@ def test_exit_code_of_the_program_is_kept(kiln, tmp_path: Path):
     assert run.summary() == (0, 0, 0)
 
 
-FAILING = """
-import anyio, dagger
-from dagger import dag
+def pipeline(body: str) -> str:
+    """A pipeline script: `body` (Python awaiting on `dag`, with `sys`
+    imported) inside a Dagger connection."""
+    return (
+        "import sys, anyio, dagger\nfrom dagger import dag\n\n"
+        "async def main():\n    async with dagger.connection():\n"
+        + textwrap.indent(textwrap.dedent(body).strip(), " " * 8)
+        + "\n\nanyio.run(main)\n"
+    )
 
-async def main():
-    async with dagger.connection():
-        await dag.container().from_("busybox").with_exec(["sh", "-c", "exit 9"]).sync()
 
-anyio.run(main)
-"""
+FAILING = pipeline('await dag.container().from_("busybox").with_exec(["sh", "-c", "exit 9"]).sync()')
 
 
 def test_uncaught_exec_error_fails_the_run(kiln, tmp_path: Path):
@@ -43,22 +46,15 @@ def test_uncaught_exec_error_fails_the_run(kiln, tmp_path: Path):
     assert failed == 1, run.stderr
 
 
-SPECIAL_EXPORT = """
-import sys, anyio, dagger
-from dagger import dag
-
-async def main():
-    async with dagger.connection():
-        await (
-            dag.container().from_("busybox")
-            .with_exec(["sh", "-c", "mkdir /out && cp /bin/busybox /out/su && chmod 4755 /out/su"
-                        " && mknod /out/null c 1 3 && echo x > /out/plain"])
-            .directory("/out")
-            .export(sys.argv[1])
-        )
-
-anyio.run(main)
-"""
+SPECIAL_EXPORT = pipeline("""
+    await (
+        dag.container().from_("busybox")
+        .with_exec(["sh", "-c", "mkdir /out && cp /bin/busybox /out/su && chmod 4755 /out/su"
+                    " && mknod /out/null c 1 3 && echo x > /out/plain"])
+        .directory("/out")
+        .export(sys.argv[1])
+    )
+""")
 
 
 def test_exports_withhold_device_nodes_and_setuid_bits_and_say_so(kiln, tmp_path: Path):
@@ -85,16 +81,9 @@ def test_exports_keep_device_nodes_and_setuid_bits_when_asked(kiln, tmp_path: Pa
     assert "not created" not in run.stderr
 
 
-WRITES_A_LAYER = """
-import anyio, dagger
-from dagger import dag
-
-async def main():
-    async with dagger.connection():
-        await dag.container().from_("busybox").with_exec(["sh", "-c", "head -c 100000 /dev/zero > /blob"]).sync()
-
-anyio.run(main)
-"""
+WRITES_A_LAYER = pipeline(
+    'await dag.container().from_("busybox").with_exec(["sh", "-c", "head -c 100000 /dev/zero > /blob"]).sync()'
+)
 
 
 def test_garbage_collection_says_what_it_evicted_at_the_default_log_level(kiln, tmp_path: Path):
