@@ -185,7 +185,7 @@ mod tests {
     }
 
     /// Plain directories stand in for cgroups (the real thing is tested as
-    /// root in tests/root_cleanup.rs).
+    /// root in kiln-solver's tests/root_crash.rs).
     #[test]
     fn only_cgroups_of_unregistered_or_unlocked_instances_go() {
         let root = tempfile::tempdir().unwrap();

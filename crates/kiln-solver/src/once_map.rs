@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -38,7 +39,7 @@ pub(crate) struct OnceMap<K, V> {
     slots: Mutex<HashMap<K, (u64, Slot<V>)>>,
     /// Numbers jobs, so that a finished or cancelled job never touches the
     /// slot of a later job of the same key.
-    next: Mutex<u64>,
+    next: AtomicU64,
     /// Whether a finished job's result stays (a memo) or goes (the next
     /// request starts the work again).
     keep_results: bool,
@@ -55,7 +56,7 @@ where
     fn new(keep_results: bool, lost: fn() -> V) -> Arc<Self> {
         Arc::new(Self {
             slots: Mutex::new(HashMap::new()),
-            next: Mutex::new(0),
+            next: AtomicU64::new(0),
             keep_results,
             lost,
         })
@@ -86,11 +87,7 @@ where
             }
             None => {}
         }
-        let id = {
-            let mut next = self.next.lock().expect("once map counter");
-            *next += 1;
-            *next
-        };
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
         let map = Arc::clone(self);
         let finished_key = key.clone();

@@ -100,8 +100,8 @@ fn is_empty(dir: &Path) -> Result<bool, StoreError> {
     Ok(entries.next().is_none())
 }
 
-/// Checks that `dir` is a directory (not a symlink to one when `what` is a
-/// volatile directory), owned by us, with no access for group or others.
+/// Checks that `dir` is a directory (symlinks followed: callers that must
+/// refuse one check first) owned by us, with no access for group or others.
 fn check_private(dir: &Path, what: &str) -> Result<(), StoreError> {
     let meta = fs::metadata(dir).map_err(StoreError::io(dir))?;
     if !meta.is_dir() {
