@@ -88,10 +88,12 @@ pub fn registry() -> Registry {
 }
 
 impl Api {
-    /// A new session's API over `engine`.
-    pub fn new(engine: Arc<Engine>, cwd: PathBuf) -> Arc<Self> {
+    /// The API of `session`, whose client's relative paths are relative
+    /// to `cwd`.
+    pub fn new(session: Session, cwd: PathBuf) -> Arc<Self> {
+        let engine = session.engine().clone();
         Arc::new(Self {
-            session: engine.session(),
+            session,
             nodes: Nodes::new(engine.clone()),
             engine,
             cwd,

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use kiln_graph::{Input, Key, KeyBuilder, Node, Op};
-use kiln_solver::Engine;
+use kiln_graph::{Key, KeyBuilder};
+use kiln_solver::ops::{self, Operation};
+use kiln_solver::{Engine, Input, Node};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -17,9 +18,10 @@ use crate::values::{Object, TreeRef};
 
 const ID_PREFIX: &str = "kiln1.";
 
+/// A node as stored: its op's canonical encoding and its inputs.
 #[derive(Serialize, Deserialize)]
 struct StoredNode {
-    op: Op,
+    op: serde_json::Value,
     inputs: Vec<(Key, usize)>,
 }
 
@@ -47,8 +49,11 @@ impl Nodes {
     }
 
     /// Creates (or finds) the node for `op` over `inputs`.
-    pub fn add(&self, op: Op, inputs: Vec<Input>) -> Arc<Node> {
-        let node = Node::new(op, inputs);
+    pub fn add(&self, op: impl Operation, inputs: Vec<Input>) -> Arc<Node> {
+        self.insert(Node::new(op, inputs))
+    }
+
+    fn insert(&self, node: Arc<Node>) -> Arc<Node> {
         self.nodes
             .lock()
             .expect("nodes lock")
@@ -80,14 +85,15 @@ impl Nodes {
                 })
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
-        let node = Node::new(stored.op, inputs);
+        let op = ops::decode(&stored.op).map_err(|e| ApiError::internal(format!("stored operation {key}: {e}")))?;
+        let node = Node::of(op, inputs);
         if node.digest() != *key {
             return Err(ApiError::internal(format!(
                 "stored operation {key} does not match its digest"
             )));
         }
         self.persisted.lock().expect("persisted lock").insert(*key);
-        Ok(self.add(node.op().clone(), node.inputs().to_vec()))
+        Ok(self.insert(node))
     }
 
     /// The input edge for a tree (`None`: an empty tree).
@@ -97,7 +103,7 @@ impl Nodes {
                 node: self.get(&t.node)?,
                 output: t.output,
             }),
-            None => Ok(self.add(Op::Scratch, vec![]).output(0)),
+            None => Ok(self.add(ops::Scratch, vec![]).output(0)),
         }
     }
 
@@ -116,7 +122,7 @@ impl Nodes {
                 }
                 let node = self.get(&k)?;
                 let stored = StoredNode {
-                    op: node.op().clone(),
+                    op: serde_json::from_slice(&node.op().encode()).map_err(ApiError::internal)?,
                     inputs: node.inputs().iter().map(|i| (i.node.digest(), i.output)).collect(),
                 };
                 batch.push((

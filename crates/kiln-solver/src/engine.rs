@@ -1,24 +1,26 @@
-//! The engine (store + runtime + registry) and sessions that solve nodes.
+//! The engine (store + runtime + registry, shared by every session) and the
+//! sessions that solve nodes for its clients.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, try_join_all};
 use kiln_exec::Runtime;
-use kiln_graph::{Key, KeyBuilder, Node, Op, SecretRef, SourcePolicy, cache_key};
-use kiln_oci::{ExtractLimits, Registry, RegistryConfig};
+use kiln_graph::{Key, KeyBuilder, SecretRef};
+use kiln_oci::{ExtractLimits, Reference, Registry, RegistryConfig, ResolvedImage};
 use kiln_store::{CacheRecord, Digest, HostPolicy, PinGuard, SnapshotId, Store, Volumes, now_secs, tree_digest};
 use tokio::sync::Semaphore;
 
 use crate::events::{EventKind, Events, Subject};
 use crate::explain::{self, Explanation, Footprint};
+use crate::graph::{Node, cache_key};
 use crate::host_access::{HostAccess, LocalHost};
 use crate::once_map::{OnceMap, Waiter};
-use crate::ops::{self, OpOutput, Prepared};
+use crate::ops::{self, CacheMap, Context, OpOutput, Prepared, Resources};
+use crate::report::{Audience, Audiences, Report, SessionOptions, Stats};
 use crate::result::ExecMeta;
 use crate::running::Running;
 use crate::secrets::Secrets;
@@ -42,10 +44,6 @@ pub struct EngineConfig {
     pub registry: RegistryConfig,
     /// How many execs may run at once.
     pub parallelism: usize,
-    /// Explain every cache miss (see [`Engine::explanations`]).
-    pub explain_cache: bool,
-    /// Fail an operation instead of running it when it misses the cache.
-    pub fail_on_cache_miss: bool,
     /// What exports to the host may create of what grants privileges there
     /// (device nodes, setuid/setgid files): nothing unless asked.
     pub export: HostPolicy,
@@ -54,47 +52,15 @@ pub struct EngineConfig {
     pub layer_limits: ExtractLimits,
 }
 
-/// Counters of what the engine did since it started.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Stats {
-    /// Operations that ran.
-    pub ran: u64,
-    /// Operations answered from the cache.
-    pub cached: u64,
-    /// Containers started.
-    pub execs: u64,
-    /// Operations that failed.
-    pub failed: u64,
-    /// Milliseconds the cached operations took when they ran.
-    pub saved_ms: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    ran: AtomicU64,
-    cached: AtomicU64,
-    execs: AtomicU64,
-    failed: AtomicU64,
-    saved_ms: AtomicU64,
-}
-
-/// The evaluation engine of one state directory.
+/// The evaluation engine of one state directory: what every session
+/// shares (the store, the runtime, the registry client, the exec slots, the
+/// work in flight).
 pub struct Engine {
-    pub(crate) store: Arc<Store>,
-    pub(crate) runtime: Runtime,
-    pub(crate) registry: Registry,
-    pub(crate) exec_slots: Semaphore,
-    pub(crate) secrets: Arc<Secrets>,
-    pub(crate) volumes: Arc<VolumeLeases>,
-    events: Events,
+    resources: Resources,
     inflight: Arc<OnceMap<Key, SolveResult>>,
+    audiences: Audiences,
     part_digests: Mutex<PartDigests>,
-    explain_cache: bool,
-    fail_on_cache_miss: bool,
     export: HostPolicy,
-    pub(crate) layer_limits: ExtractLimits,
-    explanations: Mutex<Vec<Explanation>>,
-    counters: Counters,
 }
 
 /// Detects the OCI runtime for `store` and removes what killed engines
@@ -120,26 +86,23 @@ impl Engine {
     pub fn open(config: EngineConfig) -> Result<Arc<Self>, SolveError> {
         let store = Store::open(&config.state_dir).map_err(|e| SolveError::op("open state", e))?;
         let runtime = remove_leftovers(&store, config.runtime.as_deref())?;
-        let registry = Registry::new(config.registry.clone());
         let secrets = Secrets::open(store.root()).map_err(|e| SolveError::op("open secrets key", e))?;
         let volumes =
             Volumes::open(store.root().join("volumes")).map_err(|e| SolveError::op("open cache volumes", e))?;
         Ok(Arc::new(Self {
-            store: Arc::new(store),
-            runtime,
-            registry,
-            exec_slots: Semaphore::new(config.parallelism.max(1)),
-            secrets: Arc::new(secrets),
-            volumes: VolumeLeases::new(volumes),
-            events: Events::default(),
+            resources: Resources {
+                store: Arc::new(store),
+                runtime,
+                registry: Registry::new(config.registry.clone()),
+                secrets: Arc::new(secrets),
+                volumes: VolumeLeases::new(volumes),
+                exec_slots: Semaphore::new(config.parallelism.max(1)),
+                layer_limits: config.layer_limits,
+            },
             inflight: OnceMap::in_flight(lost_job),
+            audiences: Audiences::default(),
             part_digests: Mutex::new(HashMap::new()),
-            explain_cache: config.explain_cache,
-            fail_on_cache_miss: config.fail_on_cache_miss,
             export: config.export,
-            layer_limits: config.layer_limits,
-            explanations: Mutex::new(Vec::new()),
-            counters: Counters::default(),
         }))
     }
 
@@ -150,43 +113,70 @@ impl Engine {
 
     /// The store.
     pub fn store(&self) -> &Arc<Store> {
-        &self.store
+        &self.resources.store
     }
 
     /// The OCI runtime in use.
     pub fn runtime(&self) -> &Runtime {
-        &self.runtime
+        &self.resources.runtime
     }
 
-    /// The registry client.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
-    /// Progress events.
-    pub fn events(&self) -> &Events {
-        &self.events
-    }
-
-    /// The secrets of this engine (plaintext in memory only).
+    /// The secrets of every session (plaintext in memory only); a session
+    /// reads only its own, see [`Session::secret`].
     pub fn secrets(&self) -> &Secrets {
-        &self.secrets
+        &self.resources.secrets
     }
 
     /// The cache volumes.
     pub fn volumes(&self) -> &Volumes {
-        self.volumes.volumes()
+        self.resources.volumes.volumes()
+    }
+
+    /// Resolves an image reference (a tag goes to the registry) to its
+    /// platform-specific manifest; the manifest and config are stored.
+    pub async fn resolve_image(&self, reference: &str, platform: Option<&str>) -> Result<ResolvedImage, SolveError> {
+        // The errors of kiln-oci name the reference already.
+        let op = "resolve image";
+        let r = Reference::parse(reference).map_err(|e| SolveError::op(op, e))?;
+        // Not an operation yet (the API resolves tags as pipelines are
+        // built): notices go to the log.
+        let registry = self
+            .resources
+            .registry
+            .with_observer(|notice| tracing::warn!("{notice}"));
+        ops::image::resolve(&registry, self.store(), &r, platform)
+            .await
+            .map_err(|e| SolveError::op(op, e))
+    }
+
+    /// Loads an image from an OCI layout directory or an OCI/docker archive.
+    pub async fn load_image(
+        &self,
+        path: &str,
+        tag: Option<&str>,
+        platform: Option<&str>,
+    ) -> Result<ResolvedImage, SolveError> {
+        let (path, tag, platform) = (
+            PathBuf::from(path),
+            tag.map(str::to_string),
+            platform.map(str::to_string),
+        );
+        let op = format!("import {}", path.display());
+        ops::blocking(self.store(), &op, move |store| {
+            ops::image::load(store, Path::new(&path), tag.as_deref(), platform.as_deref())
+        })
+        .await
     }
 
     /// The content digest of `path` in a tree (`None`: nothing there), memoized
     /// per snapshot since snapshots never change.
-    pub(crate) async fn part_digest(&self, tree: Option<SnapshotId>, path: &str) -> Result<Option<Digest>, SolveError> {
+    async fn part_digest(&self, tree: Option<SnapshotId>, path: &str) -> Result<Option<Digest>, SolveError> {
         let memo_key = (tree, path.to_string());
         if let Some(d) = self.part_digests.lock().expect("digest memo").get(&memo_key) {
             return Ok(*d);
         }
         let p = path.to_string();
-        let digest = ops::blocking(&self.store, &format!("digest {path}"), move |store| {
+        let digest = ops::blocking(self.store(), &format!("digest {path}"), move |store| {
             let view = store.view(tree)?;
             Ok(tree_digest(&view, &p)?)
         })
@@ -195,159 +185,72 @@ impl Engine {
         Ok(digest)
     }
 
-    /// Why each op that missed the cache missed it (with `explain_cache`),
-    /// taken out of the engine.
-    pub fn explanations(&self) -> Vec<Explanation> {
-        std::mem::take(&mut *self.explanations.lock().expect("explanations lock"))
-    }
-
-    /// What a node's cache key was made of.
-    fn footprint(&self, node: &Node, description: &str, key: Key, inputs: &[Key], prepared: &Prepared) -> Footprint {
-        let files = match prepared {
-            Prepared::Host(tree) => Some(
-                tree.entries
-                    .iter()
-                    .filter(|e| !matches!(e.kind, kiln_store::host::HostKind::Dir))
-                    .map(|e| (e.rel.to_string_lossy().into_owned(), hex_digest(&e.digest)))
-                    .collect(),
-            ),
-            Prepared::Nothing => None,
-        };
-        Footprint {
-            description: description.to_string(),
-            key,
-            // Args may hold a secret value: the footprint is stored.
-            op: serde_json::from_str(
-                &self
-                    .secrets
-                    .scrub(&serde_json::to_string(node.op()).unwrap_or_default()),
-            )
-            .unwrap_or_default(),
-            inputs: inputs
-                .iter()
-                .zip(node.inputs())
-                .map(|(k, i)| (*k, self.secrets.scrub(&i.node.op().describe())))
-                .collect(),
-            files,
-        }
-    }
-
     /// How many requests (of any session) wait for operations that are
     /// running or about to run: a diagnostic.
     pub fn waiting_requests(&self) -> usize {
         self.inflight.waiters()
     }
 
-    /// What the engine did so far.
-    pub fn stats(&self) -> Stats {
-        let c = &self.counters;
-        Stats {
-            ran: c.ran.load(Ordering::Relaxed),
-            cached: c.cached.load(Ordering::Relaxed),
-            execs: c.execs.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            saved_ms: c.saved_ms.load(Ordering::Relaxed),
-        }
-    }
-
-    pub(crate) fn count_exec(&self) {
-        self.counters.execs.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A new session for a client on this host: a memo of the nodes it
-    /// solved, the secrets it set.
+    /// A new session for a client on this host, with default options.
     pub fn session(self: &Arc<Self>) -> Session {
-        self.session_on(Arc::new(LocalHost))
+        self.session_for(Arc::new(LocalHost), SessionOptions::default())
     }
 
     /// A new session for a client reached through `host`.
-    pub fn session_on(self: &Arc<Self>, host: Arc<dyn HostAccess>) -> Session {
+    pub fn session_for(self: &Arc<Self>, host: Arc<dyn HostAccess>, options: SessionOptions) -> Session {
         Session {
             host,
             engine: self.clone(),
             memo: OnceMap::memo(lost_job),
             pins: Arc::default(),
             secrets: Arc::default(),
+            report: Report::new(options),
         }
     }
 
-    /// Runs `node` under `key` unless it is cached or already running, in
-    /// which case the running computation is joined.
-    fn solve_keyed(
-        self: &Arc<Self>,
-        node: Arc<Node>,
-        key: Key,
-        prepared: Prepared,
-        inputs: Vec<Arc<Solved>>,
-        input_keys: Vec<Key>,
-    ) -> Waiter<Key, SolveResult> {
+    /// The job that computes `key`: the one in flight, else a new one
+    /// running `job` (which the engine owns; see [`OnceMap`]).
+    fn join_job(self: &Arc<Self>, key: Key, job: Job) -> Waiter<Key, SolveResult> {
         let engine = self.clone();
-        self.inflight.get_or_spawn(key, move || async move {
-            engine.lookup_or_run(&node, key, prepared, inputs, input_keys).await
-        })
+        self.inflight
+            .get_or_spawn(key, move || async move { engine.lookup_or_run(job).await })
     }
 
-    async fn lookup_or_run(
-        self: &Arc<Self>,
-        node: &Arc<Node>,
-        key: Key,
-        prepared: Prepared,
-        inputs: Vec<Arc<Solved>>,
-        input_keys: Vec<Key>,
-    ) -> Result<Arc<Solved>, SolveError> {
-        // Descriptions hold args, which may hold a secret value.
-        let description = self.secrets.scrub(&node.op().describe());
-        let subject = Subject::new(node, description.clone());
-        if let Some(record) = self
-            .store
-            .cache_get(key.as_bytes())
-            .map_err(|e| SolveError::op(&description, e))?
-        {
-            self.counters.cached.fetch_add(1, Ordering::Relaxed);
-            self.counters.saved_ms.fetch_add(record.duration_ms, Ordering::Relaxed);
-            let duration = Duration::from_millis(record.duration_ms);
-            let exec = ExecMeta::from_meta(&record.meta);
-            self.events.emit(&subject, EventKind::Cached { duration }, exec);
-            return Ok(Arc::new(Solved {
-                key,
-                outputs: record.outputs,
-                meta: record.meta,
-                cached: true,
-            }));
+    /// Looks `job`'s key up once more (another engine user may have just
+    /// recorded it), else runs it and records the result. Every session in
+    /// its audience is told.
+    async fn lookup_or_run(&self, job: Job) -> SolveResult {
+        let Job {
+            node,
+            key,
+            prepared,
+            inputs,
+            host,
+            description,
+            footprint,
+            audience,
+        } = job;
+        let store = self.store();
+        if let Some(solved) = cached(store, key, &description, |kind, exec| audience.emit(kind, exec))? {
+            return Ok(solved);
         }
-        let footprint = self.footprint(node, &description, key, &input_keys, &prepared);
-        if self.explain_cache || self.fail_on_cache_miss {
-            let reasons = explain::explain(self.store.db(), &node.digest(), &footprint);
-            if self.fail_on_cache_miss {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                let message = format!("cache miss (--fail-on-cache-miss): {}", reasons.join("; "));
-                self.events.emit(
-                    &subject,
-                    EventKind::Failed {
-                        message: message.clone(),
-                    },
-                    None,
-                );
-                return Err(SolveError::op(&description, message));
-            }
-            self.explanations.lock().expect("explanations lock").push(Explanation {
-                node: node.digest(),
-                description: description.clone(),
-                reasons,
-            });
-        }
-        self.events.emit(&subject, EventKind::Started, None);
+        audience.emit(EventKind::Started, None);
         let started = Instant::now();
-        let running = Running::new(&self.events, &subject, &self.secrets);
-        let result = ops::run(self, node, prepared, &inputs, &running).await;
+        let running = Running::new(&audience, &self.resources.secrets);
+        let cx = Context::new(&self.resources, &host, &description).running(&running);
+        let trees: Vec<Option<SnapshotId>> = inputs
+            .iter()
+            .zip(node.inputs())
+            .map(|(solved, input)| solved.output(input.output))
+            .collect();
+        let result = node.op().run(&cx, &trees, prepared).await;
         let duration = started.elapsed().saturating_sub(running.queued());
         let OpOutput { staged, outputs, meta } = match result {
             Ok(out) => out,
             Err(e) => {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                let message = self.secrets.scrub(&e.report());
-                let exec = ExecMeta::of_failure(&self.store, &e).await;
-                self.events.emit(&subject, EventKind::Failed { message }, exec);
+                let message = self.resources.secrets.scrub(&e.report());
+                let exec = ExecMeta::of_failure(store, &e).await;
+                audience.emit(EventKind::Failed { message }, exec);
                 return Err(e);
             }
         };
@@ -358,19 +261,17 @@ impl Engine {
             created: now_secs(),
             duration_ms: duration.as_millis() as u64,
         };
-        let store = self.store.clone();
         let rec = record.clone();
-        tokio::task::spawn_blocking(move || store.commit(staged, Some((key.as_bytes(), &rec))))
-            .await
-            .map_err(|e| SolveError::op(&description, e))?
-            .map_err(|e| SolveError::op(&description, e))?;
-        self.counters.ran.fetch_add(1, Ordering::Relaxed);
+        ops::blocking(store, &description, move |store| {
+            Ok(store.commit(staged, Some((key.as_bytes(), &rec)))?)
+        })
+        .await?;
         // Kept to explain the next miss of this op.
-        if let Err(e) = explain::record(self.store.db(), &node.digest(), &footprint) {
+        if let Err(e) = explain::record(store.db(), &node.digest(), &footprint) {
             tracing::warn!("recording how {description} was keyed: {e}");
         }
         let exec = ExecMeta::from_meta(&record.meta);
-        self.events.emit(&subject, EventKind::Done { duration }, exec);
+        audience.emit(EventKind::Done { duration }, exec);
         Ok(Arc::new(Solved {
             key,
             outputs: record.outputs,
@@ -378,10 +279,65 @@ impl Engine {
             cached: false,
         }))
     }
+
+    /// What a node's cache key was made of.
+    fn footprint(&self, node: &Node, description: &str, key: Key, inputs: &[Key], map: &CacheMap) -> Footprint {
+        let secrets = &self.resources.secrets;
+        // Args may hold a secret value: the footprint is stored.
+        let op = secrets.scrub(&String::from_utf8_lossy(&node.op().encode()));
+        Footprint {
+            description: description.to_string(),
+            key,
+            op: serde_json::from_str(&op).unwrap_or_default(),
+            inputs: inputs
+                .iter()
+                .zip(node.inputs())
+                .map(|(k, i)| (*k, secrets.scrub(&i.node.op().describe())))
+                .collect(),
+            files: map.files().cloned(),
+        }
+    }
 }
 
-/// Solves nodes for one client. Nodes are memoized by definition digest,
-/// so a node shared by several branches is solved once.
+/// The result recorded under `key`, if any, told to `tell` as cached.
+fn cached(
+    store: &Store,
+    key: Key,
+    description: &str,
+    tell: impl FnOnce(EventKind, Option<ExecMeta>),
+) -> Result<Option<Arc<Solved>>, SolveError> {
+    let Some(record) = store
+        .cache_get(key.as_bytes())
+        .map_err(|e| SolveError::op(description, e))?
+    else {
+        return Ok(None);
+    };
+    let duration = Duration::from_millis(record.duration_ms);
+    tell(EventKind::Cached { duration }, ExecMeta::from_meta(&record.meta));
+    Ok(Some(Arc::new(Solved {
+        key,
+        outputs: record.outputs,
+        meta: record.meta,
+        cached: true,
+    })))
+}
+
+/// What the engine needs to compute one cache key.
+struct Job {
+    node: Arc<Node>,
+    key: Key,
+    prepared: Prepared,
+    inputs: Vec<Arc<Solved>>,
+    host: Arc<dyn HostAccess>,
+    description: String,
+    footprint: Footprint,
+    audience: Arc<Audience>,
+}
+
+/// Solves nodes for one client: its secrets, its host, its progress and
+/// options. Nodes are memoized by definition digest, so a node shared by
+/// several branches is solved once; work shared with other sessions (the
+/// same cache key) runs once for all.
 #[derive(Clone)]
 pub struct Session {
     engine: Arc<Engine>,
@@ -393,6 +349,8 @@ pub struct Session {
     secrets: Arc<Mutex<HashSet<String>>>,
     /// The client's host.
     host: Arc<dyn HostAccess>,
+    /// What this session is told.
+    report: Arc<Report>,
 }
 
 impl Session {
@@ -406,9 +364,25 @@ impl Session {
         Arc::clone(&self.host)
     }
 
+    /// This session's progress events (of its operations only).
+    pub fn events(&self) -> &Events {
+        self.report.events()
+    }
+
+    /// What this session's operations did so far.
+    pub fn stats(&self) -> Stats {
+        self.report.stats()
+    }
+
+    /// Why each of this session's operations that missed the cache missed
+    /// it (with `explain_cache`), taken out of the session.
+    pub fn explanations(&self) -> Vec<Explanation> {
+        self.report.take_explanations()
+    }
+
     /// Sets a secret for this session; returns how graphs name it.
     pub fn add_secret(&self, name: &str, plaintext: String) -> SecretRef {
-        let secret = self.engine.secrets.add(name, plaintext);
+        let secret = self.engine.resources.secrets.add(name, plaintext);
         self.secrets
             .lock()
             .expect("session secrets")
@@ -420,7 +394,7 @@ impl Session {
     /// even one another session holds.
     pub fn secret(&self, secret: &SecretRef) -> Option<Arc<String>> {
         let granted = self.secrets.lock().expect("session secrets").contains(&secret.digest);
-        granted.then(|| self.engine.secrets.get(secret)).flatten()
+        granted.then(|| self.engine.resources.secrets.get(secret)).flatten()
     }
 
     /// Refuses a node that uses a secret this session did not set.
@@ -429,7 +403,7 @@ impl Session {
         match node.op().secrets().into_iter().find(|s| !granted.contains(&s.digest)) {
             None => Ok(()),
             Some(s) => Err(SolveError::op(
-                self.engine.secrets.scrub(&node.op().describe()),
+                self.engine.resources.secrets.scrub(&node.op().describe()),
                 format!(
                     "secret {:?} was not set in this session (an ID from another session or client \
                      does not carry its value): set it with setSecret or secret(uri) here",
@@ -457,19 +431,20 @@ impl Session {
         node.validate().map_err(|e| SolveError::op(node.op().describe(), e))?;
         self.check_secrets(&node)?;
         let inputs = try_join_all(node.inputs().iter().map(|i| self.solve(&i.node))).await?;
-        if matches!(node.op(), Op::Scratch) {
+        let engine = &self.engine;
+        // Descriptions hold args, which may hold a secret value.
+        let description = engine.resources.secrets.scrub(&node.op().describe());
+        let cx = Context::new(&engine.resources, &self.host, &description);
+        if node.op().constant() {
+            let out = node.op().run(&cx, &[], Prepared::default()).await?;
             return Ok(Arc::new(Solved {
-                key: cache_key(node.op(), &[], None),
-                outputs: vec![None],
-                meta: serde_json::Value::Null,
+                key: cache_key(&CacheMap::definition(node.op().as_ref()), &[]),
+                outputs: out.outputs,
+                meta: out.meta,
                 cached: true,
             }));
         }
-        let prepared = ops::prepare(&self.engine, &node).await?;
-        let content = match node.op().source_policy() {
-            SourcePolicy::Content => prepared.content_key(),
-            SourcePolicy::Definition => None,
-        };
+        let map = node.op().cache_map(&cx).await?;
         let mut input_keys: Vec<(Key, usize)> = node
             .inputs()
             .iter()
@@ -479,20 +454,54 @@ impl Session {
         // An input read only in part is keyed by that part's content.
         for (index, path) in node.op().selectors() {
             let tree = inputs[index].output(node.inputs()[index].output);
-            if let Some(digest) = self.engine.part_digest(tree, path).await? {
+            if let Some(digest) = engine.part_digest(tree, path).await? {
                 let key = KeyBuilder::new("kiln/selector/v1").bytes(digest.as_bytes()).finish();
                 input_keys[index] = (key, 0);
             }
         }
-        let key = cache_key(node.op(), &input_keys, content.as_ref());
+        let key = cache_key(&map, &input_keys);
         // Pinned before the lookup: what it finds stays until the session ends.
-        let pin = self.engine.store.pin_keys(&[*key.as_bytes()]);
+        let pin = engine.store().pin_keys(&[*key.as_bytes()]);
         self.pins.lock().expect("pins lock").push(pin);
-        let input_keys = input_keys.into_iter().map(|(k, _)| k).collect();
-        self.engine
-            .solve_keyed(node, key, prepared, inputs, input_keys)
-            .wait()
-            .await
+        let inputs_named = node.inputs().iter().map(|i| i.node.digest()).collect();
+        let subject = Subject::new(node.digest(), description.clone(), inputs_named, node.base_image());
+        if let Some(solved) = cached(engine.store(), key, &description, |kind, exec| {
+            self.report.emit(&subject, kind, exec)
+        })? {
+            return Ok(solved);
+        }
+        let input_keys: Vec<Key> = input_keys.into_iter().map(|(k, _)| k).collect();
+        let footprint = engine.footprint(&node, &description, key, &input_keys, &map);
+        let options = self.report.options;
+        if options.explain_cache || options.fail_on_cache_miss {
+            let reasons = explain::explain(engine.store().db(), &node.digest(), &footprint);
+            if options.fail_on_cache_miss {
+                let message = format!("cache miss (--fail-on-cache-miss): {}", reasons.join("; "));
+                let failed = EventKind::Failed {
+                    message: message.clone(),
+                };
+                self.report.emit(&subject, failed, None);
+                return Err(SolveError::op(&description, message));
+            }
+            self.report.explained(Explanation {
+                node: node.digest(),
+                description: description.clone(),
+                reasons,
+            });
+        }
+        let audience = engine.audiences.of(key);
+        let _member = audience.join(&self.report, subject);
+        let job = Job {
+            node,
+            key,
+            prepared: map.into_prepared(),
+            inputs,
+            host: self.host.clone(),
+            description,
+            footprint,
+            audience,
+        };
+        engine.join_job(key, job).wait().await
     }
 }
 
@@ -502,8 +511,4 @@ fn lost_job() -> SolveResult {
         "solve",
         Cause::Internal("the job ended without a result (it panicked; see the log)".into()),
     ))
-}
-
-fn hex_digest(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -72,7 +72,7 @@ pub enum Cause {
     Invalid(String),
     /// A graph that was put together wrong.
     #[error(transparent)]
-    Graph(Arc<kiln_graph::GraphError>),
+    Graph(Arc<GraphError>),
     /// A task of kiln's own failed (panicked or was cancelled).
     #[error("internal error: {0}")]
     Internal(String),
@@ -122,7 +122,7 @@ cause_from!(
     Runtime(kiln_exec::ExecError),
     User(kiln_exec::UserError),
     Io(io::Error),
-    Graph(kiln_graph::GraphError),
+    Graph(GraphError),
 );
 
 impl From<tokio::sync::AcquireError> for Cause {
@@ -221,4 +221,18 @@ mod tests {
         let source = e.source().and_then(|s| s.source()).expect("a source chain");
         assert_eq!(source.to_string(), "denied");
     }
+}
+
+/// A problem with how a node was put together.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    /// An input refers to an output the producing op does not have.
+    #[error("{op}: input {index} asks for output {output} of `{producer}`, which has {count}")]
+    NoSuchOutput {
+        op: String,
+        index: usize,
+        output: usize,
+        producer: String,
+        count: usize,
+    },
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use kiln_exec::Stream;
-use kiln_graph::{Key, Node, Op};
+use kiln_graph::Key;
 use tokio::sync::broadcast;
 
 use crate::result::ExecMeta;
@@ -112,68 +112,14 @@ pub(crate) struct Subject {
 }
 
 impl Subject {
-    /// `node`, described as `description` (already scrubbed).
-    pub(crate) fn new(node: &Node, description: String) -> Self {
+    /// Node `node` with `inputs`, described as `description` (already
+    /// scrubbed), whose tree starts from `image`.
+    pub(crate) fn new(node: Key, description: String, inputs: Vec<Key>, image: Option<String>) -> Self {
         Self {
-            node: node.digest(),
+            node,
             description,
-            inputs: node.inputs().iter().map(|i| i.node.digest()).collect(),
-            image: base_image(node),
+            inputs,
+            image,
         }
-    }
-}
-
-/// The image a node's tree starts from, following first inputs.
-fn base_image(node: &Node) -> Option<String> {
-    let mut node = node;
-    loop {
-        match node.op() {
-            Op::Image { reference, .. } => return Some(reference.clone()),
-            Op::ImageImport { path, tag, .. } => {
-                return Some(match tag {
-                    Some(tag) => format!("{path}:{tag}"),
-                    None => path.clone(),
-                });
-            }
-            _ => node = &node.inputs().first()?.node,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kiln_graph::{Exec, ExitExpectation};
-
-    #[test]
-    fn events_name_their_inputs_and_base_image() {
-        let image = Node::new(
-            Op::Image {
-                reference: "busybox:1.36".into(),
-                manifest_digest: "sha256:aa".into(),
-                platform: "linux/amd64".into(),
-            },
-            vec![],
-        );
-        let exec = |rootfs: &Arc<Node>| {
-            Node::new(
-                Op::Exec(Exec {
-                    args: vec!["true".into()],
-                    cwd: "/".into(),
-                    expect: ExitExpectation::Success,
-                    ..Default::default()
-                }),
-                vec![rootfs.output(0)],
-            )
-        };
-        let top = exec(&exec(&image));
-        let events = Events::default();
-        let mut rx = events.subscribe();
-        events.emit(&Subject::new(&top, "exec true".into()), EventKind::Started, None);
-        let ev = rx.try_recv().unwrap();
-        assert_eq!(ev.node, top.digest());
-        assert_eq!(ev.inputs, vec![top.inputs()[0].node.digest()]);
-        assert_eq!(ev.image.as_deref(), Some("busybox:1.36"));
-        assert_eq!(base_image(&Node::new(Op::Scratch, vec![])), None);
     }
 }

@@ -1,5 +1,6 @@
 //! A session's access to its client's host: what is at a path, secret
-//! providers (`env://`, `file://`, `cmd://`) and exports. Behind a trait so
+//! providers (`env://`, `file://`, `cmd://`), uploads of host directories
+//! and exports. Behind a trait so
 //! that a client on another machine can serve the same over its connection
 //! (BuildKit's session attachables are the model); [`LocalHost`] is the
 //! host kiln runs on.
@@ -7,7 +8,10 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use kiln_store::{CopyOptions, CopyStats, HostPolicy, MergedView, PathFilter, copy_tree};
+use kiln_store::{
+    CopyOptions, CopyStats, HostError, HostPolicy, HostTree, MergedView, PathFilter, Staged, Store, StoreError,
+    copy_tree,
+};
 
 /// What is at a path of the client's host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +68,13 @@ pub trait HostAccess: Send + Sync {
     fn command_output(&self, command: &str) -> io::Result<std::process::Output>;
     /// Copies a tree (or file) of `view` to the host.
     fn export(&self, view: &MergedView, export: &Export) -> Result<CopyStats, ExportError>;
+    /// Lists the host directory `root` with the content digest of what
+    /// `filter` selects (reading only what changed since the last scan that
+    /// `store` remembers).
+    fn scan_dir(&self, store: &Store, root: &Path, filter: &PathFilter) -> Result<HostTree, HostError>;
+    /// Uploads a scanned directory into `store` as a new snapshot (writing
+    /// only what changed since the previous upload).
+    fn upload_dir(&self, store: &Store, tree: &HostTree) -> Result<Staged, StoreError>;
 }
 
 /// The host kiln runs on.
@@ -112,6 +123,14 @@ impl HostAccess for LocalHost {
             ..CopyOptions::new(&filter)
         };
         Ok(copy_tree(view, Path::new(&export.src), &export.dest, &opts)?)
+    }
+
+    fn scan_dir(&self, store: &Store, root: &Path, filter: &PathFilter) -> Result<HostTree, HostError> {
+        store.scan_host(root, filter)
+    }
+
+    fn upload_dir(&self, store: &Store, tree: &HostTree) -> Result<Staged, StoreError> {
+        store.import_host(tree)
     }
 }
 

@@ -1,27 +1,34 @@
 //! Evaluation of kiln's operation graph.
 //!
-//! An [`Engine`] owns the store, the OCI runtime and the registry client.
-//! A [`Session`] solves nodes: inputs first (independent branches run in
-//! parallel), then a cache lookup by the node's cache key, and only on a
-//! miss the operation itself, whose result is recorded. The same work
-//! requested twice at once (in one session or across sessions) runs once.
+//! An [`Engine`] owns what every client shares: the store, the OCI runtime,
+//! the registry client, the exec slots and the work in flight. A
+//! [`Session`] solves nodes for one client: inputs first (independent
+//! branches run in parallel), then the operation's cache key (see
+//! [`ops::Operation`]), a lookup, and only on a miss the operation itself,
+//! run as a job the engine owns and recorded. The same work requested twice
+//! at once (in one session or across sessions) runs once; each session is
+//! told about its own operations only.
 
 mod engine;
 mod error;
 mod events;
 pub mod explain;
+mod graph;
 pub mod host_access;
 mod once_map;
-mod ops;
+pub mod ops;
+mod report;
 mod result;
 mod running;
 pub mod secrets;
 pub mod volumes;
 
-pub use engine::{Engine, EngineConfig, Session, Stats, remove_leftovers};
-pub use error::{Cause, SolveError};
+pub use engine::{Engine, EngineConfig, Session, remove_leftovers};
+pub use error::{Cause, GraphError, SolveError};
 pub use events::{Event, EventKind, Events, Stream};
+pub use graph::{Input, Node};
 pub use host_access::{Export, ExportError, HostAccess, HostPathKind, LocalHost};
-pub use ops::files::resolve_owner;
+pub use ops::resolve_owner;
+pub use report::{SessionOptions, Stats};
 pub use result::{ExecMeta, Solved};
 pub use secrets::Secrets;

@@ -1,6 +1,6 @@
-//! An operation while it runs: its output goes out as events as it arrives
-//! (scrubbed of secrets), and the time it waits for an exec slot is kept
-//! apart from the time it runs.
+//! An operation while it runs: its output goes out as events to the
+//! sessions waiting for it as it arrives (scrubbed of secrets), and the
+//! time it waits for an exec slot is kept apart from the time it runs.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -9,13 +9,13 @@ use std::time::Duration;
 use kiln_exec::{ExecError, ExecOutput, RunSpec, Runtime, Stream};
 use tokio::time::Instant;
 
-use crate::events::{EventKind, Events, Subject};
+use crate::events::EventKind;
+use crate::report::Audience;
 use crate::secrets::Secrets;
 
 /// One running operation.
 pub(crate) struct Running {
-    events: Events,
-    subject: Subject,
+    audience: Arc<Audience>,
     secrets: Arc<Secrets>,
     queued: Mutex<Duration>,
     /// Output not passed on yet, per stream (stdout, stderr).
@@ -26,15 +26,14 @@ impl Running {
     /// A function that reports notices about this operation (see
     /// [`EventKind::Notice`]) from anywhere, for as long as it lives.
     pub(crate) fn notifier(&self) -> impl Fn(String) + Send + Sync + 'static {
-        let (events, subject) = (self.events.clone(), self.subject.clone());
-        move |message| events.emit(&subject, EventKind::Notice { message }, None)
+        let audience = self.audience.clone();
+        move |message| audience.emit(EventKind::Notice { message }, None)
     }
 
-    /// `subject` starts running; its events go to `events`.
-    pub(crate) fn new(events: &Events, subject: &Subject, secrets: &Arc<Secrets>) -> Self {
+    /// An operation starts running; its events go to `audience`.
+    pub(crate) fn new(audience: &Arc<Audience>, secrets: &Arc<Secrets>) -> Self {
         Self {
-            events: events.clone(),
-            subject: subject.clone(),
+            audience: audience.clone(),
             secrets: secrets.clone(),
             queued: Mutex::new(Duration::ZERO),
             pending: Mutex::new([Vec::new(), Vec::new()]),
@@ -53,6 +52,11 @@ impl Running {
     /// How long the operation waited in [`Running::queue`].
     pub(crate) fn queued(&self) -> Duration {
         *self.queued.lock().expect("queued lock")
+    }
+
+    /// Counts a container started, for every session waiting.
+    pub(crate) fn started_exec(&self) {
+        self.audience.count_exec();
     }
 
     /// Runs a container, passing its output on as events as it arrives.
@@ -74,8 +78,7 @@ impl Running {
             release(pending, &self.secrets, end)
         };
         if !ready.is_empty() {
-            self.events.emit(
-                &self.subject,
+            self.audience.emit(
                 EventKind::Output {
                     stream,
                     bytes: ready.into(),
@@ -136,8 +139,7 @@ mod tests {
     async fn time_waiting_for_a_slot_is_queued_not_running() {
         let dir = tempfile::tempdir().unwrap();
         let secrets = Arc::new(Secrets::open(dir.path()).unwrap());
-        let node = kiln_graph::Node::new(kiln_graph::Op::Scratch, vec![]);
-        let running = Running::new(&Events::default(), &Subject::new(&node, "op".into()), &secrets);
+        let running = Running::new(&Arc::default(), &secrets);
         assert_eq!(running.queued(), Duration::ZERO);
         running.queue(tokio::time::sleep(Duration::from_secs(2))).await;
         running.queue(tokio::time::sleep(Duration::from_millis(500))).await;

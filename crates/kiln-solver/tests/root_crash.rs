@@ -16,7 +16,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{busybox, engine, host_dir, require_root, run};
-use kiln_graph::{Node, Op};
+use kiln_solver::Node;
+use kiln_solver::ops;
 use kiln_solver::{Engine, EventKind};
 
 /// In the command line of the long-running containers of a child engine on
@@ -182,7 +183,8 @@ async fn child_crash_scenario() {
     match scenario.as_str() {
         "durable" => {
             let first = run(&base, "echo first > /first");
-            let mut events = engine.events().subscribe();
+            let session = engine.session();
+            let mut events = session.events().subscribe();
             let digest = first.digest();
             tokio::spawn(async move {
                 while let Ok(ev) = events.recv().await {
@@ -192,7 +194,7 @@ async fn child_crash_scenario() {
                 }
             });
             let hang = run(&first, &format!("sleep 600; echo {marker}"));
-            let _ = engine.session().solve(&hang).await;
+            let _ = session.solve(&hang).await;
         }
         "start" => {
             println!("STARTING");
@@ -205,7 +207,7 @@ async fn child_crash_scenario() {
             let image = engine.resolve_image(&reference, None).await.unwrap();
             println!("STARTING");
             let node = Node::new(
-                Op::Image {
+                ops::Image {
                     reference,
                     manifest_digest: image.manifest_digest.to_string(),
                     platform: image.platform().to_string(),
@@ -252,8 +254,9 @@ fn root_a_result_is_durable_within_the_flush_interval_after_its_done_event() {
     let (execs, cached) = with_engine(state.path(), async |engine| {
         let base = busybox(engine).await;
         let first = run(&base, "echo first > /first");
-        engine.session().solve(&first).await.unwrap();
-        (engine.stats().execs, engine.stats().cached)
+        let session = engine.session();
+        session.solve(&first).await.unwrap();
+        (session.stats().execs, session.stats().cached)
     });
     assert_eq!(execs, 0, "the step that finished before the kill ran again");
     assert!(cached >= 1);
@@ -339,10 +342,12 @@ fn root_runtime_dirs_of_a_state_dir_never_opened_again_are_removed_by_any_engine
     let runtime = kiln_store::volatile_dir(gone.path()).0;
     poll_until("the hanging container runs", || marked_processes(gone.path()) > 0);
     child.kill_9();
+    // Checked while the state dir exists: once it is gone, any engine that
+    // opens (other tests run in parallel) may remove the runtime dir.
+    assert!(runtime.exists(), "the killed engine's runtime directory");
     let gone_path = gone.path().to_path_buf();
     drop(gone);
     let marked = || marked_processes(&gone_path);
-    assert!(runtime.exists(), "the killed engine's runtime directory");
     assert!(!gone_path.exists());
 
     // Another state directory's engine cleans up after it.

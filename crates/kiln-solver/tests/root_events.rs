@@ -37,8 +37,9 @@ async fn root_exec_events_carry_live_output_results_and_inputs() {
     engine.secrets().add("token", "hunter2-secret".into());
     let image = busybox(&engine).await;
     let step = run(&image, "echo out1; echo err1 >&2; echo token=hunter2-secret; echo out2");
-    let mut events = engine.events().subscribe();
-    engine.session().solve(&step).await.unwrap();
+    let first = engine.session();
+    let mut events = first.events().subscribe();
+    first.solve(&step).await.unwrap();
     let ran = drain(&mut events);
 
     let exec: Vec<&Event> = ran.iter().filter(|ev| ev.node == step.digest()).collect();
@@ -59,7 +60,9 @@ async fn root_exec_events_carry_live_output_results_and_inputs() {
     assert_eq!(blob(&engine, &meta.stderr), "err1\n");
 
     // A new session finds it in the cache: same output, the time it took.
-    engine.session().solve(&step).await.unwrap();
+    let second = engine.session();
+    let mut events = second.events().subscribe();
+    second.solve(&step).await.unwrap();
     let again = drain(&mut events);
     let hit = again.iter().find(|ev| ev.node == step.digest()).unwrap();
     let EventKind::Cached { duration: saved } = hit.kind else {
@@ -71,7 +74,7 @@ async fn root_exec_events_carry_live_output_results_and_inputs() {
 
     // A failure keeps its output too.
     let failing = run(&image, "echo partial; echo bad >&2; exit 4");
-    assert!(engine.session().solve(&failing).await.is_err());
+    assert!(second.solve(&failing).await.is_err());
     let failed = drain(&mut events);
     let end = failed.iter().rfind(|ev| ev.node == failing.digest()).unwrap();
     let EventKind::Failed { message } = &end.kind else {
@@ -82,5 +85,7 @@ async fn root_exec_events_carry_live_output_results_and_inputs() {
     assert_eq!(meta.exit_code, 4);
     assert_eq!(blob(&engine, &meta.stdout), "partial\n");
     assert_eq!(blob(&engine, &meta.stderr), "bad\n");
-    assert!(engine.stats().saved_ms >= saved.as_millis() as u64);
+    let stats = second.stats();
+    assert!(stats.saved_ms >= saved.as_millis() as u64);
+    assert_eq!((stats.cached, stats.ran, stats.failed), (2, 0, 1), "{stats:?}");
 }

@@ -6,9 +6,10 @@ use std::fs;
 use std::path::Path;
 
 use common::*;
-use kiln_graph::{CacheSharing, Mount, Node, Op, SecretEnv};
+use kiln_graph::{CacheSharing, Mount, SecretEnv};
+use kiln_solver::{Node, ops};
 
-fn with_cache(script: &str, key: &str, sharing: CacheSharing) -> kiln_graph::Exec {
+fn with_cache(script: &str, key: &str, sharing: CacheSharing) -> ops::Exec {
     let mut e = exec(script);
     e.mounts.push(Mount::Cache {
         target: "/cache".into(),
@@ -34,7 +35,7 @@ async fn root_cache_volume_persists_across_engines_and_stays_out_of_snapshots() 
         let base = busybox(&engine).await;
         let mut e = with_cache(counter, "counter", CacheSharing::Shared);
         e.env.push(format!("ROUND={round}"));
-        let node = Node::new(Op::Exec(e), vec![base.output(0)]);
+        let node = Node::new(e, vec![base.output(0)]);
         seen.push(output(&engine.session(), &node).await);
         if round == 3 {
             let after = run(&node, "ls -A /cache 2>/dev/null | wc -l");
@@ -59,7 +60,7 @@ async fn root_locked_cache_volume_serialises_concurrent_writers() {
         .map(|i| {
             let mut e = with_cache(script, "locked", CacheSharing::Locked);
             e.env.push(format!("WRITER={i}"));
-            Node::new(Op::Exec(e), vec![f.base.output(0)])
+            Node::new(e, vec![f.base.output(0)])
         })
         .collect();
     let outs = futures::future::join_all(nodes.iter().map(|n| output(&f.session, n))).await;
@@ -105,7 +106,7 @@ async fn root_secrets_reach_the_process_but_never_disk_or_output() {
         owner: None,
     });
     e.expect = kiln_graph::ExitExpectation::Any;
-    let node = Node::new(Op::Exec(e.clone()), vec![f.base.output(0)]);
+    let node = Node::new(e.clone(), vec![f.base.output(0)]);
     let out = output(&f.session, &node).await;
     assert_eq!(out, "env=***\n***\n400 0\nmatches\n");
 
@@ -114,7 +115,7 @@ async fn root_secrets_reach_the_process_but_never_disk_or_output() {
     failing.expect = kiln_graph::ExitExpectation::Success;
     let err = f
         .session
-        .solve(&Node::new(Op::Exec(failing), vec![f.base.output(0)]))
+        .solve(&Node::new(failing, vec![f.base.output(0)]))
         .await
         .unwrap_err();
     assert!(!err.report().contains(plaintext), "{}", err.report());
@@ -125,7 +126,7 @@ async fn root_secrets_reach_the_process_but_never_disk_or_output() {
     changed.secret_env[0].secret = other;
     let rerun = f
         .session
-        .solve(&Node::new(Op::Exec(changed), vec![f.base.output(0)]))
+        .solve(&Node::new(changed, vec![f.base.output(0)]))
         .await
         .unwrap();
     assert!(!rerun.cached, "a changed secret must re-run the exec");

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use kiln_api::server::new_token;
 use kiln_api::{Api, Server};
-use kiln_solver::{Engine, EngineConfig};
+use kiln_solver::{Engine, EngineConfig, LocalHost, Session, SessionOptions};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
@@ -180,14 +180,22 @@ fn open_engine(cli: &Cli) -> anyhow::Result<Arc<Engine>> {
         parallelism: config
             .parallelism
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-        explain_cache: cli.explain_cache,
-        fail_on_cache_miss: cli.fail_on_cache_miss,
         export: config.export.policy(cli.export_special_files),
         layer_limits: config.limits.extract_limits(),
     })
     .with_context(|| format!("starting the engine on {}", state_dir.display()))?;
     cache_cmd::apply_budget(&engine, &config.gc);
     Ok(engine)
+}
+
+/// A session on `engine` for this process's client, with the options of
+/// the command line.
+fn session(cli: &Cli, engine: &Arc<Engine>) -> Session {
+    let options = SessionOptions {
+        explain_cache: cli.explain_cache,
+        fail_on_cache_miss: cli.fail_on_cache_miss,
+    };
+    engine.session_for(Arc::new(LocalHost), options)
 }
 
 /// The value of `--workdir DIR` or `--workdir=DIR` among SDK flags.
@@ -202,32 +210,32 @@ fn workdir_flag(flags: &[String]) -> Option<PathBuf> {
         })
 }
 
-/// A served session: the engine, the server, and the first `traceparent`
+/// A served session: the session, the server, and the first `traceparent`
 /// header a client sent it.
-type Served = (Arc<Engine>, kiln_api::ServerHandle, Arc<OnceLock<String>>);
+type Served = (Session, kiln_api::ServerHandle, Arc<OnceLock<String>>);
 
 async fn serve(cli: &Cli, workdir: Option<PathBuf>) -> anyhow::Result<Served> {
-    let engine = open_engine(cli)?;
+    let session = session(cli, &open_engine(cli)?);
     let cwd = match workdir {
         Some(dir) => dir,
         None => std::env::current_dir().context("reading the working directory")?,
     };
-    let api = Api::new(engine.clone(), cwd);
+    let api = Api::new(session.clone(), cwd);
     let server = Server::new(api, new_token().context("generating a session token")?).context("building the schema")?;
     let traceparent = server.first_traceparent();
     let handle = server.start(0).await.context("listening on 127.0.0.1")?;
-    Ok((engine, handle, traceparent))
+    Ok((session, handle, traceparent))
 }
 
 /// Starts following a session's events (progress, log index, trace).
-fn watch(cli: &Cli, engine: &Engine, name: &str, caller: Caller) -> Watchers {
+fn watch(cli: &Cli, session: &Session, name: &str, caller: Caller) -> Watchers {
     let options = Options {
         // An SDK that started kiln prints on the same terminal.
         mode: cli.progress.mode(!matches!(caller, Caller::Sdk(_))),
         debug: cli.debug,
         color: progress::color_allowed(),
     };
-    Watchers::start(engine, options, std::env::args().collect(), name, caller)
+    Watchers::start(session, options, std::env::args().collect(), name, caller)
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -237,10 +245,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cache { command } => cache_cmd::run(&cli, command),
         Command::Run { command } => {
             let started = Instant::now();
-            let (engine, handle, _) = serve(&cli, None).await?;
+            let (session, handle, _) = serve(&cli, None).await?;
             let watchers = watch(
                 &cli,
-                &engine,
+                &session,
                 &format!("kiln run {}", command.join(" ")),
                 Caller::Program,
             );
@@ -275,14 +283,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 let _ = tokio::time::timeout(Duration::from_secs(1), forward).await;
             }
             handle.stop().await;
-            flush(&engine);
-            watchers.finish(Some((engine.stats(), started.elapsed()))).await;
-            print_explanations(&engine);
+            flush(session.engine());
+            watchers.finish(Some((session.stats(), started.elapsed()))).await;
+            print_explanations(&session);
             Ok(exit_code(status))
         }
         Command::Session { sdk_flags } => {
-            let (engine, handle, traceparent) = serve(&cli, workdir_flag(sdk_flags)).await?;
-            let watchers = watch(&cli, &engine, "kiln session", Caller::Sdk(traceparent));
+            let (session, handle, traceparent) = serve(&cli, workdir_flag(sdk_flags)).await?;
+            let watchers = watch(&cli, &session, "kiln session", Caller::Sdk(traceparent));
             let line = serde_json::json!({ "port": handle.port, "session_token": handle.token });
             let mut stdout = std::io::stdout();
             writeln!(stdout, "{line}")
@@ -302,7 +310,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ = int.recv() => {}
             }
             handle.stop().await;
-            flush(&engine);
+            flush(session.engine());
             watchers.finish(None).await;
             Ok(ExitCode::SUCCESS)
         }
@@ -321,14 +329,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 bail!("no query given (pass a file or pipe a query on stdin)");
             }
             let started = Instant::now();
-            let engine = open_engine(&cli)?;
-            let watchers = watch(&cli, &engine, "kiln query", Caller::Nobody);
+            let session = session(&cli, &open_engine(&cli)?);
+            let watchers = watch(&cli, &session, "kiln query", Caller::Nobody);
             let cwd = std::env::current_dir().context("reading the working directory")?;
-            let server = Server::new(Api::new(engine.clone(), cwd), String::new()).context("building the schema")?;
+            let server = Server::new(Api::new(session.clone(), cwd), String::new()).context("building the schema")?;
             let response = server.execute(&query).await;
-            flush(&engine);
-            watchers.finish(Some((engine.stats(), started.elapsed()))).await;
-            print_explanations(&engine);
+            flush(session.engine());
+            watchers.finish(Some((session.stats(), started.elapsed()))).await;
+            print_explanations(&session);
             let mut out = std::io::stdout().lock();
             // A closed pipe (`kiln query | head`) is not an error worth reporting.
             let _ = writeln!(out, "{}", serde_json::to_string_pretty(&response)?);
@@ -370,8 +378,8 @@ async fn wait_forwarding_signals(child: &mut tokio::process::Child) -> anyhow::R
 }
 
 /// Prints why operations missed the cache (`--explain-cache`).
-fn print_explanations(engine: &Engine) {
-    let explanations = engine.explanations();
+fn print_explanations(session: &Session) {
+    let explanations = session.explanations();
     if explanations.is_empty() {
         return;
     }

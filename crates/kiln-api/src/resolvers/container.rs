@@ -4,7 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_graphql::Value;
-use kiln_graph::{CacheSharing, Exec, ExitExpectation, Mount, Op, Owner, SecretEnv};
+use kiln_graph::{CacheSharing, ExitExpectation, Mount, Owner, SecretEnv};
+use kiln_solver::ops::{self, Exec};
 
 use super::file::read_blob;
 use crate::api::{Api, Output, Registry, container, expand, join_path};
@@ -103,7 +104,7 @@ async fn from(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError
         .map(|r| r.name())
         .unwrap_or_else(|| address.clone());
     let node = api.nodes.add(
-        Op::Image {
+        ops::Image {
             reference: reference.clone(),
             manifest_digest: image.manifest_digest.to_string(),
             platform: image.platform().to_string(),
@@ -229,7 +230,7 @@ async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
         redirect_stdout: args.opt_string("redirectStdout"),
         redirect_stderr: args.opt_string("redirectStderr"),
     };
-    let node = api.nodes.add(Op::Exec(exec), inputs);
+    let node = api.nodes.add(exec, inputs);
     let digest = node.digest();
     c.rootfs = Some(TreeRef {
         node: digest,
@@ -396,7 +397,12 @@ async fn labels(_: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
 }
 
 /// Applies a file operation to the rootfs.
-fn on_rootfs(api: &Api, mut c: Container, op: Op, extra: Option<Option<TreeRef>>) -> Result<Output, ApiError> {
+fn on_rootfs(
+    api: &Api,
+    mut c: Container,
+    op: impl ops::Operation,
+    extra: Option<Option<TreeRef>>,
+) -> Result<Output, ApiError> {
     let mut inputs = vec![api.nodes.input(c.rootfs)?];
     if let Some(src) = extra {
         inputs.push(api.nodes.input(src)?);
@@ -413,7 +419,7 @@ async fn with_directory(api: Arc<Api>, obj: Object, args: Args) -> Result<Output
     let c = container(obj)?;
     let dest = path_arg(&c, &args, "path")?;
     let src = api.arg_directory(&args, "source")?;
-    let op = Op::Copy {
+    let op = ops::Copy {
         src_path: src.path.clone(),
         dest_path: dest,
         contents_only: true,
@@ -429,7 +435,7 @@ async fn with_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
     let c = container(obj)?;
     let dest = path_arg(&c, &args, "path")?;
     let src = api.arg_file(&args, "source")?;
-    let op = Op::Copy {
+    let op = ops::Copy {
         src_path: src.path.clone(),
         dest_path: dest,
         contents_only: true,
@@ -443,7 +449,7 @@ async fn with_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
 
 async fn with_new_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let c = container(obj)?;
-    let op = Op::MkFile {
+    let op = ops::MkFile {
         path: path_arg(&c, &args, "path")?,
         contents: args.opt_string("contents").unwrap_or_default(),
         mode: args.int("permissions").unwrap_or(0o644) as u32,
@@ -454,7 +460,7 @@ async fn with_new_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output,
 
 async fn without_path(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let c = container(obj)?;
-    let op = Op::Rm {
+    let op = ops::Rm {
         path: path_arg(&c, &args, "path")?,
         allow_not_found: true,
     };
@@ -490,7 +496,7 @@ async fn mount_source(
         (Some(n), true) => format!("/{n}"),
         _ => "/".into(),
     };
-    let op = Op::Copy {
+    let op = ops::Copy {
         src_path: path,
         dest_path: dest.clone(),
         contents_only: true,
@@ -614,7 +620,7 @@ async fn with_rootfs(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, A
         return out(c);
     }
     c.rootfs = None;
-    let op = Op::Copy {
+    let op = ops::Copy {
         src_path: dir.path,
         dest_path: "/".into(),
         contents_only: true,

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_graphql::Value;
-use kiln_graph::Op;
 use kiln_solver::Export;
+use kiln_solver::ops;
 
 use crate::api::{Api, Output, Registry, directory, join_path};
 use crate::args::Args;
@@ -98,7 +98,7 @@ async fn subdirectory(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, 
 }
 
 /// Applies a file operation to the directory's tree.
-fn apply(api: &Api, d: Directory, op: Op, src: Option<Option<TreeRef>>) -> Result<Output, ApiError> {
+fn apply(api: &Api, d: Directory, op: impl ops::Operation, src: Option<Option<TreeRef>>) -> Result<Output, ApiError> {
     let mut inputs = vec![api.nodes.input(d.tree)?];
     if let Some(src) = src {
         inputs.push(api.nodes.input(src)?);
@@ -115,7 +115,7 @@ fn apply(api: &Api, d: Directory, op: Op, src: Option<Option<TreeRef>>) -> Resul
 
 async fn with_new_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let d = directory(obj)?;
-    let op = Op::MkFile {
+    let op = ops::MkFile {
         path: join_path(&d.path, &args.string("path")?),
         contents: args.opt_string("contents").unwrap_or_default(),
         mode: args.int("permissions").unwrap_or(0o644) as u32,
@@ -126,7 +126,7 @@ async fn with_new_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output,
 
 async fn with_new_directory(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let d = directory(obj)?;
-    let op = Op::MkDir {
+    let op = ops::MkDir {
         path: join_path(&d.path, &args.string("path")?),
         mode: args.int("permissions").map(|p| p as u32).unwrap_or(0o755),
         owner: None,
@@ -137,7 +137,7 @@ async fn with_new_directory(api: Arc<Api>, obj: Object, args: Args) -> Result<Ou
 async fn with_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let d = directory(obj)?;
     let src = api.arg_file(&args, "source")?;
-    let op = Op::Copy {
+    let op = ops::Copy {
         src_path: src.path,
         dest_path: join_path(&d.path, &args.string("path")?),
         contents_only: true,
@@ -152,7 +152,7 @@ async fn with_file(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
 async fn with_directory(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let d = directory(obj)?;
     let src = api.arg_directory(&args, "source")?;
-    let op = Op::Copy {
+    let op = ops::Copy {
         src_path: src.path,
         dest_path: join_path(&d.path, &args.string("path")?),
         contents_only: true,
@@ -166,7 +166,7 @@ async fn with_directory(api: Arc<Api>, obj: Object, args: Args) -> Result<Output
 
 async fn without(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let d = directory(obj)?;
-    let op = Op::Rm {
+    let op = ops::Rm {
         path: join_path(&d.path, &args.string("path")?),
         allow_not_found: true,
     };
@@ -306,7 +306,7 @@ async fn filter(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
             "the gitignore argument of Directory.filter".into(),
         ));
     }
-    let op = Op::Copy {
+    let op = ops::Copy {
         src_path: d.path.clone(),
         dest_path: "/".into(),
         contents_only: true,
@@ -344,7 +344,7 @@ async fn with_files(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Ap
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let op = Op::Copy {
+        let op = ops::Copy {
             src_path: f.path,
             dest_path: join_path(&dest, &name),
             contents_only: true,
@@ -364,7 +364,7 @@ async fn with_files(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Ap
 async fn without_files(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let mut d = directory(obj)?;
     for path in args.strings("paths") {
-        let op = Op::Rm {
+        let op = ops::Rm {
             path: join_path(&d.path, &path),
             allow_not_found: true,
         };
@@ -379,7 +379,7 @@ async fn without_files(api: Arc<Api>, obj: Object, args: Args) -> Result<Output,
 async fn diff(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let d = directory(obj)?;
     let other = api.arg_directory(&args, "other")?;
-    let op = Op::Diff {
+    let op = ops::Diff {
         lower_path: d.path.clone(),
         upper_path: other.path,
     };

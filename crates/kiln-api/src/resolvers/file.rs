@@ -124,7 +124,7 @@ async fn with_name(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
         return Err(ApiError::invalid(format!("file name {name:?} must be a plain name")));
     }
     let path = format!("/{name}");
-    let op = kiln_graph::Op::Copy {
+    let op = kiln_solver::ops::Copy {
         src_path: f.path,
         dest_path: path.clone(),
         contents_only: true,

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kiln_graph::Op;
+use kiln_solver::ops;
 
 use kiln_solver::HostPathKind;
 
@@ -34,7 +34,7 @@ async fn directory(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiEr
         return Err(ApiError::invalid(format!("host directory {}: {why}", path.display())));
     }
     let node = api.nodes.add(
-        Op::HostDir {
+        ops::HostDir {
             path: path.display().to_string(),
             include: args.strings("include"),
             exclude: args.strings("exclude"),
@@ -67,7 +67,7 @@ async fn file(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> 
     );
     let name = name.to_string_lossy().into_owned();
     let node = api.nodes.add(
-        Op::HostDir {
+        ops::HostDir {
             path: parent.display().to_string(),
             include: vec![globset::escape(&name)],
             exclude: vec![],

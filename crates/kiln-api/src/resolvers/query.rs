@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_graphql::Value;
-use kiln_graph::Op;
+use kiln_solver::ops;
 
 use crate::api::{Api, Output, Registry};
 use crate::args::Args;
@@ -72,7 +72,7 @@ async fn file(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> 
     let path = format!("/{name}");
     let scratch = api.nodes.input(None)?;
     let node = api.nodes.add(
-        Op::MkFile {
+        ops::MkFile {
             path: path.clone(),
             contents: args.string("contents").unwrap_or_default(),
             mode: args.int("permissions").unwrap_or(0o644) as u32,

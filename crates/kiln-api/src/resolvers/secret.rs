@@ -108,7 +108,7 @@ mod tests {
     use std::process::{ExitStatus, Output as ProcessOutput};
 
     use kiln_solver::{Export, ExportError, HostPathKind};
-    use kiln_store::{CopyStats, MergedView};
+    use kiln_store::{CopyStats, HostError, HostTree, MergedView, PathFilter, Staged, Store, StoreError};
 
     use super::*;
 
@@ -142,6 +142,12 @@ mod tests {
             })
         }
         fn export(&self, _: &MergedView, _: &Export) -> Result<CopyStats, ExportError> {
+            unreachable!("not used by secret providers")
+        }
+        fn scan_dir(&self, _: &Store, _: &Path, _: &PathFilter) -> Result<HostTree, HostError> {
+            unreachable!("not used by secret providers")
+        }
+        fn upload_dir(&self, _: &Store, _: &HostTree) -> Result<Staged, StoreError> {
             unreachable!("not used by secret providers")
         }
     }

@@ -2,32 +2,123 @@
 //! upper directories are the exec's output snapshots.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use std::os::unix::fs::PermissionsExt;
-
+use async_trait::async_trait;
 use kiln_exec::{Bind, Overlay, ProcessSpec, RunSpec, TreeMount};
-use kiln_graph::{Exec, Mount};
+use kiln_graph::{ExitExpectation, Mount, SecretEnv, SecretRef};
 use kiln_store::merged::clean;
 use kiln_store::{CopyOptions, MergedView, PathFilter, SnapshotId, Staged, Store, copy_tree, prepare_parents};
+use serde::{Deserialize, Serialize};
 
-use super::files::{read_text, resolve_owner};
-use super::{OpOutput, blocking};
-use crate::engine::Engine;
-use crate::error::Context;
+use super::tree::{is_part, read_text, resolve_owner};
+use super::{Context, Definition, OpOutput, Operation, Prepared};
+use crate::error::Context as _;
 use crate::result::ExecMeta;
-use crate::running::Running;
 use crate::secrets::Secrets;
 use crate::volumes::Lease;
 use crate::{Cause, SolveError};
+
+/// Runs a process in a container whose rootfs is input 0.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Exec {
+    /// argv; `args[0]` is looked up in `PATH` of `env` when not absolute.
+    pub args: Vec<String>,
+    /// Environment, `KEY=VALUE`, in order.
+    pub env: Vec<String>,
+    /// Working directory (created if missing).
+    pub cwd: String,
+    /// `user`, `uid`, `user:group` or `uid:gid`; empty means root.
+    pub user: String,
+    /// Extra mounts, applied in order over the rootfs.
+    pub mounts: Vec<Mount>,
+    /// Data written to the process's stdin (none: stdin is /dev/null).
+    pub stdin: Option<String>,
+    /// Which exit codes count as success.
+    pub expect: ExitExpectation,
+    /// Environment variables whose values are secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<SecretEnv>,
+    /// A file of the container whose contents are the process's stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_path: Option<String>,
+    /// A file of the container that receives the process's stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_stdout: Option<String>,
+    /// A file of the container that receives the process's stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_stderr: Option<String>,
+}
+
+impl Definition for Exec {
+    const KIND: &'static str = "exec";
+}
+
+impl Exec {
+    /// The writable tree mounts, in output order (output `1 + i`).
+    pub fn writable_mounts(&self) -> impl Iterator<Item = &Mount> {
+        self.mounts
+            .iter()
+            .filter(|m| matches!(m, Mount::Tree { readonly: false, .. }))
+    }
+}
+
+#[async_trait]
+impl Operation for Exec {
+    fn describe(&self) -> String {
+        format!("exec {}", shell_words(&self.args))
+    }
+
+    fn output_count(&self) -> usize {
+        1 + self.writable_mounts().count()
+    }
+
+    fn selectors(&self) -> Vec<(usize, &str)> {
+        self.mounts
+            .iter()
+            .filter_map(|m| match m {
+                Mount::Tree {
+                    input,
+                    source_path,
+                    readonly: true,
+                    ..
+                } if is_part(source_path) => Some((*input, source_path.as_str())),
+                Mount::Cache {
+                    source: Some((input, path)),
+                    ..
+                } if is_part(path) => Some((*input, path.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn secrets(&self) -> Vec<&SecretRef> {
+        let mounted = self.mounts.iter().filter_map(|m| match m {
+            Mount::Secret { secret, .. } => Some(secret),
+            _ => None,
+        });
+        self.secret_env.iter().map(|e| &e.secret).chain(mounted).collect()
+    }
+
+    async fn run(&self, cx: &Context<'_>, inputs: &[Option<SnapshotId>], _: Prepared) -> Result<OpOutput, SolveError> {
+        run(cx, self, inputs).await
+    }
+}
+
+/// `args` as a shell would need them written (quoted where needed).
+fn shell_words(args: &[String]) -> String {
+    // Only a NUL byte fails to quote, and no process argument holds one.
+    shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "))
+}
 
 /// Mount points the runtime creates in every container.
 const RUNTIME_MOUNTS: [&str; 6] = ["/proc", "/dev/pts", "/dev/shm", "/dev/mqueue", "/dev", "/sys"];
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-struct Prepared {
+struct Setup {
     spec: RunSpec,
     root: Staged,
     writable: Vec<Staged>,
@@ -56,7 +147,7 @@ fn overlay(store: &Store, top: Option<SnapshotId>, upper: Option<&Staged>) -> Re
     })
 }
 
-fn secret(secrets: &Secrets, r: &kiln_graph::SecretRef) -> Result<Arc<String>, Cause> {
+fn secret(secrets: &Secrets, r: &SecretRef) -> Result<Arc<String>, Cause> {
     secrets.get(r).ok_or_else(|| {
         Cause::Invalid(format!(
             "secret {:?} is not known to this engine session: set it again (setSecret or secret(uri))",
@@ -72,7 +163,7 @@ fn prepare(
     exec: &Exec,
     inputs: &[Option<SnapshotId>],
     volumes: &VolumePaths,
-) -> Result<Prepared, Cause> {
+) -> Result<Setup, Cause> {
     let rootfs = inputs[0];
     let view = store.view(rootfs)?;
     let (passwd, group) = (read_text(&view, "/etc/passwd"), read_text(&view, "/etc/group"));
@@ -188,7 +279,7 @@ fn prepare(
         },
         stdin,
     };
-    Ok(Prepared {
+    Ok(Setup {
         spec,
         root,
         writable,
@@ -245,8 +336,7 @@ fn prune_mount_points(lower: &MergedView, upper: &Path, targets: &[String]) {
 
 /// Leases the cache volumes an exec mounts and seeds new ones.
 async fn lease_volumes(
-    engine: &Arc<Engine>,
-    desc: &str,
+    cx: &Context<'_>,
     exec: &Exec,
     inputs: &[Option<SnapshotId>],
 ) -> Result<(Vec<Lease>, VolumePaths), SolveError> {
@@ -262,17 +352,17 @@ async fn lease_volumes(
         else {
             continue;
         };
-        let lease = engine
-            .volumes
+        let lease = cx
+            .volumes()
             .acquire(key, *sharing)
             .await
             .context(|| format!("cache volume {key:?}"))
-            .map_err(|e| SolveError::op(desc, e))?;
+            .map_err(|e| cx.error(e))?;
         if lease.created {
             let (path, key, owner, source) = (lease.path.clone(), key.clone(), owner.clone(), source.clone());
             let source = source.map(|(input, sub)| (inputs[input], sub));
             let rootfs = inputs[0];
-            blocking(engine.store(), desc, move |store| {
+            cx.blocking(move |store| {
                 if let Some((tree, sub)) = source {
                     let view = store.view(tree)?;
                     let filter = PathFilter::default();
@@ -296,50 +386,35 @@ async fn lease_volumes(
     Ok((leases, paths))
 }
 
-pub(crate) async fn run(
-    engine: &Arc<Engine>,
-    desc: &str,
-    exec: &Exec,
-    inputs: &[Option<SnapshotId>],
-    running: &Running,
-) -> Result<OpOutput, SolveError> {
+async fn run(cx: &Context<'_>, exec: &Exec, inputs: &[Option<SnapshotId>]) -> Result<OpOutput, SolveError> {
     if exec.args.is_empty() {
-        return Err(SolveError::op(
-            desc,
-            "no command to run (empty args and no default args)",
-        ));
+        return Err(cx.error("no command to run (empty args and no default args)"));
     }
-    let (_leases, volumes) = lease_volumes(engine, desc, exec, inputs).await?;
+    let (_leases, volumes) = lease_volumes(cx, exec, inputs).await?;
     let (exec_c, inputs_c) = (exec.clone(), inputs.to_vec());
-    let (runtime, secrets) = (engine.runtime.clone(), engine.secrets.clone());
-    let prepared = blocking(engine.store(), desc, move |store| {
-        prepare(store, &runtime, &secrets, &exec_c, &inputs_c, &volumes)
-    })
-    .await?;
+    let (runtime, secrets) = (cx.runtime().clone(), cx.secrets().clone());
+    let prepared = cx
+        .blocking(move |store| prepare(store, &runtime, &secrets, &exec_c, &inputs_c, &volumes))
+        .await?;
     let output = {
-        let slot = running.queue(engine.exec_slots.acquire()).await;
-        let _slot = slot.map_err(|e| SolveError::op(desc, e))?;
-        engine.count_exec();
-        running
-            .exec(&engine.runtime, &prepared.spec)
-            .await
-            .map_err(|e| SolveError::op(desc, e))?
+        let _slot = cx.exec_slot().await?;
+        cx.exec(&prepared.spec).await.map_err(|e| cx.error(e))?
     };
     // Secret values never leave the container unmasked.
-    let stdout = engine.secrets.scrub_bytes(&output.stdout);
-    let stderr = engine.secrets.scrub_bytes(&output.stderr);
-    let combined = engine.secrets.scrub_bytes(&output.combined);
+    let secrets = cx.secrets();
+    let stdout = secrets.scrub_bytes(&output.stdout);
+    let stderr = secrets.scrub_bytes(&output.stderr);
+    let combined = secrets.scrub_bytes(&output.combined);
     if !exec.expect.accepts(output.exit_code) {
         return Err(SolveError::Exec {
-            args: exec.args.iter().map(|a| engine.secrets.scrub(a)).collect(),
+            args: exec.args.iter().map(|a| secrets.scrub(a)).collect(),
             exit_code: output.exit_code,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         });
     }
     let exec_c = exec.clone();
-    blocking(engine.store(), desc, move |store| {
-        let mut targets: Vec<String> = RUNTIME_MOUNTS.iter().map(|s| s.to_string()).collect();
+    cx.blocking(move |store| {        let mut targets: Vec<String> = RUNTIME_MOUNTS.iter().map(|s| s.to_string()).collect();
         targets.extend(prepared.spec.trees.iter().map(|t| t.target.clone()));
         targets.extend(prepared.spec.tmpfs.iter().cloned());
         targets.extend(prepared.spec.binds.iter().map(|b| b.target.clone()));
@@ -372,4 +447,27 @@ pub(crate) async fn run(
         })
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_exec_with_quoting() {
+        let op = Exec {
+            args: vec!["sh".into(), "-c".into(), "echo 'hi'".into()],
+            cwd: "/".into(),
+            ..Default::default()
+        };
+        assert_eq!(op.describe(), r#"exec sh -c "echo 'hi'""#);
+        assert_eq!(
+            shell_words(&["sh".into(), "-c".into(), "exit 127".into()]),
+            "sh -c 'exit 127'"
+        );
+        assert_eq!(
+            shell_words(&["make".into(), "test".into(), String::new()]),
+            "make test ''"
+        );
+    }
 }

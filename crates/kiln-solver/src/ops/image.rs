@@ -1,141 +1,144 @@
-//! Image sources: resolved and pulled from registries or imported from
-//! layouts and archives, then unpacked layer by layer. Each layer snapshot
-//! is cached by its chain (parent chain + uncompressed diff digest), so
-//! images sharing base layers share their snapshots.
+//! Image sources pulled from registries, and how any image becomes a tree:
+//! unpacked layer by layer, each layer snapshot cached by its chain (parent
+//! chain + uncompressed diff digest), so that images sharing base layers
+//! share their snapshots.
 
 use std::path::Path;
-use std::sync::Arc;
 
+use async_trait::async_trait;
 use kiln_graph::{Key, KeyBuilder};
-use kiln_oci::{ExtractLimits, Platform, Reference, ResolvedImage};
-use kiln_store::{CacheRecord, Digest, SnapshotId, now_secs};
+use kiln_oci::{ExtractLimits, Platform, Reference, Registry, ResolvedImage};
+use kiln_store::{CacheRecord, Digest, SnapshotId, Store, now_secs};
+use serde::{Deserialize, Serialize};
 
-use super::{OpOutput, blocking};
-use crate::engine::Engine;
-use crate::error::Context;
+use super::{CacheMap, Context, Definition, OpOutput, Operation, Prepared};
+use crate::error::Context as _;
 use crate::result::ImageMeta;
-use crate::running::Running;
 use crate::{Cause, SolveError};
 
-fn parse_platform(op: &str, platform: Option<&str>) -> Result<Platform, SolveError> {
+/// The root filesystem of a registry image, pinned to its manifest digest
+/// (the API resolves tags before building the node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// The reference as the user wrote it, normalized (for display).
+    pub reference: String,
+    /// Digest of the platform-specific manifest.
+    pub manifest_digest: String,
+    /// `os/arch[/variant]`.
+    pub platform: String,
+}
+
+impl Definition for Image {
+    const KIND: &'static str = "image";
+}
+
+impl Image {
+    /// Keyed by what the image is, not what it is called.
+    pub(crate) fn pinned(&self) -> CacheMap {
+        pinned(&self.manifest_digest, &self.platform)
+    }
+}
+
+#[async_trait]
+impl Operation for Image {
+    fn describe(&self) -> String {
+        format!("pull {}", self.reference)
+    }
+
+    fn image(&self) -> Option<String> {
+        Some(self.reference.clone())
+    }
+
+    async fn cache_map(&self, _: &Context<'_>) -> Result<CacheMap, SolveError> {
+        Ok(self.pinned())
+    }
+
+    async fn run(&self, cx: &Context<'_>, _: &[Option<SnapshotId>], _: Prepared) -> Result<OpOutput, SolveError> {
+        let digest: Digest = self
+            .manifest_digest
+            .parse()
+            .map_err(|e: kiln_store::digest::InvalidDigest| cx.error(e.to_string()))?;
+        let r = Reference::parse(&self.reference)
+            .map_err(|e| cx.error(e))?
+            .with_digest(digest);
+        let notify = cx.notifier();
+        let registry = cx.registry().with_observer(move |notice| notify(notice.to_string()));
+        let image = resolve(&registry, cx.store(), &r, Some(&self.platform))
+            .await
+            .map_err(|e| cx.error(e))?;
+        registry
+            .fetch_layers(&image, cx.store().blobs())
+            .await
+            .map_err(|e| cx.error(e))?;
+        unpack(cx, image).await
+    }
+}
+
+/// The cache map of an image known by its manifest digest.
+pub(crate) fn pinned(manifest_digest: &str, platform: &str) -> CacheMap {
+    CacheMap::from_parts(vec![
+        b"image".to_vec(),
+        manifest_digest.as_bytes().to_vec(),
+        platform.as_bytes().to_vec(),
+    ])
+}
+
+/// A platform as written (`None` or empty: the host's).
+pub(crate) fn parse_platform(platform: Option<&str>) -> Result<Platform, Cause> {
     match platform {
-        Some(p) if !p.is_empty() => Platform::parse(p).map_err(|e| SolveError::op(op, e)),
+        Some(p) if !p.is_empty() => Ok(Platform::parse(p)?),
         _ => Ok(Platform::host()),
     }
 }
 
-impl Engine {
-    /// Resolves an image reference (a tag goes to the registry) to its
-    /// platform-specific manifest; the manifest and config are stored.
-    pub async fn resolve_image(&self, reference: &str, platform: Option<&str>) -> Result<ResolvedImage, SolveError> {
-        // The errors of kiln-oci name the reference already.
-        let op = "resolve image";
-        let r = Reference::parse(reference).map_err(|e| SolveError::op(op, e))?;
-        let p = parse_platform(op, platform)?;
-        // Not an operation yet (the API resolves tags as pipelines are
-        // built): notices go to the log.
-        self.registry
-            .with_observer(|notice| tracing::warn!("{notice}"))
-            .resolve(&r, &p, self.store.blobs())
-            .await
-            .map_err(|e| SolveError::op(op, e))
-    }
-
-    /// Loads an image from an OCI layout directory or an OCI/docker archive.
-    pub async fn load_image(
-        self: &Arc<Self>,
-        path: &str,
-        tag: Option<&str>,
-        platform: Option<&str>,
-    ) -> Result<ResolvedImage, SolveError> {
-        let op = format!("import {path}");
-        let p = parse_platform(&op, platform)?;
-        let (path, tag) = (path.to_string(), tag.map(str::to_string));
-        blocking(&self.store, &op, move |store| {
-            let path = Path::new(&path);
-            let result = if path.is_dir() {
-                kiln_oci::import_oci_layout(path, tag.as_deref(), &p, store.blobs())
-            } else {
-                kiln_oci::import_archive(path, tag.as_deref(), &p, store.blobs())
-            };
-            Ok(result?)
-        })
-        .await
-    }
+/// Resolves `reference` with `registry` to its platform-specific manifest;
+/// the manifest and config are stored.
+pub(crate) async fn resolve(
+    registry: &Registry,
+    store: &Store,
+    reference: &Reference,
+    platform: Option<&str>,
+) -> Result<ResolvedImage, Cause> {
+    let platform = parse_platform(platform)?;
+    Ok(registry.resolve(reference, &platform, store.blobs()).await?)
 }
 
-pub(crate) async fn pull(
-    engine: &Arc<Engine>,
-    reference: &str,
-    manifest_digest: &str,
-    platform: &str,
-    running: &Running,
-) -> Result<OpOutput, SolveError> {
-    let op = format!("pull {reference}");
-    let digest: Digest = manifest_digest
-        .parse()
-        .map_err(|e: kiln_store::digest::InvalidDigest| SolveError::op(&op, e.to_string()))?;
-    let r = Reference::parse(reference)
-        .map_err(|e| SolveError::op(&op, e))?
-        .with_digest(digest);
-    let p = parse_platform(&op, Some(platform))?;
-    let notify = running.notifier();
-    let registry = engine.registry.with_observer(move |notice| notify(notice.to_string()));
-    let image = registry
-        .resolve(&r, &p, engine.store.blobs())
-        .await
-        .map_err(|e| SolveError::op(&op, e))?;
-    registry
-        .fetch_layers(&image, engine.store.blobs())
-        .await
-        .map_err(|e| SolveError::op(&op, e))?;
-    unpack(engine, &op, image).await
+/// Loads an image from an OCI layout directory or an OCI/docker archive.
+pub(crate) fn load(store: &Store, path: &Path, tag: Option<&str>, platform: Option<&str>) -> Result<ResolvedImage, Cause> {
+    let platform = parse_platform(platform)?;
+    let image = if path.is_dir() {
+        kiln_oci::import_oci_layout(path, tag, &platform, store.blobs())
+    } else {
+        kiln_oci::import_archive(path, tag, &platform, store.blobs())
+    };
+    Ok(image?)
 }
 
-pub(crate) async fn import(
-    engine: &Arc<Engine>,
-    path: &str,
-    tag: Option<&str>,
-    manifest_digest: &str,
-    platform: &str,
-) -> Result<OpOutput, SolveError> {
-    let op = format!("import {path}");
-    let image = engine.load_image(path, tag, Some(platform)).await?;
-    if image.manifest_digest.to_string() != manifest_digest {
-        return Err(SolveError::op(
-            &op,
-            format!(
-                "the image there is now {} but the pipeline was built with {manifest_digest}; load it again",
-                image.manifest_digest
-            ),
-        ));
-    }
-    unpack(engine, &op, image).await
-}
-
-async fn unpack(engine: &Arc<Engine>, op: &str, image: ResolvedImage) -> Result<OpOutput, SolveError> {
+/// Unpacks a resolved image whose layers are stored.
+pub(crate) async fn unpack(cx: &Context<'_>, image: ResolvedImage) -> Result<OpOutput, SolveError> {
     let meta = serde_json::json!({ "image": ImageMeta { config: image.config.clone() } });
-    let limits = engine.layer_limits;
-    let top = blocking(&engine.store, op, move |store| {
-        let mut parent: Option<SnapshotId> = None;
-        let mut chain = KeyBuilder::new("kiln/layer/v1").finish();
-        // Layers found in the cache stay while the image is unpacked.
-        let mut pins = Vec::with_capacity(image.layers.len());
-        for layer in &image.layers {
-            chain = KeyBuilder::new("kiln/layer/v1")
-                .key(&chain)
-                .bytes(layer.diff_id.as_bytes())
-                .finish();
-            pins.push(store.pin_keys(&[*chain.as_bytes()]));
-            if let Some(rec) = store.cache_get(chain.as_bytes())? {
-                parent = rec.outputs.first().copied().flatten();
-                continue;
+    let limits = cx.layer_limits();
+    let top = cx
+        .blocking(move |store| {
+            let mut parent: Option<SnapshotId> = None;
+            let mut chain = KeyBuilder::new("kiln/layer/v1").finish();
+            // Layers found in the cache stay while the image is unpacked.
+            let mut pins = Vec::with_capacity(image.layers.len());
+            for layer in &image.layers {
+                chain = KeyBuilder::new("kiln/layer/v1")
+                    .key(&chain)
+                    .bytes(layer.diff_id.as_bytes())
+                    .finish();
+                pins.push(store.pin_keys(&[*chain.as_bytes()]));
+                if let Some(rec) = store.cache_get(chain.as_bytes())? {
+                    parent = rec.outputs.first().copied().flatten();
+                    continue;
+                }
+                parent = Some(apply(store, chain, parent, layer, limits)?);
             }
-            parent = Some(apply(store, chain, parent, layer, limits)?);
-        }
-        Ok(parent)
-    })
-    .await?;
+            Ok(parent)
+        })
+        .await?;
     Ok(OpOutput {
         staged: vec![],
         outputs: vec![top],
@@ -144,7 +147,7 @@ async fn unpack(engine: &Arc<Engine>, op: &str, image: ResolvedImage) -> Result<
 }
 
 fn apply(
-    store: &kiln_store::Store,
+    store: &Store,
     chain: Key,
     parent: Option<SnapshotId>,
     layer: &kiln_oci::LayerDesc,

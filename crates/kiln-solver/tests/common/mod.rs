@@ -5,9 +5,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kiln_graph::{Exec, ExitExpectation, Input, Mount, Node, Op};
+use kiln_graph::{ExitExpectation, Mount};
 use kiln_oci::RegistryConfig;
+use kiln_solver::ops::{self, Exec};
 use kiln_solver::{Engine, EngineConfig, Session, Solved};
+use kiln_solver::{Input, Node};
 
 /// Whether to run a root-only test (panics when not root unless skipped).
 pub fn require_root() -> bool {
@@ -32,7 +34,7 @@ pub async fn busybox(engine: &Arc<Engine>) -> Arc<Node> {
     let path = layout.to_str().unwrap();
     let image = engine.load_image(path, None, None).await.expect("busybox layout loads");
     Node::new(
-        Op::ImageImport {
+        ops::ImageImport {
             path: path.into(),
             tag: None,
             manifest_digest: image.manifest_digest.to_string(),
@@ -58,7 +60,7 @@ pub fn exec(script: &str) -> Exec {
 
 /// `sh -c script` on top of `rootfs`.
 pub fn run(rootfs: &Arc<Node>, script: &str) -> Arc<Node> {
-    Node::new(Op::Exec(exec(script)), vec![rootfs.output(0)])
+    Node::new(exec(script), vec![rootfs.output(0)])
 }
 
 /// `sh -c script` with `tree` mounted read-only at `target`.
@@ -70,13 +72,13 @@ pub fn run_with_mount(rootfs: &Arc<Node>, script: &str, tree: Input, target: &st
         source_path: "/".into(),
         readonly: true,
     });
-    Node::new(Op::Exec(e), vec![rootfs.output(0), tree])
+    Node::new(e, vec![rootfs.output(0), tree])
 }
 
 /// Copies `src` (a whole tree) to `dest` in `rootfs`.
 pub fn copy_in(rootfs: &Arc<Node>, src: &Arc<Node>, dest: &str) -> Arc<Node> {
     Node::new(
-        Op::Copy {
+        ops::Copy {
             src_path: "/".into(),
             dest_path: dest.into(),
             contents_only: true,
@@ -92,7 +94,7 @@ pub fn copy_in(rootfs: &Arc<Node>, src: &Arc<Node>, dest: &str) -> Arc<Node> {
 /// A host directory source.
 pub fn host_dir(path: &Path, include: &[&str]) -> Arc<Node> {
     Node::new(
-        Op::HostDir {
+        ops::HostDir {
             path: path.to_str().unwrap().into(),
             include: include.iter().map(|s| s.to_string()).collect(),
             exclude: vec![],

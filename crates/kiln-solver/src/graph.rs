@@ -1,16 +1,18 @@
-//! Nodes of the graph and the derivation of their digests and cache keys.
+//! Nodes of the graph: an operation applied to the trees its inputs produce,
+//! named by a digest of its definition.
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use kiln_graph::{Key, KeyBuilder};
 
-use crate::{Key, KeyBuilder, Op};
+use crate::error::GraphError;
+use crate::ops::{CacheMap, Operation};
 
 const DEF_DOMAIN: &str = "kiln/def/v1";
 const CACHE_DOMAIN: &str = "kiln/cache/v1";
 
 /// One edge: output `output` of `node`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Input {
     /// The producing node.
     pub node: Arc<Node>,
@@ -19,32 +21,23 @@ pub struct Input {
 }
 
 /// An operation applied to its inputs. Immutable; shared with `Arc`.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Node {
-    op: Op,
+    op: Arc<dyn Operation>,
     inputs: Vec<Input>,
     digest: Key,
 }
 
-/// A problem with how a node was put together.
-#[derive(Debug, thiserror::Error)]
-pub enum GraphError {
-    /// An input refers to an output the producing op does not have.
-    #[error("{op}: input {index} asks for output {output} of `{producer}`, which has {count}")]
-    NoSuchOutput {
-        op: String,
-        index: usize,
-        output: usize,
-        producer: String,
-        count: usize,
-    },
-}
-
 impl Node {
-    /// Builds a node and computes its definition digest.
-    pub fn new(op: Op, inputs: Vec<Input>) -> Arc<Node> {
+    /// Builds a node of `op` over `inputs` and computes its definition digest.
+    pub fn new(op: impl Operation, inputs: Vec<Input>) -> Arc<Node> {
+        Self::of(Arc::new(op), inputs)
+    }
+
+    /// [`Node::new`] for an operation already shared (a decoded one).
+    pub fn of(op: Arc<dyn Operation>, inputs: Vec<Input>) -> Arc<Node> {
         let mut b = KeyBuilder::new(DEF_DOMAIN);
-        b.bytes(&canonical(&op));
+        b.bytes(&op.encode());
         for input in &inputs {
             b.key(&input.node.digest).bytes(&(input.output as u64).to_le_bytes());
         }
@@ -70,7 +63,7 @@ impl Node {
     }
 
     /// The operation.
-    pub fn op(&self) -> &Op {
+    pub fn op(&self) -> &Arc<dyn Operation> {
         &self.op
     }
 
@@ -91,47 +84,27 @@ impl Node {
             output,
         }
     }
+
+    /// The image this node's tree starts from, following first inputs: the
+    /// reference of a pull, `busybox` for an exec on busybox.
+    pub fn base_image(&self) -> Option<String> {
+        let mut node = self;
+        loop {
+            if let Some(image) = node.op.image() {
+                return Some(image);
+            }
+            node = &node.inputs.first()?.node;
+        }
+    }
 }
 
-/// The canonical encoding of an op (what its digests hash).
-pub fn canonical(op: &impl Serialize) -> Vec<u8> {
-    serde_json::to_vec(op).expect("ops serialize infallibly")
-}
-
-/// The persistent cache key of a node: its op's cache form, the cache keys of
-/// its inputs (with the output each reads), and for content-keyed sources
-/// the digest of the content read.
-pub fn cache_key(op: &Op, input_keys: &[(Key, usize)], content: Option<&Key>) -> Key {
+/// The persistent cache key of a node: what identifies its op (see
+/// [`CacheMap`]), then the cache keys of its inputs with the output each
+/// reads.
+pub(crate) fn cache_key(map: &CacheMap, input_keys: &[(Key, usize)]) -> Key {
     let mut b = KeyBuilder::new(CACHE_DOMAIN);
-    match (op, content) {
-        // Host sources are keyed by what they contain, not where they are.
-        (Op::HostDir { .. }, Some(content)) => {
-            b.bytes(b"host-content").key(content);
-        }
-        // Images are keyed by what they are, not what they are called.
-        (
-            Op::Image {
-                manifest_digest,
-                platform,
-                ..
-            },
-            _,
-        )
-        | (
-            Op::ImageImport {
-                manifest_digest,
-                platform,
-                ..
-            },
-            _,
-        ) => {
-            b.bytes(b"image")
-                .bytes(manifest_digest.as_bytes())
-                .bytes(platform.as_bytes());
-        }
-        (op, _) => {
-            b.bytes(&canonical(op));
-        }
+    for part in map.parts() {
+        b.bytes(part);
     }
     for (key, output) in input_keys {
         b.key(key).bytes(&(*output as u64).to_le_bytes());
@@ -142,33 +115,33 @@ pub fn cache_key(op: &Op, input_keys: &[(Key, usize)], content: Option<&Key>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Exec, ExitExpectation};
+    use crate::ops::{Exec, HostDir, Image, Rm, Scratch};
 
     fn exec(args: &[&str], rootfs: &Arc<Node>) -> Arc<Node> {
         Node::new(
-            Op::Exec(Exec {
+            Exec {
                 args: args.iter().map(|s| s.to_string()).collect(),
                 env: vec!["PATH=/bin".into()],
                 cwd: "/".into(),
-                user: String::new(),
-                mounts: vec![],
-                stdin: None,
-                expect: ExitExpectation::Success,
                 ..Default::default()
-            }),
+            },
             vec![rootfs.output(0)],
         )
     }
 
     fn image(name: &str) -> Arc<Node> {
         Node::new(
-            Op::Image {
+            Image {
                 reference: name.into(),
                 manifest_digest: "sha256:aa".into(),
                 platform: "linux/amd64".into(),
             },
             vec![],
         )
+    }
+
+    fn key_of(node: &Node, inputs: &[(Key, usize)]) -> Key {
+        cache_key(&CacheMap::definition(node.op().as_ref()), inputs)
     }
 
     #[test]
@@ -181,9 +154,15 @@ mod tests {
         let c = exec(&["true"], &image("docker.io/library/busybox"));
         assert_ne!(a.digest(), c.digest());
         // ...but the same cache key.
-        let img_a = cache_key(a.inputs()[0].node.op(), &[], None);
-        let img_c = cache_key(c.inputs()[0].node.op(), &[], None);
-        assert_eq!(img_a, img_c);
+        let pinned = |name: &str| {
+            let image = Image {
+                reference: name.into(),
+                manifest_digest: "sha256:aa".into(),
+                platform: "linux/amd64".into(),
+            };
+            cache_key(&image.pinned(), &[])
+        };
+        assert_eq!(pinned("busybox"), pinned("docker.io/library/busybox"));
     }
 
     #[test]
@@ -195,47 +174,44 @@ mod tests {
             a.digest().to_string(),
             "28e8a451177f5c1df98c2e7848a9688e352c7bab05610e9e88c4fce85878df49"
         );
-        let key = cache_key(a.op(), &[(Key([1; 32]), 0)], None);
+        let key = key_of(&a, &[(Key([1; 32]), 0)]);
         assert_eq!(
             key.to_string(),
             "ac9af48704682c37a7b9ad9d139138fd495624927315881d45a2620275896866"
         );
-        assert_ne!(key, cache_key(a.op(), &[(Key([1; 32]), 1)], None));
+        assert_ne!(key, key_of(&a, &[(Key([1; 32]), 1)]));
+        assert_eq!(
+            Node::new(Scratch, vec![]).op().encode(),
+            b"\"scratch\"".to_vec(),
+            "ops without fields are encoded by name"
+        );
     }
 
     #[test]
     fn host_dirs_are_keyed_by_content_only() {
-        let op1 = Op::HostDir {
-            path: "/a".into(),
-            include: vec![],
-            exclude: vec![],
-        };
-        let op2 = Op::HostDir {
-            path: "/b".into(),
-            include: vec![],
-            exclude: vec!["x".into()],
-        };
         let content = Key([7; 32]);
-        assert_eq!(
-            cache_key(&op1, &[], Some(&content)),
-            cache_key(&op2, &[], Some(&content))
-        );
-        assert_ne!(
-            cache_key(&op1, &[], Some(&content)),
-            cache_key(&op1, &[], Some(&Key([8; 32])))
-        );
+        let (a, b) = (HostDir::content_map(content), HostDir::content_map(content));
+        assert_eq!(cache_key(&a, &[]), cache_key(&b, &[]));
+        assert_ne!(cache_key(&a, &[]), cache_key(&HostDir::content_map(Key([8; 32])), &[]));
     }
 
     #[test]
     fn rejects_missing_outputs() {
         let img = image("busybox");
         let bad = Node::new(
-            Op::Rm {
+            Rm {
                 path: "/x".into(),
                 allow_not_found: true,
             },
             vec![img.output(3)],
         );
         assert!(bad.validate().unwrap_err().to_string().contains("output 3"));
+    }
+
+    #[test]
+    fn base_image_follows_first_inputs() {
+        let top = exec(&["true"], &exec(&["true"], &image("busybox:1.36")));
+        assert_eq!(top.base_image().as_deref(), Some("busybox:1.36"));
+        assert_eq!(Node::new(Scratch, vec![]).base_image(), None);
     }
 }
