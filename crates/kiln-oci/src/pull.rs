@@ -109,14 +109,19 @@ impl fmt::Display for RegistryNotice {
 /// Receives the [`RegistryNotice`]s of a [`Registry`].
 type Observer = Arc<dyn Fn(RegistryNotice) + Send + Sync>;
 
+/// Where the credentials for a registry host come from.
+type CredentialSource = Arc<dyn Fn(&str) -> Result<Credentials> + Send + Sync>;
+
 /// A registry client for pulls, built from a [`RegistryConfig`]. Cheap to
 /// share and to clone; clones share one HTTP client (and its tokens) per
-/// registry host.
+/// registry host and credentials, so that a token fetched with one
+/// client's credentials never serves another's requests.
 #[derive(Clone)]
 pub struct Registry {
     config: Arc<RegistryConfig>,
-    clients: Arc<Mutex<HashMap<String, Client>>>,
+    clients: Arc<Mutex<HashMap<(String, Credentials), Client>>>,
     observer: Option<Observer>,
+    credentials: Option<CredentialSource>,
 }
 
 impl Registry {
@@ -126,6 +131,17 @@ impl Registry {
             config: Arc::new(config),
             clients: Arc::new(Mutex::new(HashMap::new())),
             observer: None,
+            credentials: None,
+        }
+    }
+
+    /// A handle on this client that asks `source` for the credentials of a
+    /// registry host (a client's own, read on its host) instead of reading
+    /// the docker config of this process.
+    pub fn with_credentials(&self, source: impl Fn(&str) -> Result<Credentials> + Send + Sync + 'static) -> Self {
+        Self {
+            credentials: Some(Arc::new(source)),
+            ..self.clone()
         }
     }
 
@@ -156,10 +172,10 @@ impl Registry {
         &self.config
     }
 
-    fn client(&self, host: &str) -> Client {
+    fn client(&self, host: &str, credentials: &Credentials) -> Client {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients
-            .entry(host.to_string())
+            .entry((host.to_string(), credentials.clone()))
             .or_insert_with(|| {
                 let protocol = if self.config.is_insecure(host) {
                     ClientProtocol::Http
@@ -185,13 +201,15 @@ impl Registry {
             host: host.to_string(),
             reason,
         })?;
-        let dir = self.config.docker_config_dir();
-        let auth = Credentials::lookup(dir.as_deref(), host)?.to_auth();
+        let credentials = match &self.credentials {
+            Some(source) => source(host)?,
+            None => Credentials::lookup(self.config.docker_config_dir().as_deref(), host)?,
+        };
         Ok(Source {
             registry: self,
             host,
-            client: self.client(host),
-            auth,
+            client: self.client(host, &credentials),
+            auth: credentials.to_auth(),
         })
     }
 

@@ -132,23 +132,6 @@ impl Engine {
         self.resources.volumes.volumes()
     }
 
-    /// Resolves an image reference (a tag goes to the registry) to its
-    /// platform-specific manifest; the manifest and config are stored.
-    pub async fn resolve_image(&self, reference: &str, platform: Option<&str>) -> Result<ResolvedImage, SolveError> {
-        // The errors of kiln-oci name the reference already.
-        let op = "resolve image";
-        let r = Reference::parse(reference).map_err(|e| SolveError::op(op, e))?;
-        // Not an operation yet (the API resolves tags as pipelines are
-        // built): notices go to the log.
-        let registry = self
-            .resources
-            .registry
-            .with_observer(|notice| tracing::warn!("{notice}"));
-        ops::image::resolve(&registry, self.store(), &r, platform)
-            .await
-            .map_err(|e| SolveError::op(op, e))
-    }
-
     /// Loads an image from an OCI layout directory or an OCI/docker archive.
     pub async fn load_image(
         &self,
@@ -193,7 +176,14 @@ impl Engine {
 
     /// A new session for a client on this host, with default options.
     pub fn session(self: &Arc<Self>) -> Session {
-        self.session_for(Arc::new(LocalHost), SessionOptions::default())
+        self.session_with(SessionOptions::default())
+    }
+
+    /// A new session for a client on this host (whose registry credentials
+    /// are in the docker config the engine's settings name).
+    pub fn session_with(self: &Arc<Self>, options: SessionOptions) -> Session {
+        let host = LocalHost::new(self.resources.registry.config().docker_config_dir());
+        self.session_for(Arc::new(host), options)
     }
 
     /// A new session for a client reached through `host`.
@@ -378,6 +368,22 @@ impl Session {
     /// it (with `explain_cache`), taken out of the session.
     pub fn explanations(&self) -> Vec<Explanation> {
         self.report.take_explanations()
+    }
+
+    /// Resolves an image reference (a tag goes to the registry, with this
+    /// session's credentials) to its platform-specific manifest; the
+    /// manifest and config are stored.
+    pub async fn resolve_image(&self, reference: &str, platform: Option<&str>) -> Result<ResolvedImage, SolveError> {
+        // The errors of kiln-oci name the reference already.
+        let op = "resolve image";
+        let r = Reference::parse(reference).map_err(|e| SolveError::op(op, e))?;
+        // Not an operation yet (the API resolves tags as pipelines are
+        // built): notices go to the log.
+        let registry = ops::registry_for(&self.engine.resources.registry, &self.host)
+            .with_observer(|notice| tracing::warn!("{notice}"));
+        ops::image::resolve(&registry, self.engine.store(), &r, platform)
+            .await
+            .map_err(|e| SolveError::op(op, e))
     }
 
     /// Sets a secret for this session; returns how graphs name it.

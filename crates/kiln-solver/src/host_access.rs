@@ -1,6 +1,6 @@
 //! A session's access to its client's host: what is at a path, secret
-//! providers (`env://`, `file://`, `cmd://`), uploads of host directories
-//! and exports. Behind a trait so
+//! providers (`env://`, `file://`, `cmd://`), registry credentials, uploads
+//! of host directories and exports. Behind a trait so
 //! that a client on another machine can serve the same over its connection
 //! (BuildKit's session attachables are the model); [`LocalHost`] is the
 //! host kiln runs on.
@@ -8,6 +8,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use kiln_oci::Credentials;
 use kiln_store::{
     CopyOptions, CopyStats, HostError, HostPolicy, HostTree, MergedView, PathFilter, Staged, Store, StoreError,
     copy_tree,
@@ -75,11 +76,24 @@ pub trait HostAccess: Send + Sync {
     /// Uploads a scanned directory into `store` as a new snapshot (writing
     /// only what changed since the previous upload).
     fn upload_dir(&self, store: &Store, tree: &HostTree) -> Result<Staged, StoreError>;
+    /// The client's credentials for the registry `host` (from its docker
+    /// config; anonymous when it has none).
+    fn registry_credentials(&self, host: &str) -> Result<Credentials, kiln_oci::Error>;
 }
 
 /// The host kiln runs on.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LocalHost;
+#[derive(Debug, Clone, Default)]
+pub struct LocalHost {
+    docker_config: Option<PathBuf>,
+}
+
+impl LocalHost {
+    /// This host, whose registry credentials are in `docker_config`'s
+    /// `config.json` (none: anonymous).
+    pub fn new(docker_config: Option<PathBuf>) -> Self {
+        Self { docker_config }
+    }
+}
 
 impl HostAccess for LocalHost {
     fn kind(&self, path: &Path) -> HostPathKind {
@@ -132,6 +146,10 @@ impl HostAccess for LocalHost {
     fn upload_dir(&self, store: &Store, tree: &HostTree) -> Result<Staged, StoreError> {
         store.import_host(tree)
     }
+
+    fn registry_credentials(&self, host: &str) -> Result<Credentials, kiln_oci::Error> {
+        Credentials::lookup(self.docker_config.as_deref(), host)
+    }
 }
 
 #[cfg(test)]
@@ -143,7 +161,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, "x").unwrap();
-        let host = LocalHost;
+        let host = LocalHost::default();
         assert_eq!(host.kind(dir.path()), HostPathKind::Directory);
         assert_eq!(host.kind(&file), HostPathKind::File);
         assert_eq!(host.kind(&dir.path().join("none")), HostPathKind::Missing);

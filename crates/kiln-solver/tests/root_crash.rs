@@ -204,7 +204,8 @@ async fn child_crash_scenario() {
         }
         "pull" => {
             let reference = std::env::var("KILN_CRASH_REF").unwrap();
-            let image = engine.resolve_image(&reference, None).await.unwrap();
+            let session = engine.session();
+            let image = session.resolve_image(&reference, None).await.unwrap();
             println!("STARTING");
             let node = Node::new(
                 ops::Image {
@@ -214,10 +215,7 @@ async fn child_crash_scenario() {
                 },
                 vec![],
             );
-            let _ = engine
-                .session()
-                .solve(&run(&node, &format!("sleep 600; echo {marker}")))
-                .await;
+            let _ = session.solve(&run(&node, &format!("sleep 600; echo {marker}"))).await;
         }
         "upload" => {
             println!("STARTING");

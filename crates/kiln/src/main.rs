@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use kiln_api::server::new_token;
 use kiln_api::{Api, Server};
-use kiln_solver::{Engine, EngineConfig, LocalHost, Session, SessionOptions};
+use kiln_solver::{Engine, EngineConfig, Session, SessionOptions};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
@@ -195,7 +195,7 @@ fn session(cli: &Cli, engine: &Arc<Engine>) -> Session {
         explain_cache: cli.explain_cache,
         fail_on_cache_miss: cli.fail_on_cache_miss,
     };
-    engine.session_for(Arc::new(LocalHost), options)
+    engine.session_with(options)
 }
 
 /// The value of `--workdir DIR` or `--workdir=DIR` among SDK flags.

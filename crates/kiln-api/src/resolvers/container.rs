@@ -97,7 +97,7 @@ async fn sync(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
 async fn from(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let c = container(obj)?;
     let address = args.string("address")?;
-    let image = api.engine.resolve_image(&address, Some(&c.platform)).await?;
+    let image = api.session.resolve_image(&address, Some(&c.platform)).await?;
     let reference = image
         .reference
         .as_ref()

@@ -150,6 +150,9 @@ mod tests {
         fn upload_dir(&self, _: &Store, _: &HostTree) -> Result<Staged, StoreError> {
             unreachable!("not used by secret providers")
         }
+        fn registry_credentials(&self, _: &str) -> Result<kiln_oci::Credentials, kiln_oci::Error> {
+            unreachable!("not used by secret providers")
+        }
     }
 
     #[test]

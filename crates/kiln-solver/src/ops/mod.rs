@@ -303,9 +303,9 @@ impl<'a> Context<'a> {
         &self.resources.store
     }
 
-    /// The registry client.
-    pub fn registry(&self) -> &Registry {
-        &self.resources.registry
+    /// The registry client, with the client's credentials.
+    pub fn registry(&self) -> Registry {
+        registry_for(&self.resources.registry, self.host)
     }
 
     /// The secrets (the session checked that the op may use its own).
@@ -382,6 +382,12 @@ impl<'a> Context<'a> {
     pub fn runtime(&self) -> &Runtime {
         &self.resources.runtime
     }
+}
+
+/// `registry` with the credentials of the client behind `host`.
+pub(crate) fn registry_for(registry: &Registry, host: &Arc<dyn HostAccess>) -> Registry {
+    let host = host.clone();
+    registry.with_credentials(move |registry| host.registry_credentials(registry))
 }
 
 /// Runs blocking filesystem work off the async threads; errors are
