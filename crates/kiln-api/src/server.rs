@@ -6,27 +6,42 @@ use std::sync::{Arc, OnceLock};
 
 use async_graphql::dynamic::Schema;
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use futures::future::BoxFuture;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
 use crate::api::Api;
 
+pub use axum::body::Bytes;
+pub use axum::http::StatusCode;
+
+/// A function that answers a GraphQL request body elsewhere (an engine
+/// serving the session), with the HTTP status and JSON to reply.
+pub type Forward = Arc<dyn Fn(Bytes) -> BoxFuture<'static, (StatusCode, serde_json::Value)> + Send + Sync>;
+
+/// What answers a server's requests.
+#[derive(Clone)]
+enum Backend {
+    /// The session's API, in this process.
+    Local { schema: Schema, api: Arc<Api> },
+    /// An engine in another process.
+    Forward(Forward),
+}
+
 /// Serves one API session.
 #[derive(Clone)]
 pub struct Server {
-    schema: Schema,
-    /// The session served.
-    api: Arc<Api>,
+    backend: Backend,
     token: Arc<String>,
     /// The first W3C `traceparent` header a client sent.
     traceparent: Arc<OnceLock<String>>,
@@ -98,13 +113,27 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
 /// runaway client from exhausting memory.
 pub const MAX_REQUEST_BYTES: usize = 256 << 20;
 
+/// The JSON of a GraphQL error response.
+fn error_json(message: String) -> serde_json::Value {
+    serde_json::json!({ "errors": [{ "message": message }] })
+}
+
 /// A GraphQL error response.
 fn graphql_error(status: StatusCode, message: String) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "errors": [{ "message": message }] })),
-    )
-        .into_response()
+    (status, axum::Json(error_json(message))).into_response()
+}
+
+async fn run(schema: &Schema, api: &Arc<Api>, request: async_graphql::Request) -> async_graphql::Response {
+    let mut response = schema.execute(request.data(api.clone())).await;
+    for e in &mut response.errors {
+        if e.message == "recursion limit exceeded." {
+            e.message = format!(
+                "the query nests more than {PARSER_DEPTH} levels deep, the limit of kiln's GraphQL parser: \
+                 split long chains (e.g. call sync() and continue from the returned ID)"
+            );
+        }
+    }
+    response
 }
 
 /// Reads a request body of at most [`MAX_REQUEST_BYTES`].
@@ -144,27 +173,28 @@ async fn query(State(server): State<Server>, request: axum::extract::Request) ->
         Ok(body) => body,
         Err(response) => return response,
     };
-    let request: async_graphql::Request = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return graphql_error(
-                StatusCode::BAD_REQUEST,
-                format!("request body is not a GraphQL request: {e}"),
-            );
-        }
-    };
-    axum::Json(server.run(request).await).into_response()
+    let (status, json) = server.answer(body).await;
+    (status, axum::Json(json)).into_response()
 }
 
 impl Server {
     /// A server for `api`, accepting `token`.
     pub fn new(api: Arc<Api>, token: String) -> Result<Self, async_graphql::dynamic::SchemaError> {
-        Ok(Self {
-            schema: crate::schema::shared()?,
-            api,
+        let schema = crate::schema::shared()?;
+        Ok(Self::with(Backend::Local { schema, api }, token))
+    }
+
+    /// A server whose requests `forward` answers, accepting `token`.
+    pub fn forwarding(forward: Forward, token: String) -> Self {
+        Self::with(Backend::Forward(forward), token)
+    }
+
+    fn with(backend: Backend, token: String) -> Self {
+        Self {
+            backend,
             token: Arc::new(token),
             traceparent: Arc::new(OnceLock::new()),
-        })
+        }
     }
 
     /// Where the server keeps the `traceparent` header of the first request
@@ -173,22 +203,25 @@ impl Server {
         self.traceparent.clone()
     }
 
-    /// Runs one GraphQL request in-process (for `kiln query`).
-    pub async fn execute(&self, query: &str) -> async_graphql::Response {
-        self.run(async_graphql::Request::new(query)).await
-    }
-
-    async fn run(&self, request: async_graphql::Request) -> async_graphql::Response {
-        let mut response = self.schema.execute(request.data(self.api.clone())).await;
-        for e in &mut response.errors {
-            if e.message == "recursion limit exceeded." {
-                e.message = format!(
-                    "the query nests more than {PARSER_DEPTH} levels deep, the limit of kiln's GraphQL parser: \
-                     split long chains (e.g. call sync() and continue from the returned ID)"
-                );
+    /// Answers one GraphQL request body (`{"query": ...}`), without
+    /// authentication: for `kiln query` and for an engine serving a client
+    /// that authenticated its caller.
+    pub async fn answer(&self, body: Bytes) -> (StatusCode, serde_json::Value) {
+        let (schema, api) = match &self.backend {
+            Backend::Local { schema, api } => (schema, api),
+            Backend::Forward(forward) => return forward(body).await,
+        };
+        let request: async_graphql::Request = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                let message = format!("request body is not a GraphQL request: {e}");
+                return (StatusCode::BAD_REQUEST, error_json(message));
             }
-        }
-        response
+        };
+        let response = run(schema, api, request).await;
+        let json =
+            serde_json::to_value(&response).unwrap_or_else(|e| error_json(format!("encoding the response: {e}")));
+        (StatusCode::OK, json)
     }
 
     /// Starts listening on 127.0.0.1 (port 0: any free port).

@@ -46,7 +46,7 @@ pub enum ExecError {
 }
 
 /// One of a process's output streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Stream {
     /// Standard output.
     Stdout,

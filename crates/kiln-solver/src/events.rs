@@ -11,12 +11,13 @@ use std::time::Duration;
 
 pub use kiln_exec::Stream;
 use kiln_graph::Key;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::result::ExecMeta;
 
 /// What happened to one operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
     /// It started running.
     Started,
@@ -52,8 +53,8 @@ pub enum EventKind {
     },
 }
 
-/// One progress event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One progress event (serializable: an engine sends them to its clients).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Definition digest of the node.
     pub node: Key,
@@ -87,6 +88,13 @@ impl Events {
     /// Subscribes to events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.0.subscribe()
+    }
+
+    /// Passes on an event received from elsewhere (an engine's, to its
+    /// client's listeners).
+    pub fn send(&self, event: Event) {
+        // No listener is fine.
+        let _ = self.0.send(event);
     }
 
     pub(crate) fn emit(&self, subject: &Subject, kind: EventKind, exec: Option<ExecMeta>) {

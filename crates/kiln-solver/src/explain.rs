@@ -30,7 +30,7 @@ pub struct Footprint {
 }
 
 /// Why one op missed the cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Explanation {
     /// Definition digest of the node.
     pub node: Key,

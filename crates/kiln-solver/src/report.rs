@@ -14,13 +14,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use kiln_graph::Key;
+use serde::{Deserialize, Serialize};
 
 use crate::events::{EventKind, Events, Subject};
 use crate::explain::Explanation;
 use crate::result::ExecMeta;
 
 /// How a session wants its cache misses handled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionOptions {
     /// Explain every cache miss (see [`crate::Session::explanations`]).
     pub explain_cache: bool,
@@ -29,7 +30,7 @@ pub struct SessionOptions {
 }
 
 /// Counters of what a session's operations did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Operations that ran.
     pub ran: u64,

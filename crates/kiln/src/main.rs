@@ -2,12 +2,13 @@
 
 mod cache_cmd;
 mod config;
+mod engine;
 mod logs;
 mod progress;
 mod watch;
 
 use std::io::{IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -15,11 +16,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use kiln_api::server::new_token;
-use kiln_api::{Api, Server};
-use kiln_solver::{Engine, EngineConfig, Session, SessionOptions};
+use kiln_solver::explain::Explanation;
+use kiln_solver::{Engine, EngineConfig, SessionOptions};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
+use crate::engine::Client;
 use crate::progress::{Mode, Options, Progress};
 use crate::watch::{Caller, Watchers};
 
@@ -100,6 +102,19 @@ enum Command {
     Query {
         /// File holding the query; reads stdin when absent
         file: Option<PathBuf>,
+    },
+    /// Serve the state directory's engine to other kiln processes
+    ///
+    /// While it runs, `kiln run`, `kiln session` and `kiln query` on the same
+    /// state directory open their sessions on it (through the socket
+    /// `engine.sock` in the state directory, private to its user) instead of
+    /// waiting for the directory: they share its cache and its work in
+    /// flight, each with its own secrets, progress and options. Stop it with
+    /// Ctrl-C or SIGTERM.
+    Engine {
+        /// Stop after this long without a client (`10m`, `1h`; `0`: never)
+        #[arg(long, default_value = "0", value_parser = parse_idle)]
+        idle_timeout: Duration,
     },
     /// Show and prune the cache of the state directory
     Cache {
@@ -188,14 +203,18 @@ fn open_engine(cli: &Cli) -> anyhow::Result<Arc<Engine>> {
     Ok(engine)
 }
 
-/// A session on `engine` for this process's client, with the options of
-/// the command line.
-fn session(cli: &Cli, engine: &Arc<Engine>) -> Session {
+/// This process's session: on the engine serving the state dir when one
+/// runs (see `kiln engine`), else on an engine of its own.
+async fn client(cli: &Cli, cwd: &Path) -> anyhow::Result<Client> {
     let options = SessionOptions {
         explain_cache: cli.explain_cache,
         fail_on_cache_miss: cli.fail_on_cache_miss,
     };
-    engine.session_with(options)
+    let config = Config::load(cli.config.as_deref())?;
+    if let Some(client) = Client::on_engine(&state_dir(cli, &config), options, cwd).await? {
+        return Ok(client);
+    }
+    Ok(Client::Local(open_engine(cli)?.session_with(options)))
 }
 
 /// The value of `--workdir DIR` or `--workdir=DIR` among SDK flags.
@@ -210,32 +229,32 @@ fn workdir_flag(flags: &[String]) -> Option<PathBuf> {
         })
 }
 
-/// A served session: the session, the server, and the first `traceparent`
+/// A served session: the client, the server, and the first `traceparent`
 /// header a client sent it.
-type Served = (Session, kiln_api::ServerHandle, Arc<OnceLock<String>>);
+type Served = (Client, kiln_api::ServerHandle, Arc<OnceLock<String>>);
 
 async fn serve(cli: &Cli, workdir: Option<PathBuf>) -> anyhow::Result<Served> {
-    let session = session(cli, &open_engine(cli)?);
     let cwd = match workdir {
         Some(dir) => dir,
         None => std::env::current_dir().context("reading the working directory")?,
     };
-    let api = Api::new(session.clone(), cwd);
-    let server = Server::new(api, new_token().context("generating a session token")?).context("building the schema")?;
+    let client = client(cli, &cwd).await?;
+    let server = client.server(cwd, new_token().context("generating a session token")?)?;
     let traceparent = server.first_traceparent();
     let handle = server.start(0).await.context("listening on 127.0.0.1")?;
-    Ok((session, handle, traceparent))
+    Ok((client, handle, traceparent))
 }
 
 /// Starts following a session's events (progress, log index, trace).
-fn watch(cli: &Cli, session: &Session, name: &str, caller: Caller) -> Watchers {
+fn watch(cli: &Cli, client: &Client, name: &str, caller: Caller) -> Watchers {
     let options = Options {
         // An SDK that started kiln prints on the same terminal.
         mode: cli.progress.mode(!matches!(caller, Caller::Sdk(_))),
         debug: cli.debug,
         color: progress::color_allowed(),
     };
-    Watchers::start(session, options, std::env::args().collect(), name, caller)
+    let command = std::env::args().collect();
+    Watchers::start(client.events(), client.state_dir(), options, command, name, caller)
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -243,12 +262,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Version => unreachable!("handled before the runtime starts"),
         Command::Logs { filter } => logs(&cli, filter.as_deref()),
         Command::Cache { command } => cache_cmd::run(&cli, command),
+        Command::Engine { idle_timeout } => {
+            let idle = Some(*idle_timeout).filter(|d| !d.is_zero());
+            engine::server::serve(open_engine(&cli)?, idle).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { command } => {
             let started = Instant::now();
-            let (session, handle, _) = serve(&cli, None).await?;
+            let (client, handle, _) = serve(&cli, None).await?;
             let watchers = watch(
                 &cli,
-                &session,
+                &client,
                 &format!("kiln run {}", command.join(" ")),
                 Caller::Program,
             );
@@ -283,14 +307,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 let _ = tokio::time::timeout(Duration::from_secs(1), forward).await;
             }
             handle.stop().await;
-            flush(session.engine());
-            watchers.finish(Some((session.stats(), started.elapsed()))).await;
-            print_explanations(&session);
+            let (stats, explanations) = client.finish().await;
+            watchers.finish(Some((stats, started.elapsed()))).await;
+            print_explanations(explanations);
             Ok(exit_code(status))
         }
         Command::Session { sdk_flags } => {
-            let (session, handle, traceparent) = serve(&cli, workdir_flag(sdk_flags)).await?;
-            let watchers = watch(&cli, &session, "kiln session", Caller::Sdk(traceparent));
+            let (client, handle, traceparent) = serve(&cli, workdir_flag(sdk_flags)).await?;
+            let watchers = watch(&cli, &client, "kiln session", Caller::Sdk(traceparent));
             let line = serde_json::json!({ "port": handle.port, "session_token": handle.token });
             let mut stdout = std::io::stdout();
             writeln!(stdout, "{line}")
@@ -310,7 +334,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ = int.recv() => {}
             }
             handle.stop().await;
-            flush(session.engine());
+            client.finish().await;
             watchers.finish(None).await;
             Ok(ExitCode::SUCCESS)
         }
@@ -329,22 +353,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 bail!("no query given (pass a file or pipe a query on stdin)");
             }
             let started = Instant::now();
-            let session = session(&cli, &open_engine(&cli)?);
-            let watchers = watch(&cli, &session, "kiln query", Caller::Nobody);
             let cwd = std::env::current_dir().context("reading the working directory")?;
-            let server = Server::new(Api::new(session.clone(), cwd), String::new()).context("building the schema")?;
-            let response = server.execute(&query).await;
-            flush(session.engine());
-            watchers.finish(Some((session.stats(), started.elapsed()))).await;
-            print_explanations(&session);
+            let client = client(&cli, &cwd).await?;
+            let watchers = watch(&cli, &client, "kiln query", Caller::Nobody);
+            let server = client.server(cwd, String::new())?;
+            let body = serde_json::to_vec(&serde_json::json!({ "query": query }))?;
+            let (_, response) = server.answer(body.into()).await;
+            let (stats, explanations) = client.finish().await;
+            watchers.finish(Some((stats, started.elapsed()))).await;
+            print_explanations(explanations);
             let mut out = std::io::stdout().lock();
             // A closed pipe (`kiln query | head`) is not an error worth reporting.
             let _ = writeln!(out, "{}", serde_json::to_string_pretty(&response)?);
-            Ok(if response.errors.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            let failed = response["errors"].as_array().is_some_and(|e| !e.is_empty());
+            Ok(if !failed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }
@@ -378,8 +400,7 @@ async fn wait_forwarding_signals(child: &mut tokio::process::Child) -> anyhow::R
 }
 
 /// Prints why operations missed the cache (`--explain-cache`).
-fn print_explanations(session: &Session) {
-    let explanations = session.explanations();
+fn print_explanations(explanations: Vec<Explanation>) {
     if explanations.is_empty() {
         return;
     }
@@ -393,11 +414,9 @@ fn print_explanations(session: &Session) {
     eprint!("{out}");
 }
 
-/// Makes the session's cache records durable before exiting.
-fn flush(engine: &Engine) {
-    if let Err(e) = engine.store().flush() {
-        eprintln!("kiln: warning: could not make the cache durable: {e}");
-    }
+/// Reads `--idle-timeout`.
+fn parse_idle(text: &str) -> Result<Duration, String> {
+    kiln_store::parse_duration(text).map_err(|e| e.to_string())
 }
 
 fn exit_code(status: std::process::ExitStatus) -> ExitCode {

@@ -2,10 +2,11 @@
 //! the run's log index) and, when the `OTEL_*` variables ask for it, the
 //! OpenTelemetry trace.
 
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use kiln_solver::{Session, Stats};
+use kiln_solver::{Events, Stats};
 use kiln_telemetry::{Following, ParentSource, Telemetry, TelemetryConfig};
 
 use crate::logs::RunLog;
@@ -32,21 +33,28 @@ pub struct Watchers {
 }
 
 impl Watchers {
-    /// Starts following `session`'s events: progress as `options` say, a log
+    /// Starts following a session's `events`: progress as `options` say, a log
     /// index for `command` (kiln's command line), and a trace whose session
     /// span is called `name`, under the `caller`'s span. Trouble with the
     /// log index or the trace exporter is a warning, not an error: neither
     /// may stop a run.
-    pub fn start(session: &Session, options: Options, command: Vec<String>, name: &str, caller: Caller) -> Self {
-        let log = match RunLog::create(session.engine().store().root(), command) {
+    pub fn start(
+        events: &Events,
+        state_dir: &Path,
+        options: Options,
+        command: Vec<String>,
+        name: &str,
+        caller: Caller,
+    ) -> Self {
+        let log = match RunLog::create(state_dir, command) {
             Ok(log) => Some(log),
             Err(e) => {
                 eprintln!("kiln: warning: this run's log index is not kept: {e:#}");
                 None
             }
         };
-        let display = Display::start(options, session.events().subscribe(), log);
-        let (trace, traceparent) = match start_trace(session, name, caller) {
+        let display = Display::start(options, events.subscribe(), log);
+        let (trace, traceparent) = match start_trace(events, name, caller) {
             Ok(Some((telemetry, traceparent, following))) => (
                 Some((telemetry, following)),
                 Some(traceparent).filter(|t| !t.is_empty()),
@@ -91,7 +99,7 @@ impl Watchers {
 
 type Trace = (Telemetry, String, Following);
 
-fn start_trace(session: &Session, name: &str, caller: Caller) -> Result<Option<Trace>, kiln_telemetry::TelemetryError> {
+fn start_trace(events: &Events, name: &str, caller: Caller) -> Result<Option<Trace>, kiln_telemetry::TelemetryError> {
     let Some(config) = TelemetryConfig::from_env()? else {
         return Ok(None);
     };
@@ -106,6 +114,6 @@ fn start_trace(session: &Session, name: &str, caller: Caller) -> Result<Option<T
     // The session span is made when first needed: at once for a program
     // that is to get its traceparent, else once the SDK had its say.
     let traceparent = if eager { trace.traceparent() } else { String::new() };
-    let following = trace.follow(session.events().subscribe());
+    let following = trace.follow(events.subscribe());
     Ok(Some((telemetry, traceparent, following)))
 }

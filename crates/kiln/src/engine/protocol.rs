@@ -1,0 +1,127 @@
+//! What an engine (`kiln engine`) and its clients say to each other over
+//! the Unix socket in the state dir: JSON messages, one per line, both
+//! ways. One connection is one session; closing it ends the session.
+
+use std::io;
+use std::path::PathBuf;
+
+use kiln_solver::explain::Explanation;
+use kiln_solver::{Event, SessionOptions, Stats};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+
+/// The socket's name in the state dir.
+pub const SOCKET: &str = "engine.sock";
+
+/// The protocol's version; an engine refuses clients of another.
+pub const VERSION: u32 = 1;
+
+/// From a client to its engine.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToEngine {
+    /// Opens the session (the first message).
+    Hello {
+        version: u32,
+        options: SessionOptions,
+        /// The directory the client's relative host paths are relative to.
+        cwd: PathBuf,
+    },
+    /// A GraphQL request body (already authenticated by the client).
+    Request { id: u64, body: String },
+    /// The answer to a [`ToClient::Host`] request.
+    Host { id: u64, reply: HostReply },
+    /// The client is done: make the cache durable and send the summary.
+    Finish,
+}
+
+/// From an engine to a client.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToClient {
+    /// The session is open.
+    Ready,
+    /// The session was refused; the message says why.
+    Refused { message: String },
+    /// Progress of one of the session's operations.
+    Event { event: Event },
+    /// The answer to a [`ToEngine::Request`].
+    Response {
+        id: u64,
+        status: u16,
+        body: serde_json::Value,
+    },
+    /// Something only the client's host can answer.
+    Host { id: u64, request: HostRequest },
+    /// The answer to [`ToEngine::Finish`].
+    Finished {
+        stats: Stats,
+        explanations: Vec<Explanation>,
+    },
+}
+
+/// A question about the client's host (its environment, its files as its
+/// user reads them, its commands).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HostRequest {
+    /// An environment variable of the client.
+    Env { name: String },
+    /// A file, read by the client.
+    ReadFile { path: PathBuf },
+    /// `sh -c command`, run by the client.
+    Command { command: String },
+}
+
+/// The answer to a [`HostRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostReply {
+    Env(Option<String>),
+    ReadFile(Result<String, String>),
+    Command(Result<CommandOutput, String>),
+}
+
+/// What a command run by the client gave.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CommandOutput {
+    /// The raw wait status.
+    pub status: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Reads the next message; `None` at the end of the connection.
+pub async fn read<T: DeserializeOwned>(lines: &mut Lines<BufReader<OwnedReadHalf>>) -> io::Result<Option<T>> {
+    match lines.next_line().await? {
+        None => Ok(None),
+        Some(line) => serde_json::from_str(&line)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("a malformed message: {e}"))),
+    }
+}
+
+/// The lines of a connection's read half.
+pub fn lines(half: OwnedReadHalf) -> Lines<BufReader<OwnedReadHalf>> {
+    BufReader::new(half).lines()
+}
+
+/// A sender of messages on a connection's write half, written in order by
+/// a task of their own (which ends when every sender is gone or the peer
+/// is).
+pub fn writer<T: Serialize + Send + 'static>(mut half: OwnedWriteHalf) -> mpsc::UnboundedSender<T> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<T>();
+    tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            let mut line = serde_json::to_vec(&message).expect("messages serialize");
+            line.push(b'\n');
+            if half.write_all(&line).await.is_err() {
+                break;
+            }
+        }
+    });
+    tx
+}

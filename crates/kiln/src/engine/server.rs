@@ -1,0 +1,253 @@
+//! `kiln engine`: one engine for a state dir, serving its clients' sessions
+//! on the Unix socket in it.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kiln_api::{Api, Server};
+use kiln_oci::Credentials;
+use kiln_solver::{Engine, Export, ExportError, HostAccess, HostPathKind, LocalHost, Session};
+use kiln_store::{CopyStats, HostError, HostTree, MergedView, PathFilter, Staged, Store, StoreError};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use super::protocol::{self, HostReply, HostRequest, SOCKET, ToClient, ToEngine, VERSION};
+
+/// Serves `engine` on the socket in its state dir until a signal, or until
+/// no client was connected for `idle` (when given).
+pub async fn serve(engine: Arc<Engine>, idle: Option<Duration>) -> anyhow::Result<()> {
+    let socket = engine.store().root().join(SOCKET);
+    let listener = listen(&socket)?;
+    tracing::info!(socket = %socket.display(), "serving");
+    let active = Arc::new(AtomicUsize::new(0));
+    let ended = Arc::new(Notify::new());
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    loop {
+        let idle_wait = match idle {
+            Some(idle) if active.load(Ordering::SeqCst) == 0 => idle,
+            _ => Duration::MAX,
+        };
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = accepted.context("accepting a client")?;
+                active.fetch_add(1, Ordering::SeqCst);
+                let (engine, active, ended) = (engine.clone(), active.clone(), ended.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = serve_client(&engine, stream).await {
+                        tracing::warn!("a client's session ended with an error: {e:#}");
+                    }
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    ended.notify_one();
+                });
+            }
+            _ = tokio::time::sleep(idle_wait) => {
+                if active.load(Ordering::SeqCst) == 0 {
+                    tracing::info!("no client for {}: stopping", kiln_store::format_duration(idle_wait));
+                    break;
+                }
+            }
+            _ = ended.notified() => {}
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&socket);
+    engine.store().flush().context("making the cache durable")?;
+    Ok(())
+}
+
+/// Binds the socket, readable and writable by the engine's user only.
+fn listen(socket: &Path) -> anyhow::Result<UnixListener> {
+    // A socket left by an engine that was killed: this engine holds the
+    // state dir now, so nobody else serves it.
+    match std::fs::remove_file(socket) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing the stale socket {}", socket.display()));
+        }
+        _ => {}
+    }
+    let listener = UnixListener::bind(socket).with_context(|| format!("listening on {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", socket.display()))?;
+    Ok(listener)
+}
+
+/// One client's session, from its hello to the end of its connection.
+async fn serve_client(engine: &Arc<Engine>, stream: UnixStream) -> anyhow::Result<()> {
+    let (read, write) = stream.into_split();
+    let out = protocol::writer::<ToClient>(write);
+    let mut lines = protocol::lines(read);
+    let (options, cwd) = match protocol::read(&mut lines).await? {
+        Some(ToEngine::Hello {
+            version: VERSION,
+            options,
+            cwd,
+        }) => (options, cwd),
+        Some(ToEngine::Hello { version, .. }) => {
+            let message = format!(
+                "this engine speaks protocol {VERSION}, the client {version}: stop the engine (kiln engine stop) \
+                 or use the kiln binary it runs"
+            );
+            let _ = out.send(ToClient::Refused { message });
+            return Ok(());
+        }
+        _ => anyhow::bail!("the client did not open a session"),
+    };
+    let host = Arc::new(ClientHost::new(engine, out.clone()));
+    let session = engine.session_for(host.clone(), options);
+    let server = Server::new(Api::new(session.clone(), cwd), String::new()).context("building the schema")?;
+    let _ = out.send(ToClient::Ready);
+    let mut events = session.events().subscribe();
+    let mut requests = JoinSet::new();
+    loop {
+        tokio::select! {
+            message = protocol::read::<ToEngine>(&mut lines) => match message? {
+                Some(ToEngine::Request { id, body }) => {
+                    let (server, out) = (server.clone(), out.clone());
+                    requests.spawn(async move {
+                        let (status, body) = server.answer(body.into()).await;
+                        let _ = out.send(ToClient::Response { id, status: status.as_u16(), body });
+                    });
+                }
+                Some(ToEngine::Host { id, reply }) => host.answered(id, reply),
+                Some(ToEngine::Finish) => finish(engine, &session, &mut events, &out),
+                Some(ToEngine::Hello { .. }) => tracing::warn!("a client said hello twice"),
+                // The client is gone: its requests are dropped, and with
+                // them the work nobody else waits for.
+                None => break,
+            },
+            event = events.recv() => match event {
+                Ok(event) => { let _ = out.send(ToClient::Event { event }); }
+                Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("a client missed {n} progress events"),
+                Err(broadcast::error::RecvError::Closed) => {}
+            },
+            Some(_) = requests.join_next() => {}
+        }
+    }
+    requests.abort_all();
+    Ok(())
+}
+
+/// Answers [`ToEngine::Finish`]: events sent so far, then the summary.
+fn finish(
+    engine: &Engine,
+    session: &Session,
+    events: &mut broadcast::Receiver<kiln_solver::Event>,
+    out: &mpsc::UnboundedSender<ToClient>,
+) {
+    while let Ok(event) = events.try_recv() {
+        let _ = out.send(ToClient::Event { event });
+    }
+    if let Err(e) = engine.store().flush() {
+        tracing::warn!("could not make the cache durable: {e}");
+    }
+    let _ = out.send(ToClient::Finished {
+        stats: session.stats(),
+        explanations: session.explanations(),
+    });
+}
+
+/// A client's host, as its session on the engine sees it. Its environment,
+/// the files it reads as its user and its commands are asked of the client;
+/// the file system is shared (the socket admits only the engine's user), so
+/// scans, uploads and exports go to it directly.
+struct ClientHost {
+    local: LocalHost,
+    out: mpsc::UnboundedSender<ToClient>,
+    next: AtomicU64,
+    pending: Mutex<HashMap<u64, oneshot::Sender<HostReply>>>,
+}
+
+impl ClientHost {
+    fn new(engine: &Engine, out: mpsc::UnboundedSender<ToClient>) -> Self {
+        Self {
+            local: LocalHost::new(engine.registry_config().docker_config_dir()),
+            out,
+            next: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Asks the client and waits for its answer (these calls are blocking,
+    /// and come from the engine's worker threads).
+    fn ask(&self, request: HostRequest) -> io::Result<HostReply> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("pending lock").insert(id, tx);
+        let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "the client went away");
+        self.out.send(ToClient::Host { id, request }).map_err(|_| gone())?;
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(rx)).map_err(|_| gone())
+    }
+
+    fn answered(&self, id: u64, reply: HostReply) {
+        if let Some(tx) = self.pending.lock().expect("pending lock").remove(&id) {
+            let _ = tx.send(reply);
+        }
+    }
+}
+
+fn unexpected() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "the client answered another question")
+}
+
+impl HostAccess for ClientHost {
+    fn kind(&self, path: &Path) -> HostPathKind {
+        self.local.kind(path)
+    }
+
+    fn env(&self, name: &str) -> Option<String> {
+        match self.ask(HostRequest::Env { name: name.into() }) {
+            Ok(HostReply::Env(value)) => value,
+            _ => None,
+        }
+    }
+
+    fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        match self.ask(HostRequest::ReadFile { path: path.into() })? {
+            HostReply::ReadFile(result) => result.map_err(io::Error::other),
+            _ => Err(unexpected()),
+        }
+    }
+
+    fn command_output(&self, command: &str) -> io::Result<std::process::Output> {
+        use std::os::unix::process::ExitStatusExt;
+        match self.ask(HostRequest::Command {
+            command: command.into(),
+        })? {
+            HostReply::Command(result) => {
+                let out = result.map_err(io::Error::other)?;
+                Ok(std::process::Output {
+                    status: std::process::ExitStatus::from_raw(out.status),
+                    stdout: out.stdout,
+                    stderr: out.stderr,
+                })
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    fn export(&self, view: &MergedView, export: &Export) -> Result<CopyStats, ExportError> {
+        self.local.export(view, export)
+    }
+
+    fn scan_dir(&self, store: &Store, root: &Path, filter: &PathFilter) -> Result<HostTree, HostError> {
+        self.local.scan_dir(store, root, filter)
+    }
+
+    fn upload_dir(&self, store: &Store, tree: &HostTree) -> Result<Staged, StoreError> {
+        self.local.upload_dir(store, tree)
+    }
+
+    fn registry_credentials(&self, host: &str) -> Result<Credentials, kiln_oci::Error> {
+        self.local.registry_credentials(host)
+    }
+}

@@ -1,0 +1,152 @@
+//! Root-only: `kiln engine` serves one state dir to several kiln processes
+//! at once. They run concurrently (proved by the order of their events, not
+//! by timing), share a step that runs once, and each gets its own results
+//! and progress.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{Env, run, text};
+
+const CLIENTS: usize = 4;
+
+/// Waits until `cond` holds; fails after two minutes (a hang, not a timing).
+fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// The host directory of the cache volume `key`, once it exists.
+fn volume_dir(state: &Path, key: &str) -> Option<PathBuf> {
+    std::fs::read_dir(state.join("volumes"))
+        .ok()?
+        .flatten()
+        .find(|e| std::fs::read_to_string(e.path().join("key")).is_ok_and(|k| k == key))
+        .map(|e| e.path().join("data"))
+}
+
+/// Stops the engine when the test ends, however it ends.
+struct Engine(Child);
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn root_clients_of_one_engine_run_at_once_and_share_work() {
+    if !kiln_testkit::require_root() {
+        return;
+    }
+    let env = Env::new();
+    let state = env.dir().join("state");
+    let engine = Engine(
+        env.kiln(&["engine"])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kiln engine starts"),
+    );
+    until("the engine listens", || state.join("engine.sock").exists());
+
+    // The shared step waits for a gate the test opens once every client
+    // was told it started: they all wait for it together.
+    let gate = env.query("gate.graphql", r#"{ cacheVolume(key: "gate") { id } }"#);
+    let out = run(env.kiln(&["query", gate.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gate_id = json["data"]["cacheVolume"]["id"].as_str().unwrap().to_string();
+    let shared = "until [ -e /gate/open ]; do sleep 0.1; done; od -An -x -N8 /dev/urandom > /shared";
+
+    let (lines_tx, lines_rx) = mpsc::channel::<(usize, String)>();
+    let mut readers = Vec::new();
+    let clients: Vec<Child> = (0..CLIENTS)
+        .map(|i| {
+            let query = format!(
+                r#"{{ container {{ from(address: "busybox") {{ withMountedCache(path: "/gate", cache: "{gate_id}") {{
+                    withExec(args: ["sh", "-c", {}]) {{
+                    withExec(args: ["sh", "-c", "cat /shared; echo client-{i}"]) {{ stdout }} }} }} }} }} }}"#,
+                serde_json::to_string(shared).unwrap()
+            );
+            let file = env.query(&format!("client-{i}.graphql"), &query);
+            let mut child = env
+                .kiln(&["--progress", "plain", "query", file.to_str().unwrap()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("kiln query starts");
+            let stderr = child.stderr.take().unwrap();
+            let tx = lines_tx.clone();
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let _ = tx.send((i, line));
+                }
+            }));
+            child
+        })
+        .collect();
+
+    // Every client is told the shared step runs before it can finish.
+    let mut seen: Vec<Vec<String>> = vec![Vec::new(); CLIENTS];
+    let started = |line: &str| line.contains("] RUN    exec sh -c 'until [ -e /gate/open ]");
+    until("every client waits for the shared step", || {
+        while let Ok((i, line)) = lines_rx.try_recv() {
+            seen[i].push(line);
+        }
+        seen.iter().all(|lines| lines.iter().any(|l| started(l)))
+    });
+    let gate_dir = volume_dir(&state, "gate").expect("the gate volume exists");
+    std::fs::write(gate_dir.join("open"), "").unwrap();
+
+    let mut shared_outputs = Vec::new();
+    for (i, child) in clients.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "client {i}: {:#?}", seen[i]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let stdout = json["data"]["container"]["from"]["withMountedCache"]["withExec"]["withExec"]["stdout"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (random, own) = stdout.split_once('\n').unwrap();
+        assert_eq!(own, format!("client-{i}\n"), "each client's own environment");
+        shared_outputs.push(random.to_string());
+    }
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    while let Ok((j, line)) = lines_rx.try_recv() {
+        seen[j].push(line);
+    }
+    assert!(
+        shared_outputs.iter().all(|o| o == &shared_outputs[0]),
+        "the shared step ran once: {shared_outputs:?}"
+    );
+    for (i, lines) in seen.iter().enumerate() {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("] DONE   exec sh -c 'until [ -e /gate/open ]")),
+            "client {i} is told the shared step finished: {lines:#?}"
+        );
+        // Each sees its own step, and no other client's.
+        let own: Vec<&String> = lines.iter().filter(|l| l.contains("echo client-")).collect();
+        assert!(!own.is_empty(), "client {i}: {lines:#?}");
+        assert!(own.iter().all(|l| l.contains(&format!("client-{i}"))), "{own:#?}");
+    }
+
+    // The engine ends at SIGTERM and removes its socket.
+    drop(engine);
+    assert!(!state.join("engine.sock").exists());
+}
