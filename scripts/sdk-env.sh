@@ -65,6 +65,9 @@ _kiln_sdk_main() {
 mirrors_only = true
 [registry.mirrors]
 "docker.io" = ["$KILN_REGISTRY"]
+# Tests make many state dirs: their engines need not wait long for clients.
+[engine]
+idle_timeout = "15s"
 EOF
   if [[ -z "${KILN_STATE_DIR:-}" ]]; then
     export KILN_STATE_DIR="$KILN_SDK_TMP/state" KILN_SDK_OWN_STATE=1

@@ -11,7 +11,7 @@ use futures::future::{BoxFuture, try_join_all};
 use kiln_exec::Runtime;
 use kiln_graph::{Key, KeyBuilder, SecretRef};
 use kiln_oci::{ExtractLimits, Reference, Registry, RegistryConfig, ResolvedImage};
-use kiln_store::{CacheRecord, Digest, HostPolicy, PinGuard, SnapshotId, Store, Volumes, now_secs, tree_digest};
+use kiln_store::{CacheRecord, Digest, PinGuard, SnapshotId, Store, Volumes, now_secs, tree_digest};
 use tokio::sync::Semaphore;
 
 use crate::events::{EventKind, Events, Subject};
@@ -44,9 +44,6 @@ pub struct EngineConfig {
     pub registry: RegistryConfig,
     /// How many execs may run at once.
     pub parallelism: usize,
-    /// What exports to the host may create of what grants privileges there
-    /// (device nodes, setuid/setgid files): nothing unless asked.
-    pub export: HostPolicy,
     /// Bounds on what one image layer may write (`max_total_bytes` is
     /// further bounded by the free disk space).
     pub layer_limits: ExtractLimits,
@@ -60,7 +57,6 @@ pub struct Engine {
     inflight: Arc<OnceMap<Key, SolveResult>>,
     audiences: Audiences,
     part_digests: Mutex<PartDigests>,
-    export: HostPolicy,
 }
 
 /// Detects the OCI runtime for `store` and removes what killed engines
@@ -102,13 +98,7 @@ impl Engine {
             inflight: OnceMap::in_flight(lost_job),
             audiences: Audiences::default(),
             part_digests: Mutex::new(HashMap::new()),
-            export: config.export,
         }))
-    }
-
-    /// What exports to the host may create of what grants privileges there.
-    pub fn export_policy(&self) -> HostPolicy {
-        self.export
     }
 
     /// The registry settings (mirrors, insecure hosts, where the docker
@@ -358,6 +348,11 @@ impl Session {
     /// The client's host.
     pub fn host(&self) -> Arc<dyn HostAccess> {
         Arc::clone(&self.host)
+    }
+
+    /// The options the session was opened with.
+    pub fn options(&self) -> SessionOptions {
+        self.report.options
     }
 
     /// This session's progress events (of its operations only).

@@ -79,6 +79,9 @@ pub trait HostAccess: Send + Sync {
     /// The client's credentials for the registry `host` (from its docker
     /// config; anonymous when it has none).
     fn registry_credentials(&self, host: &str) -> Result<Credentials, kiln_oci::Error>;
+    /// Tells the client something it should know that is not an error (an
+    /// export withheld files).
+    fn warn(&self, message: &str);
 }
 
 /// The host kiln runs on.
@@ -149,6 +152,10 @@ impl HostAccess for LocalHost {
 
     fn registry_credentials(&self, host: &str) -> Result<Credentials, kiln_oci::Error> {
         Credentials::lookup(self.docker_config.as_deref(), host)
+    }
+
+    fn warn(&self, message: &str) {
+        tracing::warn!("{message}");
     }
 }
 

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use kiln_graph::Key;
+use kiln_store::HostPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{EventKind, Events, Subject};
@@ -27,6 +28,10 @@ pub struct SessionOptions {
     pub explain_cache: bool,
     /// Fail an operation instead of running it when it misses the cache.
     pub fail_on_cache_miss: bool,
+    /// What exports to the client's host may create of what grants
+    /// privileges there (device nodes, setuid/setgid files): nothing unless
+    /// asked.
+    pub export: HostPolicy,
 }
 
 /// Counters of what a session's operations did.

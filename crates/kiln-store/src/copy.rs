@@ -47,7 +47,7 @@ impl<'a> CopyOptions<'a> {
 }
 
 /// What a copy onto the host may create of what grants privileges there.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostPolicy {
     /// Keep setuid/setgid bits of regular files (else they are cleared).
     pub setid: bool,

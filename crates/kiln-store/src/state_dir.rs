@@ -69,7 +69,7 @@ fn unsafe_dir(path: &Path, reason: String) -> StoreError {
 /// user can enter, list or write. An existing empty directory (just made
 /// with `mkdir`, say) is made private instead: nothing in it can have been
 /// reached yet.
-pub(crate) fn prepare_root(root: &Path) -> Result<(), StoreError> {
+pub fn prepare_root(root: &Path) -> Result<(), StoreError> {
     if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(StoreError::io(parent))?;
     }

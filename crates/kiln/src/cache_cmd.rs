@@ -10,11 +10,15 @@ use clap::Subcommand;
 use kiln_solver::Engine;
 use kiln_store::{GcReport, GcTarget, SnapshotId, Store, Volumes, format_size, now_micros, now_secs, parse_size};
 
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
 use crate::Cli;
 use crate::config::{Config, GcConfig};
 
 /// What `kiln cache` does.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand, Serialize, Deserialize)]
 pub enum CacheCommand {
     /// Show what the cache holds (snapshots, blobs, records, volumes), its
     /// budget, and the largest cache records
@@ -56,17 +60,45 @@ pub fn apply_budget(engine: &Engine, gc: &GcConfig) {
     engine.store().set_keep_storage(Some(gc.budget()));
 }
 
-/// Runs a `kiln cache` command on the state directory.
-pub fn run(cli: &Cli, command: &CacheCommand) -> anyhow::Result<ExitCode> {
+/// Runs a `kiln cache` command on the state directory: through the engine
+/// that serves it when one runs, else on the directory itself.
+pub async fn run(cli: &Cli, command: &CacheCommand) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
     let state_dir = crate::state_dir(cli, &config);
     if !state_dir.join("db").exists() {
         bail!("{} holds no kiln cache", state_dir.display());
     }
-    let store = Store::open(&state_dir).with_context(|| format!("opening {}", state_dir.display()))?;
-    let budget = config.gc.budget();
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let socket = state_dir.join(crate::engine::protocol::SOCKET);
+    let mut out = String::new();
+    let result = match crate::engine::client::attach(&socket, Default::default(), &cwd).await? {
+        Some(engine) => {
+            let (shown, result) = engine.cache(command).await?;
+            out = shown;
+            result
+        }
+        None => {
+            let store = Store::open(&state_dir).with_context(|| format!("opening {}", state_dir.display()))?;
+            let runtime = cli.runtime.as_deref().or(config.runtime.as_deref());
+            execute(&store, &config.gc.budget(), Some(runtime), command, &mut out)
+        }
+    };
+    print!("{out}");
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Runs `command` on `store`, writing what it shows to `out`. A prune also
+/// removes what killed engines left behind, with `leftovers`' runtime;
+/// `None` on a running engine, which did so when it started.
+pub fn execute(
+    store: &Store,
+    budget: &kiln_store::KeepStorage,
+    leftovers: Option<Option<&str>>,
+    command: &CacheCommand,
+    out: &mut String,
+) -> anyhow::Result<()> {
     match command {
-        CacheCommand::Du { top } => du(&store, &budget, *top)?,
+        CacheCommand::Du { top } => du(store, budget, *top, out)?,
         CacheCommand::Prune { all, keep, older_than } => {
             let target = if *all {
                 GcTarget::All
@@ -76,18 +108,19 @@ pub fn run(cli: &Cli, command: &CacheCommand) -> anyhow::Result<ExitCode> {
                 GcTarget::UnusedSince(now_secs().saturating_sub(age.as_secs()))
             } else {
                 let used = store.usage()?.cache_bytes();
-                GcTarget::Keep(budget.bytes(&state_dir, used))
+                GcTarget::Keep(budget.bytes(store.root(), used))
             };
             // What killed engines left goes too, as at an engine's start.
-            kiln_solver::remove_leftovers(&store, cli.runtime.as_deref().or(config.runtime.as_deref()))
-                .context("removing what interrupted runs left behind")?;
+            if let Some(runtime) = leftovers {
+                kiln_solver::remove_leftovers(store, runtime).context("removing what interrupted runs left behind")?;
+            }
             let report = store.gc(target).context("pruning the cache")?;
-            print_report(&report);
+            print_report(&report, out);
         }
         CacheCommand::Volumes => {
             let volumes = Volumes::open(store.root().join("volumes")).context("opening the cache volumes")?;
             for v in volumes.list().context("listing the cache volumes")? {
-                println!("{:>10}  {}", format_size(v.size), v.key);
+                let _ = writeln!(out, "{:>10}  {}", format_size(v.size), v.key);
             }
         }
         CacheCommand::RmVolume { keys } => {
@@ -98,7 +131,7 @@ pub fn run(cli: &Cli, command: &CacheCommand) -> anyhow::Result<ExitCode> {
                     .remove(key)
                     .with_context(|| format!("removing cache volume {key:?}"))?
                 {
-                    println!("removed cache volume {key}");
+                    let _ = writeln!(out, "removed cache volume {key}");
                 } else {
                     missing.push(key.as_str());
                 }
@@ -111,24 +144,25 @@ pub fn run(cli: &Cli, command: &CacheCommand) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
-fn du(store: &Store, budget: &kiln_store::KeepStorage, top: usize) -> anyhow::Result<()> {
+fn du(store: &Store, budget: &kiln_store::KeepStorage, top: usize, out: &mut String) -> anyhow::Result<()> {
     let u = store.usage()?;
     let volumes = Volumes::open(store.root().join("volumes"))
         .and_then(|v| v.list())
         .context("listing cache volumes")?;
     let limit = budget.bytes(store.root(), u.cache_bytes());
-    println!(
+    let _ = writeln!(
+        out,
         "kiln cache in {} (budget {}: {budget})",
         store.root().display(),
         format_size(limit)
     );
-    let row = |name: &str, count: Option<u64>, bytes: Option<u64>| {
+    let mut row = |name: &str, count: Option<u64>, bytes: Option<u64>| {
         let count = count.map(|c| c.to_string()).unwrap_or_default();
         let bytes = bytes.map(format_size).unwrap_or_default();
-        println!("  {name:<18} {count:>8} {bytes:>12}");
+        let _ = writeln!(out, "  {name:<18} {count:>8} {bytes:>12}");
     };
     row("snapshots", Some(u.snapshots), Some(u.snapshot_bytes));
     row("blobs", Some(u.blobs), Some(u.blob_bytes));
@@ -161,9 +195,17 @@ fn du(store: &Store, budget: &kiln_store::KeepStorage, top: usize) -> anyhow::Re
         })
         .collect();
     records.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
-    println!("\nlargest cache records (bytes of the layers they produced, last use):");
+    let _ = writeln!(
+        out,
+        "\nlargest cache records (bytes of the layers they produced, last use):"
+    );
     for (bytes, last_used, description) in records.into_iter().take(top) {
-        println!("  {:>10}  {:>9}  {description}", format_size(bytes), ago(last_used));
+        let _ = writeln!(
+            out,
+            "  {:>10}  {:>9}  {description}",
+            format_size(bytes),
+            ago(last_used)
+        );
     }
     Ok(())
 }
@@ -179,14 +221,14 @@ fn ago(micros: u64) -> String {
     }
 }
 
-fn print_report(report: &GcReport) {
-    println!("{report}");
+fn print_report(report: &GcReport, out: &mut String) {
+    let _ = writeln!(out, "{report}");
     const SHOWN: usize = 20;
     for r in report.records.iter().take(SHOWN) {
-        println!("  {:>9}  {}", ago(r.last_used), r.description);
+        let _ = writeln!(out, "  {:>9}  {}", ago(r.last_used), r.description);
     }
     if report.records.len() > SHOWN {
-        println!("  ... and {} more", report.records.len() - SHOWN);
+        let _ = writeln!(out, "  ... and {} more", report.records.len() - SHOWN);
     }
 }
 

@@ -44,6 +44,32 @@ pub struct Config {
     pub export: ExportConfig,
     /// Bounds on what image layers may write.
     pub limits: LimitsConfig,
+    /// The engine that clients start.
+    pub engine: EngineSettings,
+}
+
+/// The `[engine]` table.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSettings {
+    /// How long an engine that a client started stays without clients
+    /// before it stops (`"5m"`, `"1h"`). Default: 5 minutes.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
+impl EngineSettings {
+    /// The idle timeout to start engines with.
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        self.idle_timeout.unwrap_or(crate::engine::IDLE_TIMEOUT)
+    }
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    kiln_store::parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// The `[limits]` table: bounds on what one image layer may write, so that

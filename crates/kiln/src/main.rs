@@ -19,6 +19,9 @@ use kiln_api::server::new_token;
 use kiln_solver::explain::Explanation;
 use kiln_solver::{Engine, EngineConfig, SessionOptions};
 use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::Config;
 use crate::engine::Client;
@@ -115,6 +118,10 @@ enum Command {
         /// Stop after this long without a client (`10m`, `1h`; `0`: never)
         #[arg(long, default_value = "0", value_parser = parse_idle)]
         idle_timeout: Duration,
+        /// Started by a client that found no engine: leave quietly when
+        /// another engine serves the state directory already
+        #[arg(long, hide = true)]
+        started_by_client: bool,
     },
     /// Show and prune the cache of the state directory
     Cache {
@@ -137,12 +144,14 @@ fn main() -> ExitCode {
     // Warnings, and what garbage collection evicted (the README promises
     // that line); KILN_LOG=debug etc. for more.
     let default_filter = "warn,kiln_store::gc=info";
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| default_filter.into()),
-        )
+    let filter = || tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| default_filter.into());
+    let own = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal())
+        .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal());
+    // An engine passes the same lines on to its clients.
+    tracing_subscriber::registry()
+        .with(own.with_filter(filter()))
+        .with(engine::log::Forward.with_filter(filter()))
         .init();
     if let Command::Version = cli.command {
         println!(
@@ -195,7 +204,6 @@ fn open_engine(cli: &Cli) -> anyhow::Result<Arc<Engine>> {
         parallelism: config
             .parallelism
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-        export: config.export.policy(cli.export_special_files),
         layer_limits: config.limits.extract_limits(),
     })
     .with_context(|| format!("starting the engine on {}", state_dir.display()))?;
@@ -203,18 +211,22 @@ fn open_engine(cli: &Cli) -> anyhow::Result<Arc<Engine>> {
     Ok(engine)
 }
 
-/// This process's session: on the engine serving the state dir when one
-/// runs (see `kiln engine`), else on an engine of its own.
+/// This process's session, on the engine serving the state dir (started in
+/// the background when none runs; see `kiln engine`).
 async fn client(cli: &Cli, cwd: &Path) -> anyhow::Result<Client> {
+    let config = Config::load(cli.config.as_deref())?;
     let options = SessionOptions {
         explain_cache: cli.explain_cache,
         fail_on_cache_miss: cli.fail_on_cache_miss,
+        export: config.export.policy(cli.export_special_files),
     };
-    let config = Config::load(cli.config.as_deref())?;
-    if let Some(client) = Client::on_engine(&state_dir(cli, &config), options, cwd).await? {
-        return Ok(client);
-    }
-    Ok(Client::Local(open_engine(cli)?.session_with(options)))
+    let start = engine::Start {
+        state_dir: state_dir(cli, &config),
+        config: cli.config.clone(),
+        runtime: cli.runtime.clone(),
+        idle: config.engine.idle_timeout(),
+    };
+    Client::connect(&start, options, cwd).await
 }
 
 /// The value of `--workdir DIR` or `--workdir=DIR` among SDK flags.
@@ -239,7 +251,7 @@ async fn serve(cli: &Cli, workdir: Option<PathBuf>) -> anyhow::Result<Served> {
         None => std::env::current_dir().context("reading the working directory")?,
     };
     let client = client(cli, &cwd).await?;
-    let server = client.server(cwd, new_token().context("generating a session token")?)?;
+    let server = client.server(new_token().context("generating a session token")?);
     let traceparent = server.first_traceparent();
     let handle = server.start(0).await.context("listening on 127.0.0.1")?;
     Ok((client, handle, traceparent))
@@ -261,10 +273,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Version => unreachable!("handled before the runtime starts"),
         Command::Logs { filter } => logs(&cli, filter.as_deref()),
-        Command::Cache { command } => cache_cmd::run(&cli, command),
-        Command::Engine { idle_timeout } => {
+        Command::Cache { command } => cache_cmd::run(&cli, command).await,
+        Command::Engine {
+            idle_timeout,
+            started_by_client,
+        } => {
+            let config = Config::load(cli.config.as_deref())?;
+            let Some(_lock) = engine::server::claim(&state_dir(&cli, &config), *started_by_client)? else {
+                return Ok(ExitCode::SUCCESS);
+            };
             let idle = Some(*idle_timeout).filter(|d| !d.is_zero());
-            engine::server::serve(open_engine(&cli)?, idle).await?;
+            engine::server::serve(open_engine(&cli)?, idle, config.gc.budget()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { command } => {
@@ -356,7 +375,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let cwd = std::env::current_dir().context("reading the working directory")?;
             let client = client(&cli, &cwd).await?;
             let watchers = watch(&cli, &client, "kiln query", Caller::Nobody);
-            let server = client.server(cwd, String::new())?;
+            let server = client.server(String::new());
             let body = serde_json::to_vec(&serde_json::json!({ "query": query }))?;
             let (_, response) = server.answer(body.into()).await;
             let (stats, explanations) = client.finish().await;

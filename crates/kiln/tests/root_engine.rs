@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{Env, run, text};
 
-const CLIENTS: usize = 4;
+const CLIENTS: usize = 5;
 
 /// Waits until `cond` holds; fails after two minutes (a hang, not a timing).
 fn until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -149,4 +149,92 @@ fn root_clients_of_one_engine_run_at_once_and_share_work() {
     // The engine ends at SIGTERM and removes its socket.
     drop(engine);
     assert!(!state.join("engine.sock").exists());
+}
+
+/// Whether a process whose command line holds `marker` is alive.
+fn alive(marker: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker)))
+}
+
+#[test]
+fn root_a_killed_client_ends_its_session_and_no_other() {
+    if !kiln_testkit::require_root() {
+        return;
+    }
+    let env = Env::new();
+    let state = env.dir().join("state");
+    // Started by the first client, as users get it.
+    let marker = "kiln-engine-test-killed-client";
+    let hang = env.query(
+        "hang.graphql",
+        &common::exec_query(None, &format!("sleep 600; echo {marker}")),
+    );
+    let mut doomed = env
+        .kiln(&["--progress", "plain", "query", hang.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kiln query starts");
+    until("the doomed client's container runs", || alive(marker));
+
+    // Another client, on the same engine, meanwhile.
+    let other = env.query("other.graphql", &common::exec_query(None, "echo other"));
+    let survivor = env
+        .kiln(&["query", other.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln query starts");
+
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    until("the killed client's container is gone", || !alive(marker));
+
+    let out = survivor.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("other"), "{}", text(&out.stdout));
+    // The engine serves on: a third client works too.
+    let out = run(env.kiln(&["query", other.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(state.join("engine.sock").exists());
+}
+
+#[test]
+fn root_a_killed_engine_is_replaced_by_the_next_client_with_its_cache() {
+    if !kiln_testkit::require_root() {
+        return;
+    }
+    let env = Env::new();
+    let state = env.dir().join("state");
+    let step = env.query("step.graphql", &common::exec_query(None, "echo cached-across-engines"));
+    let query = || run(env.kiln(&["--progress", "plain", "query", step.to_str().unwrap()]));
+    let out = query();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("] DONE   exec sh -c 'echo cached-across-engines'"));
+
+    let pid: i32 = std::fs::read_to_string(state.join("engine.lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) of the engine our client started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    until("the engine is gone", || !Path::new(&format!("/proc/{pid}")).exists());
+
+    let out = query();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("] CACHED exec sh -c 'echo cached-across-engines'"),
+        "{err}"
+    );
+    let new_pid: i32 = std::fs::read_to_string(state.join("engine.lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid, pid, "a new engine serves the state dir");
 }

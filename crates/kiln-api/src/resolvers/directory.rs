@@ -185,7 +185,8 @@ async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
 /// Copies `src` of a solved tree to the host path `dest` (real copies, never
 /// through a symlink), after creating the directory `dir` (and removing
 /// `dest` first when `wipe`). Device nodes and setuid/setgid bits are
-/// withheld unless the engine allows them; what was withheld is logged.
+/// withheld unless the session allows them; the client is told what was
+/// withheld.
 pub async fn export_to_host(
     api: &Api,
     view: kiln_store::MergedView,
@@ -199,7 +200,7 @@ pub async fn export_to_host(
         dest,
         dir,
         wipe,
-        policy: api.engine.export_policy(),
+        policy: api.session.options().export,
     };
     let host = api.session.host();
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
@@ -207,7 +208,7 @@ pub async fn export_to_host(
             .export(&view, &export)
             .map_err(|e| ApiError::invalid(format!("export to {}: {e}", export.dest.display())))?;
         if !stats.withheld.is_empty() {
-            tracing::warn!("{}", withheld_message(&export.dest, &stats.withheld));
+            host.warn(&withheld_message(&export.dest, &stats.withheld));
         }
         Ok(())
     })

@@ -153,6 +153,9 @@ mod tests {
         fn registry_credentials(&self, _: &str) -> Result<kiln_oci::Credentials, kiln_oci::Error> {
             unreachable!("not used by secret providers")
         }
+        fn warn(&self, _: &str) {
+            unreachable!("not used by secret providers")
+        }
     }
 
     #[test]

@@ -16,15 +16,20 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::protocol::{self, CommandOutput, HostReply, HostRequest, ToClient, ToEngine, VERSION};
+use crate::cache_cmd::CacheCommand;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<(StatusCode, serde_json::Value)>>>>;
 
 /// What a session did, and why its operations missed the cache.
 type Summary = (Stats, Vec<Explanation>);
 
+/// What a `kiln cache` command showed, and its error.
+type CacheDone = (String, Option<String>);
+
 /// A session on an engine.
 pub struct Attached {
     out: mpsc::UnboundedSender<ToEngine>,
+    cache_done: Mutex<Option<oneshot::Receiver<CacheDone>>>,
     events: Events,
     next: AtomicU64,
     pending: Pending,
@@ -54,8 +59,10 @@ pub async fn attach(socket: &Path, options: SessionOptions, cwd: &Path) -> anyho
         _ => anyhow::bail!("the engine at {} did not open a session", socket.display()),
     }
     let (finished_tx, finished_rx) = oneshot::channel();
+    let (cache_tx, cache_rx) = oneshot::channel();
     let attached = Arc::new(Attached {
         out: out.clone(),
+        cache_done: Mutex::new(Some(cache_rx)),
         events: Events::default(),
         next: AtomicU64::new(0),
         pending: Pending::default(),
@@ -63,7 +70,7 @@ pub async fn attach(socket: &Path, options: SessionOptions, cwd: &Path) -> anyho
     });
     let (events, pending) = (attached.events.clone(), attached.pending.clone());
     tokio::spawn(async move {
-        let mut finished = Some(finished_tx);
+        let (mut finished, mut cache_done) = (Some(finished_tx), Some(cache_tx));
         while let Ok(Some(message)) = protocol::read::<ToClient>(&mut lines).await {
             match message {
                 ToClient::Event { event } => events.send(event),
@@ -85,6 +92,13 @@ pub async fn attach(socket: &Path, options: SessionOptions, cwd: &Path) -> anyho
                 ToClient::Finished { stats, explanations } => {
                     if let Some(tx) = finished.take() {
                         let _ = tx.send((stats, explanations));
+                    }
+                }
+                ToClient::Warning { message } => eprintln!("kiln: warning: {message}"),
+                ToClient::Log { line } => eprintln!("kiln engine: {line}"),
+                ToClient::CacheDone { output, error } => {
+                    if let Some(tx) = cache_done.take() {
+                        let _ = tx.send((output, error));
                     }
                 }
                 ToClient::Ready | ToClient::Refused { .. } => {}
@@ -149,6 +163,20 @@ impl Attached {
             let attached = attached.clone();
             Box::pin(async move { attached.request(body).await })
         })
+    }
+
+    /// Runs a `kiln cache` command on the engine: what it shows, and how
+    /// it ended.
+    pub async fn cache(&self, command: &CacheCommand) -> anyhow::Result<(String, anyhow::Result<()>)> {
+        let done = self.cache_done.lock().expect("cache lock").take();
+        let done = done.context("a cache command ran on this session already")?;
+        self.out
+            .send(ToEngine::Cache {
+                command: command.clone(),
+            })
+            .map_err(|_| anyhow::anyhow!("the engine went away"))?;
+        let (output, error) = done.await.context("the engine went away during the cache command")?;
+        Ok((output, error.map_or(Ok(()), |e| Err(anyhow::anyhow!(e)))))
     }
 
     /// Ends the session's work: the engine makes the cache durable and

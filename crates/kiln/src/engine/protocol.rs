@@ -9,6 +9,8 @@ use kiln_solver::explain::Explanation;
 use kiln_solver::{Event, SessionOptions, Stats};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::cache_cmd::CacheCommand;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
@@ -36,6 +38,8 @@ pub enum ToEngine {
     Host { id: u64, reply: HostReply },
     /// The client is done: make the cache durable and send the summary.
     Finish,
+    /// A `kiln cache` command to run on the engine's store.
+    Cache { command: CacheCommand },
 }
 
 /// From an engine to a client.
@@ -56,11 +60,17 @@ pub enum ToClient {
     },
     /// Something only the client's host can answer.
     Host { id: u64, request: HostRequest },
+    /// Something the client should tell its user (not an error).
+    Warning { message: String },
+    /// A line of the engine's log (warnings, garbage collection).
+    Log { line: String },
     /// The answer to [`ToEngine::Finish`].
     Finished {
         stats: Stats,
         explanations: Vec<Explanation>,
     },
+    /// The answer to [`ToEngine::Cache`]: what it shows, and its error.
+    CacheDone { output: String, error: Option<String> },
 }
 
 /// A question about the client's host (its environment, its files as its

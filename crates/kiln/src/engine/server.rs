@@ -2,18 +2,19 @@
 //! on the Unix socket in it.
 
 use std::collections::HashMap;
-use std::io;
+use std::fs::File;
+use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use kiln_api::{Api, Server};
 use kiln_oci::Credentials;
 use kiln_solver::{Engine, Export, ExportError, HostAccess, HostPathKind, LocalHost, Session};
-use kiln_store::{CopyStats, HostError, HostTree, MergedView, PathFilter, Staged, Store, StoreError};
+use kiln_store::{CopyStats, HostError, HostTree, KeepStorage, MergedView, PathFilter, Staged, Store, StoreError};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
@@ -21,41 +22,84 @@ use tokio::task::JoinSet;
 
 use super::protocol::{self, HostReply, HostRequest, SOCKET, ToClient, ToEngine, VERSION};
 
-/// Serves `engine` on the socket in its state dir until a signal, or until
-/// no client was connected for `idle` (when given).
-pub async fn serve(engine: Arc<Engine>, idle: Option<Duration>) -> anyhow::Result<()> {
-    let socket = engine.store().root().join(SOCKET);
+/// Claims the right to serve `state_dir`: `None` when another engine
+/// serves it (an error unless `quiet`: a client started this engine and
+/// will find the other one). Held until the returned lock is dropped.
+pub fn claim(state_dir: &Path, quiet: bool) -> anyhow::Result<Option<File>> {
+    use std::os::fd::AsRawFd;
+    kiln_store::prepare_root(state_dir).with_context(|| format!("preparing {}", state_dir.display()))?;
+    let path = state_dir.join("engine.lock");
+    let mut lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if quiet {
+            return Ok(None);
+        }
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        anyhow::bail!(
+            "an engine (pid {}) serves {} already; stop it first (kill {})",
+            holder.trim(),
+            state_dir.display(),
+            holder.trim()
+        );
+    }
+    lock.set_len(0)
+        .and_then(|_| lock.write_all(std::process::id().to_string().as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(Some(lock))
+}
+
+/// Serves `engine` on the socket in its state dir until a signal, until
+/// the state dir is removed, or until no client was connected for `idle`
+/// (when given).
+pub async fn serve(engine: Arc<Engine>, idle: Option<Duration>, budget: KeepStorage) -> anyhow::Result<()> {
+    let root = engine.store().root().to_path_buf();
+    let socket = root.join(SOCKET);
     let listener = listen(&socket)?;
     tracing::info!(socket = %socket.display(), "serving");
     let active = Arc::new(AtomicUsize::new(0));
     let ended = Arc::new(Notify::new());
     let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut idle_since = Some(Instant::now());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let idle_wait = match idle {
-            Some(idle) if active.load(Ordering::SeqCst) == 0 => idle,
-            _ => Duration::MAX,
-        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = accepted.context("accepting a client")?;
                 active.fetch_add(1, Ordering::SeqCst);
+                idle_since = None;
                 let (engine, active, ended) = (engine.clone(), active.clone(), ended.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve_client(&engine, stream).await {
+                    if let Err(e) = serve_client(&engine, stream, budget).await {
                         tracing::warn!("a client's session ended with an error: {e:#}");
                     }
                     active.fetch_sub(1, Ordering::SeqCst);
                     ended.notify_one();
                 });
             }
-            _ = tokio::time::sleep(idle_wait) => {
+            _ = ended.notified() => {
                 if active.load(Ordering::SeqCst) == 0 {
-                    tracing::info!("no client for {}: stopping", kiln_store::format_duration(idle_wait));
+                    idle_since = Some(Instant::now());
+                }
+            }
+            _ = tick.tick() => {
+                if !root.exists() {
+                    tracing::info!("the state directory was removed: stopping");
+                    return Ok(());
+                }
+                if let (Some(idle), Some(since)) = (idle, idle_since)
+                    && since.elapsed() >= idle
+                {
+                    tracing::info!("no client for {}: stopping", kiln_store::format_duration(idle));
                     break;
                 }
             }
-            _ = ended.notified() => {}
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -82,7 +126,7 @@ fn listen(socket: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// One client's session, from its hello to the end of its connection.
-async fn serve_client(engine: &Arc<Engine>, stream: UnixStream) -> anyhow::Result<()> {
+async fn serve_client(engine: &Arc<Engine>, stream: UnixStream, budget: KeepStorage) -> anyhow::Result<()> {
     let (read, write) = stream.into_split();
     let out = protocol::writer::<ToClient>(write);
     let mut lines = protocol::lines(read);
@@ -107,6 +151,7 @@ async fn serve_client(engine: &Arc<Engine>, stream: UnixStream) -> anyhow::Resul
     let server = Server::new(Api::new(session.clone(), cwd), String::new()).context("building the schema")?;
     let _ = out.send(ToClient::Ready);
     let mut events = session.events().subscribe();
+    let mut log = super::log::subscribe();
     let mut requests = JoinSet::new();
     loop {
         tokio::select! {
@@ -120,6 +165,19 @@ async fn serve_client(engine: &Arc<Engine>, stream: UnixStream) -> anyhow::Resul
                 }
                 Some(ToEngine::Host { id, reply }) => host.answered(id, reply),
                 Some(ToEngine::Finish) => finish(engine, &session, &mut events, &out),
+                Some(ToEngine::Cache { command }) => {
+                    let (store, out) = (engine.store().clone(), out.clone());
+                    requests.spawn(async move {
+                        let (output, error) = tokio::task::spawn_blocking(move || {
+                            let mut output = String::new();
+                            let result = crate::cache_cmd::execute(&store, &budget, None, &command, &mut output);
+                            (output, result.err().map(|e| format!("{e:#}")))
+                        })
+                        .await
+                        .unwrap_or_else(|e| (String::new(), Some(e.to_string())));
+                        let _ = out.send(ToClient::CacheDone { output, error });
+                    });
+                }
                 Some(ToEngine::Hello { .. }) => tracing::warn!("a client said hello twice"),
                 // The client is gone: its requests are dropped, and with
                 // them the work nobody else waits for.
@@ -130,6 +188,7 @@ async fn serve_client(engine: &Arc<Engine>, stream: UnixStream) -> anyhow::Resul
                 Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("a client missed {n} progress events"),
                 Err(broadcast::error::RecvError::Closed) => {}
             },
+            Ok(line) = log.recv() => { let _ = out.send(ToClient::Log { line }); }
             Some(_) = requests.join_next() => {}
         }
     }
@@ -249,5 +308,11 @@ impl HostAccess for ClientHost {
 
     fn registry_credentials(&self, host: &str) -> Result<Credentials, kiln_oci::Error> {
         self.local.registry_credentials(host)
+    }
+
+    fn warn(&self, message: &str) {
+        let _ = self.out.send(ToClient::Warning {
+            message: message.to_string(),
+        });
     }
 }
