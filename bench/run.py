@@ -20,6 +20,10 @@ Benchmarks (--only NAME[,NAME] to run some):
                  `docker build` (BuildKit) from Debian's docker.io, whose
                  dockerd the script starts (own data root and socket,
                  --iptables=false --bridge=none) and stops by PID.
+  clients        many clients on one engine: `kiln run true` against a warm
+                 engine (the cost of a client), and a fully cached 5-step
+                 pipeline run by one client vs by 20 clients at once (total
+                 time); the engine's peak RSS beside.
   host-tree      a host tree of 100k files / 1 GB (generated once, the same
                  bytes every time, under the cache dir): first upload vs
                  `tar -cf - | cat >/dev/null`, unchanged re-upload vs
@@ -42,7 +46,7 @@ import time
 import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCHMARKS = ["exec-overhead", "cached-ops", "pipeline", "host-tree"]
+BENCHMARKS = ["exec-overhead", "cached-ops", "clients", "pipeline", "host-tree"]
 
 
 class Measured:
@@ -206,7 +210,51 @@ def bench_cached_ops(kiln, env, steps, runs):
     ]
 
 
-# --- 3. host tree -------------------------------------------------------------
+# --- 3. clients ---------------------------------------------------------------
+
+def engine_hwm_kib(env):
+    """Peak RSS of the engine serving the state dir (its pid is in engine.lock)."""
+    try:
+        pid = open(os.path.join(env["KILN_STATE_DIR"], "engine.lock")).read().strip()
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, KeyError, ValueError):
+        pass
+    return None
+
+
+def run_concurrently(cmds, env):
+    """Starts every command at once; the time until the last one ended."""
+    start = time.perf_counter()
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in cmds]
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            sys.exit(f"benchmark command failed ({p.returncode}): {' '.join(p.args)}\n{err.decode()[-3000:]}")
+    return Measured(time.perf_counter() - start, "", 0)
+
+
+def bench_clients(kiln, env, runs, clients=20, steps=5):
+    nonce = "clients-" + uuid.uuid4().hex
+    q = chain_query("busybox", steps, nonce)
+    kiln_query(kiln, env, q)  # starts the engine, fills the cache
+    one_true = repeat(lambda: run_measured(kiln_cmd(kiln, "run", "true"), env=env), runs)
+    path = os.path.join(tempfile.mkdtemp(prefix="kiln-bench-clients-"), "pipeline.graphql")
+    with open(path, "w") as f:
+        f.write(q)
+    one = repeat(lambda: kiln_query_file(kiln, env, path), runs)
+    many = repeat(lambda: run_concurrently([kiln_cmd(kiln, "query", path)] * clients, env), runs)
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    return [
+        ("`kiln run true` on a warm engine (target < 20 ms)", one_true.ms(), one_true.rss()),
+        (f"cached {steps}-step pipeline, 1 client (`kiln query`)", one.ms(), one.rss()),
+        (f"cached {steps}-step pipeline, {clients} clients at once (all done)", many.ms(), engine_hwm_kib(env)),
+        (f"ratio: {clients} clients / 1 client (target < 3)", many.ms() / one.ms(), None),
+    ]
+
+
+# --- 4. host tree -------------------------------------------------------------
 
 def ensure_host_tree(files, total_bytes):
     """A deterministic tree of `files` files, about `total_bytes` in all,
@@ -526,6 +574,8 @@ def main():
         rows += bench_exec_overhead(kiln, env, args.execs, args.runs)
     if "cached-ops" in only:
         rows += bench_cached_ops(kiln, env, args.steps, args.runs)
+    if "clients" in only:
+        rows += bench_clients(kiln, env, args.runs)
     # The pipeline before the host tree: uploading 1 GB five times leaves the
     # disk busy writing back for a while, which slows every fsync (BuildKit's).
     if "pipeline" in only:

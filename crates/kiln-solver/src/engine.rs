@@ -164,6 +164,11 @@ impl Engine {
         Ok(digest)
     }
 
+    /// How many operations are running or about to run, for all sessions.
+    pub fn running_operations(&self) -> usize {
+        self.inflight.running()
+    }
+
     /// How many requests (of any session) wait for operations that are
     /// running or about to run: a diagnostic.
     pub fn waiting_requests(&self) -> usize {

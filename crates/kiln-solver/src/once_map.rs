@@ -139,8 +139,7 @@ where
     }
 
     /// How many jobs are running (for tests and diagnostics).
-    #[cfg(test)]
-    fn running(&self) -> usize {
+    pub(crate) fn running(&self) -> usize {
         let slots = self.slots.lock().expect("once map lock");
         slots.values().filter(|(_, s)| matches!(s, Slot::Running(_))).count()
     }

@@ -115,6 +115,8 @@ enum Command {
     /// flight, each with its own secrets, progress and options. Stop it with
     /// Ctrl-C or SIGTERM.
     Engine {
+        #[command(subcommand)]
+        action: Option<EngineAction>,
         /// Stop after this long without a client (`10m`, `1h`; `0`: never)
         #[arg(long, default_value = "0", value_parser = parse_idle)]
         idle_timeout: Duration,
@@ -275,6 +277,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs { filter } => logs(&cli, filter.as_deref()),
         Command::Cache { command } => cache_cmd::run(&cli, command).await,
         Command::Engine {
+            action: Some(action), ..
+        } => engine_action(&cli, action).await,
+        Command::Engine {
+            action: None,
             idle_timeout,
             started_by_client,
         } => {
@@ -431,6 +437,73 @@ fn print_explanations(explanations: Vec<Explanation>) {
         }
     }
     eprint!("{out}");
+}
+
+/// What `kiln engine status|stop` do.
+#[derive(Debug, Subcommand)]
+enum EngineAction {
+    /// Show the engine serving the state directory: version, uptime,
+    /// sessions, running operations, cache size (exit code 3 when none runs)
+    Status,
+    /// Stop the engine serving the state directory: new clients are turned
+    /// away (they start a new engine), running sessions get `--timeout` to
+    /// finish, then are ended (their containers killed)
+    Stop {
+        /// How long running sessions may take to finish
+        #[arg(long, default_value = "1m", value_parser = parse_idle)]
+        timeout: Duration,
+    },
+}
+
+/// Runs `kiln engine status` or `kiln engine stop`.
+async fn engine_action(cli: &Cli, action: &EngineAction) -> anyhow::Result<ExitCode> {
+    use engine::protocol::{SOCKET, ToClient, ToEngine};
+    let config = Config::load(cli.config.as_deref())?;
+    let state_dir = state_dir(cli, &config);
+    let socket = state_dir.join(SOCKET);
+    let message = match action {
+        EngineAction::Status => ToEngine::Status,
+        EngineAction::Stop { timeout } => ToEngine::Stop {
+            timeout_secs: timeout.as_secs(),
+        },
+    };
+    let Some(answer) = engine::client::ask(&socket, message).await? else {
+        println!("no engine serves {}", state_dir.display());
+        return Ok(ExitCode::from(3));
+    };
+    match (action, answer) {
+        (EngineAction::Status, ToClient::Status(s)) => {
+            println!(
+                "engine of {} (pid {}, kiln {})",
+                s.state_dir.display(),
+                s.pid,
+                s.version
+            );
+            println!(
+                "  up for     {}",
+                kiln_store::format_duration(Duration::from_secs(s.uptime_secs))
+            );
+            println!("  sessions   {}", s.sessions);
+            println!("  running    {} operations", s.running);
+            println!("  cache      {}", kiln_store::format_size(s.cache_bytes));
+        }
+        (EngineAction::Stop { timeout }, ToClient::Stopping { sessions }) => {
+            let pid = std::fs::read_to_string(state_dir.join("engine.lock")).unwrap_or_default();
+            let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+            if sessions > 0 {
+                eprintln!(
+                    "kiln: waiting up to {} for {sessions} sessions",
+                    kiln_store::format_duration(*timeout)
+                );
+            }
+            while !pid.trim().is_empty() && proc_dir.exists() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            println!("stopped the engine of {}", state_dir.display());
+        }
+        (_, other) => bail!("the engine answered something else: {other:?}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Reads `--idle-timeout`.

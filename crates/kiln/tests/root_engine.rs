@@ -238,3 +238,34 @@ fn root_a_killed_engine_is_replaced_by_the_next_client_with_its_cache() {
         .unwrap();
     assert_ne!(new_pid, pid, "a new engine serves the state dir");
 }
+
+#[test]
+fn root_engine_status_and_stop() {
+    if !kiln_testkit::require_root() {
+        return;
+    }
+    let env = Env::new();
+    let state = env.dir().join("state");
+    let out = run(env.kiln(&["engine", "status"]));
+    assert_eq!(out.status.code(), Some(3), "no engine yet: {}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("no engine serves"), "{}", text(&out.stdout));
+
+    let step = env.query("step.graphql", &common::exec_query(None, "echo status"));
+    assert!(run(env.kiln(&["query", step.to_str().unwrap()])).status.success());
+    let out = run(env.kiln(&["engine", "status"]));
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    let pid = std::fs::read_to_string(state.join("engine.lock")).unwrap();
+    assert!(shown.contains(&format!("pid {}", pid.trim())), "{shown}");
+    assert!(shown.contains("sessions   0"), "{shown}");
+
+    let out = run(env.kiln(&["engine", "stop"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+        "the engine is gone"
+    );
+    assert!(!state.join("engine.sock").exists());
+    // The next client starts a new one.
+    assert!(run(env.kiln(&["query", step.to_str().unwrap()])).status.success());
+}

@@ -36,13 +36,36 @@ pub struct Attached {
     finished: Mutex<Option<oneshot::Receiver<Summary>>>,
 }
 
+/// A connection to the engine listening at `socket`; `None` when no engine
+/// listens there.
+async fn connect(socket: &Path) -> anyhow::Result<Option<UnixStream>> {
+    match UnixStream::connect(socket).await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("connecting to the engine at {}", socket.display())),
+    }
+}
+
+/// Asks the engine at `socket` one thing outside a session (`Status`,
+/// `Stop`) and returns its answer; `None` when no engine listens there.
+pub async fn ask(socket: &Path, message: ToEngine) -> anyhow::Result<Option<ToClient>> {
+    let Some(stream) = connect(socket).await? else {
+        return Ok(None);
+    };
+    let (read, write) = stream.into_split();
+    let out = protocol::writer::<ToEngine>(write);
+    out.send(message).context("the engine closed the connection")?;
+    let answer = protocol::read::<ToClient>(&mut protocol::lines(read)).await?;
+    answer
+        .map(Some)
+        .context("the engine closed the connection without answering")
+}
+
 /// Opens a session on the engine listening at `socket`; `None` when no
 /// engine listens there.
 pub async fn attach(socket: &Path, options: SessionOptions, cwd: &Path) -> anyhow::Result<Option<Arc<Attached>>> {
-    let stream = match UnixStream::connect(socket).await {
-        Ok(stream) => stream,
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("connecting to the engine at {}", socket.display())),
+    let Some(stream) = connect(socket).await? else {
+        return Ok(None);
     };
     let (read, write) = stream.into_split();
     let out = protocol::writer::<ToEngine>(write);
@@ -101,7 +124,7 @@ pub async fn attach(socket: &Path, options: SessionOptions, cwd: &Path) -> anyho
                         let _ = tx.send((output, error));
                     }
                 }
-                ToClient::Ready | ToClient::Refused { .. } => {}
+                ToClient::Ready | ToClient::Refused { .. } | ToClient::Status(_) | ToClient::Stopping { .. } => {}
             }
         }
         // The engine is gone: requests still waiting get an error.

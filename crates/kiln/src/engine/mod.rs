@@ -107,28 +107,36 @@ impl Client {
         }
         let mut child = start.spawn()?;
         let waited = std::time::Instant::now();
-        let mut exited = None;
+        let mut left: Option<std::time::Instant> = None;
         while waited.elapsed() < START_WAIT {
             if let Some(client) = Self::on_engine(&start.state_dir, options, cwd).await? {
                 // Reaped in the background; the engine outlives this process.
                 std::thread::spawn(move || child.wait());
                 return Ok(client);
             }
-            // An engine that lost the race leaves at once, with success:
-            // the winner is about to listen.
-            if exited.is_none()
-                && let Some(status) = child.try_wait().context("waiting for kiln engine")?
-            {
-                if !status.success() {
-                    let log = start.state_dir.join("engine.log");
-                    anyhow::bail!(
-                        "the engine for {} did not start ({status}); the end of {}:\n{}",
-                        start.state_dir.display(),
-                        log.display(),
-                        tail(&log)
-                    );
+            match left {
+                // An engine that lost the race leaves at once, with success:
+                // the winner is about to listen.
+                None => {
+                    if let Some(status) = child.try_wait().context("waiting for kiln engine")? {
+                        if !status.success() {
+                            let log = start.state_dir.join("engine.log");
+                            anyhow::bail!(
+                                "the engine for {} did not start ({status}); the end of {}:\n{}",
+                                start.state_dir.display(),
+                                log.display(),
+                                tail(&log)
+                            );
+                        }
+                        left = Some(std::time::Instant::now());
+                    }
                 }
-                exited = Some(status);
+                // The winner does not listen: it is stopping. Start another.
+                Some(at) if at.elapsed() > Duration::from_secs(1) => {
+                    child = start.spawn()?;
+                    left = None;
+                }
+                Some(_) => {}
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -40,6 +40,11 @@ pub enum ToEngine {
     Finish,
     /// A `kiln cache` command to run on the engine's store.
     Cache { command: CacheCommand },
+    /// What the engine is doing (instead of a hello; `kiln engine status`).
+    Status,
+    /// Stop serving: refuse new clients, wait up to `timeout_secs` for the
+    /// sessions to end, then end them (instead of a hello).
+    Stop { timeout_secs: u64 },
 }
 
 /// From an engine to a client.
@@ -71,6 +76,27 @@ pub enum ToClient {
     },
     /// The answer to [`ToEngine::Cache`]: what it shows, and its error.
     CacheDone { output: String, error: Option<String> },
+    /// The answer to [`ToEngine::Status`].
+    Status(EngineStatus),
+    /// The answer to [`ToEngine::Stop`]: the engine drains.
+    Stopping { sessions: usize },
+}
+
+/// What an engine is doing.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EngineStatus {
+    /// kiln's version.
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    /// Connected sessions.
+    pub sessions: usize,
+    /// Operations running or about to run.
+    pub running: usize,
+    /// Bytes the cache holds (budgeted: snapshots, blobs, stat caches).
+    pub cache_bytes: u64,
+    /// The state directory.
+    pub state_dir: PathBuf,
 }
 
 /// A question about the client's host (its environment, its files as its

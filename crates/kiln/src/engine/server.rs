@@ -17,10 +17,10 @@ use kiln_solver::{Engine, Export, ExportError, HostAccess, HostPathKind, LocalHo
 use kiln_store::{CopyStats, HostError, HostTree, KeepStorage, MergedView, PathFilter, Staged, Store, StoreError};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use super::protocol::{self, HostReply, HostRequest, SOCKET, ToClient, ToEngine, VERSION};
+use super::protocol::{self, EngineStatus, HostReply, HostRequest, SOCKET, ToClient, ToEngine, VERSION};
 
 /// Claims the right to serve `state_dir`: `None` when another engine
 /// serves it (an error unless `quiet`: a client started this engine and
@@ -54,44 +54,80 @@ pub fn claim(state_dir: &Path, quiet: bool) -> anyhow::Result<Option<File>> {
     Ok(Some(lock))
 }
 
+/// What the engine's connections share.
+struct Served {
+    engine: Arc<Engine>,
+    budget: KeepStorage,
+    started: Instant,
+    /// Open connections.
+    connections: AtomicUsize,
+    /// Connections that are sessions.
+    sessions: AtomicUsize,
+    /// A connection ended.
+    ended: Notify,
+    /// Set by `kiln engine stop`: how long to wait for the sessions.
+    stop: watch::Sender<Option<Duration>>,
+}
+
 /// Serves `engine` on the socket in its state dir until a signal, until
-/// the state dir is removed, or until no client was connected for `idle`
-/// (when given).
+/// the state dir is removed, until `kiln engine stop`, or until no client
+/// was connected for `idle` (when given).
 pub async fn serve(engine: Arc<Engine>, idle: Option<Duration>, budget: KeepStorage) -> anyhow::Result<()> {
     let root = engine.store().root().to_path_buf();
     let socket = root.join(SOCKET);
     let listener = listen(&socket)?;
     tracing::info!(socket = %socket.display(), "serving");
-    let active = Arc::new(AtomicUsize::new(0));
-    let ended = Arc::new(Notify::new());
+    let served = Arc::new(Served {
+        engine: engine.clone(),
+        budget,
+        started: Instant::now(),
+        connections: AtomicUsize::new(0),
+        sessions: AtomicUsize::new(0),
+        ended: Notify::new(),
+        stop: watch::channel(None).0,
+    });
+    let mut stop = served.stop.subscribe();
     let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut idle_since = Some(Instant::now());
+    let mut draining: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = listener.accept(), if draining.is_none() => {
                 let (stream, _) = accepted.context("accepting a client")?;
-                active.fetch_add(1, Ordering::SeqCst);
+                served.connections.fetch_add(1, Ordering::SeqCst);
                 idle_since = None;
-                let (engine, active, ended) = (engine.clone(), active.clone(), ended.clone());
+                let served = served.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_client(&engine, stream, budget).await {
+                    if let Err(e) = serve_connection(&served, stream).await {
                         tracing::warn!("a client's session ended with an error: {e:#}");
                     }
-                    active.fetch_sub(1, Ordering::SeqCst);
-                    ended.notify_one();
+                    served.connections.fetch_sub(1, Ordering::SeqCst);
+                    served.ended.notify_one();
                 });
             }
-            _ = ended.notified() => {
-                if active.load(Ordering::SeqCst) == 0 {
+            _ = served.ended.notified() => {
+                if served.connections.load(Ordering::SeqCst) == 0 {
                     idle_since = Some(Instant::now());
                 }
+            }
+            Ok(()) = stop.changed(), if draining.is_none() => {
+                let wait = stop.borrow().unwrap_or_default();
+                tracing::info!("stopping: waiting up to {} for the sessions", kiln_store::format_duration(wait));
+                // New clients start a new engine once this one is gone.
+                let _ = std::fs::remove_file(&socket);
+                draining = Some(Instant::now() + wait);
             }
             _ = tick.tick() => {
                 if !root.exists() {
                     tracing::info!("the state directory was removed: stopping");
                     return Ok(());
+                }
+                if let Some(deadline) = draining
+                    && (served.sessions.load(Ordering::SeqCst) == 0 || Instant::now() >= deadline)
+                {
+                    break;
                 }
                 if let (Some(idle), Some(since)) = (idle, idle_since)
                     && since.elapsed() >= idle
@@ -125,8 +161,11 @@ fn listen(socket: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// One client's session, from its hello to the end of its connection.
-async fn serve_client(engine: &Arc<Engine>, stream: UnixStream, budget: KeepStorage) -> anyhow::Result<()> {
+/// One connection: a client's session, from its hello to the end of the
+/// connection, or a status or stop request.
+async fn serve_connection(served: &Served, stream: UnixStream) -> anyhow::Result<()> {
+    let engine = &served.engine;
+    let budget = served.budget;
     let (read, write) = stream.into_split();
     let out = protocol::writer::<ToClient>(write);
     let mut lines = protocol::lines(read);
@@ -144,8 +183,52 @@ async fn serve_client(engine: &Arc<Engine>, stream: UnixStream, budget: KeepStor
             let _ = out.send(ToClient::Refused { message });
             return Ok(());
         }
+        Some(ToEngine::Status) => {
+            let _ = out.send(ToClient::Status(status(served).await));
+            return Ok(());
+        }
+        Some(ToEngine::Stop { timeout_secs }) => {
+            let sessions = served.sessions.load(Ordering::SeqCst);
+            let _ = out.send(ToClient::Stopping { sessions });
+            served.stop.send_replace(Some(Duration::from_secs(timeout_secs)));
+            return Ok(());
+        }
         _ => anyhow::bail!("the client did not open a session"),
     };
+    served.sessions.fetch_add(1, Ordering::SeqCst);
+    let result = serve_session(engine, budget, options, cwd, &out, &mut lines).await;
+    served.sessions.fetch_sub(1, Ordering::SeqCst);
+    result
+}
+
+/// What the engine is doing.
+async fn status(served: &Served) -> EngineStatus {
+    let store = served.engine.store().clone();
+    let cache_bytes = tokio::task::spawn_blocking(move || store.usage().map(|u| u.cache_bytes()))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    EngineStatus {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        uptime_secs: served.started.elapsed().as_secs(),
+        sessions: served.sessions.load(Ordering::SeqCst),
+        running: served.engine.running_operations(),
+        cache_bytes,
+        state_dir: served.engine.store().root().to_path_buf(),
+    }
+}
+
+/// Serves one session until its client goes away.
+async fn serve_session(
+    engine: &Arc<Engine>,
+    budget: KeepStorage,
+    options: kiln_solver::SessionOptions,
+    cwd: std::path::PathBuf,
+    out: &mpsc::UnboundedSender<ToClient>,
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>,
+) -> anyhow::Result<()> {
     let host = Arc::new(ClientHost::new(engine, out.clone()));
     let session = engine.session_for(host.clone(), options);
     let server = Server::new(Api::new(session.clone(), cwd), String::new()).context("building the schema")?;
@@ -155,7 +238,7 @@ async fn serve_client(engine: &Arc<Engine>, stream: UnixStream, budget: KeepStor
     let mut requests = JoinSet::new();
     loop {
         tokio::select! {
-            message = protocol::read::<ToEngine>(&mut lines) => match message? {
+            message = protocol::read::<ToEngine>(lines) => match message? {
                 Some(ToEngine::Request { id, body }) => {
                     let (server, out) = (server.clone(), out.clone());
                     requests.spawn(async move {
@@ -164,7 +247,7 @@ async fn serve_client(engine: &Arc<Engine>, stream: UnixStream, budget: KeepStor
                     });
                 }
                 Some(ToEngine::Host { id, reply }) => host.answered(id, reply),
-                Some(ToEngine::Finish) => finish(engine, &session, &mut events, &out),
+                Some(ToEngine::Finish) => finish(engine, &session, &mut events, out),
                 Some(ToEngine::Cache { command }) => {
                     let (store, out) = (engine.store().clone(), out.clone());
                     requests.spawn(async move {
@@ -178,7 +261,9 @@ async fn serve_client(engine: &Arc<Engine>, stream: UnixStream, budget: KeepStor
                         let _ = out.send(ToClient::CacheDone { output, error });
                     });
                 }
-                Some(ToEngine::Hello { .. }) => tracing::warn!("a client said hello twice"),
+                Some(ToEngine::Hello { .. } | ToEngine::Status | ToEngine::Stop { .. }) => {
+                    tracing::warn!("a client asked for a session in its session")
+                }
                 // The client is gone: its requests are dropped, and with
                 // them the work nobody else waits for.
                 None => break,
