@@ -19,6 +19,7 @@ use common::{busybox, engine, host_dir, require_root, run};
 use kiln_solver::Node;
 use kiln_solver::ops;
 use kiln_solver::{Engine, EventKind};
+use kiln_testkit::poll_until;
 
 /// In the command line of the long-running containers of a child engine on
 /// `state` (tests run at once, so each has its own).
@@ -79,17 +80,6 @@ impl ChildEngine {
         unsafe { libc::kill(self.process.id() as i32, libc::SIGKILL) };
         self.process.wait().unwrap();
     }
-}
-
-/// Polls (every millisecond, for at most a minute) until `cond` holds.
-fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..60_000 {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    panic!("timed out waiting until {what}");
 }
 
 /// Entries of `dir` (none if it does not exist).

@@ -200,3 +200,16 @@ pub fn require_root() -> bool {
     }
     true
 }
+
+/// Polls (every millisecond, for at most two minutes: a hang, never a
+/// timing) until `cond` holds; panics naming `what` otherwise.
+pub fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(120) {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    panic!("timed out waiting until {what}");
+}

@@ -106,14 +106,16 @@ enum Command {
         /// File holding the query; reads stdin when absent
         file: Option<PathBuf>,
     },
-    /// Serve the state directory's engine to other kiln processes
+    /// Serve the state directory's engine (clients start one when none runs)
     ///
-    /// While it runs, `kiln run`, `kiln session` and `kiln query` on the same
-    /// state directory open their sessions on it (through the socket
-    /// `engine.sock` in the state directory, private to its user) instead of
-    /// waiting for the directory: they share its cache and its work in
-    /// flight, each with its own secrets, progress and options. Stop it with
-    /// Ctrl-C or SIGTERM.
+    /// Every state directory has one engine, and `kiln run`, `kiln session`,
+    /// `kiln query` and `kiln cache` are its clients (through the socket
+    /// `engine.sock` in the state directory, private to its user): they share
+    /// its cache and its work in flight, each with its own secrets, progress,
+    /// environment and options. A client that finds no engine starts one in
+    /// the background, which stops after `[engine] idle_timeout` (5m) without
+    /// clients. Run it by hand to keep it up; stop it with Ctrl-C, SIGTERM or
+    /// `kiln engine stop`.
     Engine {
         #[command(subcommand)]
         action: Option<EngineAction>,

@@ -9,22 +9,11 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
 
 use common::{Env, run, text};
+use kiln_testkit::poll_until;
 
 const CLIENTS: usize = 5;
-
-/// Waits until `cond` holds; fails after two minutes (a hang, not a timing).
-fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..1200 {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting until {what}");
-}
 
 /// The host directory of the cache volume `key`, once it exists.
 fn volume_dir(state: &Path, key: &str) -> Option<PathBuf> {
@@ -59,7 +48,7 @@ fn root_clients_of_one_engine_run_at_once_and_share_work() {
             .spawn()
             .expect("kiln engine starts"),
     );
-    until("the engine listens", || state.join("engine.sock").exists());
+    poll_until("the engine listens", || state.join("engine.sock").exists());
 
     // The shared step waits for a gate the test opens once every client
     // was told it started: they all wait for it together.
@@ -101,7 +90,7 @@ fn root_clients_of_one_engine_run_at_once_and_share_work() {
     // Every client is told the shared step runs before it can finish.
     let mut seen: Vec<Vec<String>> = vec![Vec::new(); CLIENTS];
     let started = |line: &str| line.contains("] RUN    exec sh -c 'until [ -e /gate/open ]");
-    until("every client waits for the shared step", || {
+    poll_until("every client waits for the shared step", || {
         while let Ok((i, line)) = lines_rx.try_recv() {
             seen[i].push(line);
         }
@@ -178,7 +167,7 @@ fn root_a_killed_client_ends_its_session_and_no_other() {
         .stderr(Stdio::null())
         .spawn()
         .expect("kiln query starts");
-    until("the doomed client's container runs", || alive(marker));
+    poll_until("the doomed client's container runs", || alive(marker));
 
     // Another client, on the same engine, meanwhile.
     let other = env.query("other.graphql", &common::exec_query(None, "echo other"));
@@ -191,7 +180,7 @@ fn root_a_killed_client_ends_its_session_and_no_other() {
 
     doomed.kill().unwrap();
     doomed.wait().unwrap();
-    until("the killed client's container is gone", || !alive(marker));
+    poll_until("the killed client's container is gone", || !alive(marker));
 
     let out = survivor.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -222,7 +211,7 @@ fn root_a_killed_engine_is_replaced_by_the_next_client_with_its_cache() {
         .unwrap();
     // SAFETY: kill(2) of the engine our client started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    until("the engine is gone", || !Path::new(&format!("/proc/{pid}")).exists());
+    poll_until("the engine is gone", || !Path::new(&format!("/proc/{pid}")).exists());
 
     let out = query();
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -5,7 +5,7 @@ use kiln_graph::Owner;
 use kiln_store::{CopyOptions, PathFilter, SnapshotId, copy_tree, prepare_parents};
 use serde::{Deserialize, Serialize};
 
-use super::tree::{is_part, resolve_owner, target};
+use super::tree::{edit_layer, is_part, resolve_owner, target};
 use super::{Context, Definition, OpOutput, Operation, Prepared};
 use crate::SolveError;
 
@@ -47,17 +47,14 @@ impl Operation for Copy {
     }
 
     async fn run(&self, cx: &Context<'_>, inputs: &[Option<SnapshotId>], _: Prepared) -> Result<OpOutput, SolveError> {
-        let (op, dest, src) = (self.clone(), inputs[0], inputs.get(1).copied().flatten());
-        cx.blocking(move |store| {
-            let view = store.view(dest)?;
-            let staged = store.stage(dest)?;
-            let diff = staged.diff();
+        let (op, src) = (self.clone(), inputs.get(1).copied().flatten());
+        edit_layer(cx, inputs[0], move |store, view, diff| {
             let src_view = store.view(src)?;
             let src_rel = src_view.resolve(&op.src_path, true)?;
             let entry = src_view
                 .lookup(&src_rel)?
                 .ok_or_else(|| format!("{}: no such file or directory in the source", op.src_path))?;
-            let mut rel = target(&view, &op.dest_path)?;
+            let mut rel = target(view, &op.dest_path)?;
             if entry.is_dir()
                 && !op.contents_only
                 && let Some(name) = src_rel.file_name()
@@ -65,8 +62,8 @@ impl Operation for Copy {
                 rel = rel.join(name);
             }
             let filter = PathFilter::new(&op.include, &op.exclude)?;
-            let owner = op.owner.as_ref().map(|o| resolve_owner(&view, o)).transpose()?;
-            prepare_parents(&view, &diff, &rel)?;
+            let owner = op.owner.as_ref().map(|o| resolve_owner(view, o)).transpose()?;
+            prepare_parents(view, diff, &rel)?;
             let opts = CopyOptions {
                 owner,
                 file_mode: op.mode,
@@ -74,7 +71,7 @@ impl Operation for Copy {
                 ..CopyOptions::new(&filter)
             };
             copy_tree(&src_view, &src_rel, &diff.join(&rel), &opts)?;
-            Ok(OpOutput::single(staged))
+            Ok(())
         })
         .await
     }

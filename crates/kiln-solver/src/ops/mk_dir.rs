@@ -9,7 +9,7 @@ use kiln_store::merged::clean;
 use kiln_store::{SnapshotId, prepare_parents};
 use serde::{Deserialize, Serialize};
 
-use super::tree::{set_meta, target};
+use super::tree::{edit_layer, set_meta, target};
 use super::{Context, Definition, OpOutput, Operation, Prepared};
 use crate::error::Context as _;
 use crate::{Cause, SolveError};
@@ -36,12 +36,9 @@ impl Operation for MkDir {
     }
 
     async fn run(&self, cx: &Context<'_>, inputs: &[Option<SnapshotId>], _: Prepared) -> Result<OpOutput, SolveError> {
-        let (op, dest) = (self.clone(), inputs[0]);
-        cx.blocking(move |store| {
-            let view = store.view(dest)?;
-            let staged = store.stage(dest)?;
-            let diff = staged.diff();
-            let rel = clean(target(&view, &op.path)?);
+        let op = self.clone();
+        edit_layer(cx, inputs[0], move |_, view, diff| {
+            let rel = clean(target(view, &op.path)?);
             let mut cur = PathBuf::new();
             for c in rel.components() {
                 cur.push(c);
@@ -55,13 +52,13 @@ impl Operation for MkDir {
                         )));
                     }
                     None => {
-                        prepare_parents(&view, &diff, &cur)?;
+                        prepare_parents(view, diff, &cur)?;
                         fs::create_dir(diff.join(&cur)).context(|| op.path.clone())?;
-                        set_meta(&view, &diff.join(&cur), op.mode, op.owner.as_ref())?;
+                        set_meta(view, &diff.join(&cur), op.mode, op.owner.as_ref())?;
                     }
                 }
             }
-            Ok(OpOutput::single(staged))
+            Ok(())
         })
         .await
     }

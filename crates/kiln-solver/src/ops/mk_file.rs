@@ -7,7 +7,7 @@ use kiln_graph::Owner;
 use kiln_store::{SnapshotId, prepare_parents};
 use serde::{Deserialize, Serialize};
 
-use super::tree::{set_meta, target};
+use super::tree::{edit_layer, set_meta, target};
 use super::{Context, Definition, OpOutput, Operation, Prepared};
 use crate::error::Context as _;
 use crate::{Cause, SolveError};
@@ -36,20 +36,16 @@ impl Operation for MkFile {
     }
 
     async fn run(&self, cx: &Context<'_>, inputs: &[Option<SnapshotId>], _: Prepared) -> Result<OpOutput, SolveError> {
-        let (op, dest) = (self.clone(), inputs[0]);
-        cx.blocking(move |store| {
-            let view = store.view(dest)?;
-            let staged = store.stage(dest)?;
-            let diff = staged.diff();
-            let rel = target(&view, &op.path)?;
+        let op = self.clone();
+        edit_layer(cx, inputs[0], move |_, view, diff| {
+            let rel = target(view, &op.path)?;
             if view.lookup(&rel)?.is_some_and(|e| e.is_dir()) {
                 return Err(Cause::Invalid(format!("{} is a directory", op.path)));
             }
-            prepare_parents(&view, &diff, &rel)?;
+            prepare_parents(view, diff, &rel)?;
             let file = diff.join(&rel);
             fs::write(&file, &op.contents).context(|| op.path.clone())?;
-            set_meta(&view, &file, op.mode, op.owner.as_ref())?;
-            Ok(OpOutput::single(staged))
+            set_meta(view, &file, op.mode, op.owner.as_ref())
         })
         .await
     }

@@ -6,10 +6,28 @@ use std::os::unix::fs::{PermissionsExt, lchown};
 use std::path::{Path, PathBuf};
 
 use kiln_graph::Owner;
-use kiln_store::MergedView;
+use kiln_store::{MergedView, SnapshotId, Store};
 
-use crate::Cause;
-use crate::error::Context;
+use super::OpOutput;
+use crate::error::Context as _;
+use crate::{Cause, SolveError};
+
+/// Runs `edit` off the async threads to write a new layer over `tree`,
+/// which is the operation's output: `edit` gets the store, the tree's view
+/// and the layer's directory.
+pub(crate) async fn edit_layer(
+    cx: &super::Context<'_>,
+    tree: Option<SnapshotId>,
+    edit: impl FnOnce(&Store, &MergedView, &Path) -> Result<(), Cause> + Send + 'static,
+) -> Result<OpOutput, SolveError> {
+    cx.blocking(move |store| {
+        let view = store.view(tree)?;
+        let staged = store.stage(tree)?;
+        edit(store, &view, &staged.diff())?;
+        Ok(OpOutput::single(staged))
+    })
+    .await
+}
 
 /// Reads a small text file of a tree (`/etc/passwd`), empty when absent.
 pub(crate) fn read_text(view: &MergedView, path: &str) -> String {
