@@ -101,12 +101,6 @@ impl Engine {
         }))
     }
 
-    /// The registry settings (mirrors, insecure hosts, where the docker
-    /// config of this engine's user is).
-    pub fn registry_config(&self) -> &RegistryConfig {
-        self.resources.registry.config()
-    }
-
     /// The store.
     pub fn store(&self) -> &Arc<Store> {
         &self.resources.store

@@ -71,7 +71,8 @@ pub async fn run(cli: &Cli, command: &CacheCommand) -> anyhow::Result<ExitCode> 
     let cwd = std::env::current_dir().context("reading the working directory")?;
     let socket = state_dir.join(crate::engine::protocol::SOCKET);
     let mut out = String::new();
-    let result = match crate::engine::client::attach(&socket, Default::default(), &cwd).await? {
+    let host = kiln_solver::LocalHost::default();
+    let result = match crate::engine::client::attach(&socket, Default::default(), &cwd, host).await? {
         Some(engine) => {
             let (shown, result) = engine.cache(command).await?;
             out = shown;

@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use kiln_api::server::new_token;
 use kiln_solver::explain::Explanation;
-use kiln_solver::{Engine, EngineConfig, SessionOptions};
+use kiln_solver::{Engine, EngineConfig, LocalHost, SessionOptions};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -230,7 +230,8 @@ async fn client(cli: &Cli, cwd: &Path) -> anyhow::Result<Client> {
         runtime: cli.runtime.clone(),
         idle: config.engine.idle_timeout(),
     };
-    Client::connect(&start, options, cwd).await
+    let host = LocalHost::new(config.registry.docker_config_dir());
+    Client::connect(&start, options, cwd, &host).await
 }
 
 /// The value of `--workdir DIR` or `--workdir=DIR` among SDK flags.

@@ -258,3 +258,39 @@ fn root_engine_status_and_stop() {
     // The next client starts a new one.
     assert!(run(env.kiln(&["query", step.to_str().unwrap()])).status.success());
 }
+
+#[test]
+fn root_registry_credentials_come_from_each_clients_own_docker_config() {
+    if !kiln_testkit::require_root() {
+        return;
+    }
+    let env = Env::new();
+    let private = kiln_testkit::Registry::start_with_basic_auth("alice", "s3cret");
+    private.push(&kiln_testkit::busybox_layout(), "private/busybox:latest");
+    let reference = private.image_ref("private/busybox:latest");
+    let query = env.query(
+        "private.graphql",
+        &format!(
+            r#"{{ container {{ from(address: "{reference}") {{ withExec(args: ["echo", "in"]) {{ stdout }} }} }} }}"#
+        ),
+    );
+    let with_creds = tempfile::tempdir().unwrap();
+    let auth = kiln_testkit::basic_authorization("alice", "s3cret");
+    let config = serde_json::json!({"auths": {private.host(): {"auth": auth.trim_start_matches("Basic ")}}});
+    std::fs::write(with_creds.path().join("config.json"), config.to_string()).unwrap();
+    let without = tempfile::tempdir().unwrap();
+
+    // The engine is started by the client with credentials; the other
+    // client, on the same engine, gets none of them.
+    let query_with = |docker_config: &Path| {
+        let mut cmd = env.kiln(&["query", query.to_str().unwrap()]);
+        cmd.env("DOCKER_CONFIG", docker_config);
+        run(cmd)
+    };
+    let out = query_with(with_creds.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("in\\n"), "{}", text(&out.stdout));
+    let out = query_with(without.path());
+    let shown = text(&out.stdout);
+    assert!(shown.contains("credentials"), "{shown}");
+}

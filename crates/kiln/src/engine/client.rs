@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use kiln_api::server::{Bytes, Forward, StatusCode};
+use kiln_oci::Credentials;
 use kiln_solver::explain::Explanation;
 use kiln_solver::{Events, HostAccess, LocalHost, SessionOptions, Stats};
 use tokio::net::UnixStream;
@@ -63,7 +64,13 @@ pub async fn ask(socket: &Path, message: ToEngine) -> anyhow::Result<Option<ToCl
 
 /// Opens a session on the engine listening at `socket`; `None` when no
 /// engine listens there.
-pub async fn attach(socket: &Path, options: SessionOptions, cwd: &Path) -> anyhow::Result<Option<Arc<Attached>>> {
+/// The engine's questions about this host are answered by `host`.
+pub async fn attach(
+    socket: &Path,
+    options: SessionOptions,
+    cwd: &Path,
+    host: LocalHost,
+) -> anyhow::Result<Option<Arc<Attached>>> {
     let Some(stream) = connect(socket).await? else {
         return Ok(None);
     };
@@ -104,11 +111,11 @@ pub async fn attach(socket: &Path, options: SessionOptions, cwd: &Path) -> anyho
                     }
                 }
                 ToClient::Host { id, request } => {
-                    let out = out.clone();
+                    let (out, host) = (out.clone(), host.clone());
                     tokio::task::spawn_blocking(move || {
                         let _ = out.send(ToEngine::Host {
                             id,
-                            reply: answer(request),
+                            reply: answer(&host, request),
                         });
                     });
                 }
@@ -134,8 +141,7 @@ pub async fn attach(socket: &Path, options: SessionOptions, cwd: &Path) -> anyho
 }
 
 /// Answers an engine's question about this host.
-fn answer(request: HostRequest) -> HostReply {
-    let host = LocalHost::default();
+fn answer(host: &LocalHost, request: HostRequest) -> HostReply {
     match request {
         HostRequest::Env { name } => HostReply::Env(host.env(&name)),
         HostRequest::ReadFile { path } => HostReply::ReadFile(host.read_to_string(&path).map_err(|e| e.to_string())),
@@ -148,6 +154,14 @@ fn answer(request: HostRequest) -> HostReply {
                         stdout: out.stdout,
                         stderr: out.stderr,
                     }
+                })
+                .map_err(|e| e.to_string()),
+        ),
+        HostRequest::RegistryCredentials { registry } => HostReply::RegistryCredentials(
+            host.registry_credentials(&registry)
+                .map(|c| match c {
+                    Credentials::Basic { username, password } => Some((username, password)),
+                    Credentials::Anonymous => None,
                 })
                 .map_err(|e| e.to_string()),
         ),

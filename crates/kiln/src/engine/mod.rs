@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use kiln_api::Server;
 use kiln_solver::explain::Explanation;
-use kiln_solver::{Events, Stats};
+use kiln_solver::{Events, LocalHost, Stats};
 
 use self::client::Attached;
 
@@ -101,15 +101,20 @@ impl Client {
     /// in the background when none runs (two clients racing to start one
     /// end up on the same engine: the second engine finds the first one's
     /// lock and leaves).
-    pub async fn connect(start: &Start, options: kiln_solver::SessionOptions, cwd: &Path) -> anyhow::Result<Self> {
-        if let Some(client) = Self::on_engine(&start.state_dir, options, cwd).await? {
+    pub async fn connect(
+        start: &Start,
+        options: kiln_solver::SessionOptions,
+        cwd: &Path,
+        host: &LocalHost,
+    ) -> anyhow::Result<Self> {
+        if let Some(client) = Self::on_engine(&start.state_dir, options, cwd, host).await? {
             return Ok(client);
         }
         let mut child = start.spawn()?;
         let waited = std::time::Instant::now();
         let mut left: Option<std::time::Instant> = None;
         while waited.elapsed() < START_WAIT {
-            if let Some(client) = Self::on_engine(&start.state_dir, options, cwd).await? {
+            if let Some(client) = Self::on_engine(&start.state_dir, options, cwd, host).await? {
                 // Reaped in the background; the engine outlives this process.
                 std::thread::spawn(move || child.wait());
                 return Ok(client);
@@ -149,12 +154,14 @@ impl Client {
     }
 
     /// A session on the engine serving `state_dir` (none running: `None`).
+    /// The engine's questions about this host are answered by `host`.
     pub async fn on_engine(
         state_dir: &Path,
         options: kiln_solver::SessionOptions,
         cwd: &Path,
+        host: &LocalHost,
     ) -> anyhow::Result<Option<Self>> {
-        let attached = client::attach(&state_dir.join(protocol::SOCKET), options, cwd).await?;
+        let attached = client::attach(&state_dir.join(protocol::SOCKET), options, cwd, host.clone()).await?;
         Ok(attached.map(|attached| Client {
             attached,
             state_dir: state_dir.to_path_buf(),

@@ -110,6 +110,8 @@ pub enum HostRequest {
     ReadFile { path: PathBuf },
     /// `sh -c command`, run by the client.
     Command { command: String },
+    /// The client's credentials for a registry host (its docker config).
+    RegistryCredentials { registry: String },
 }
 
 /// The answer to a [`HostRequest`].
@@ -119,6 +121,8 @@ pub enum HostReply {
     Env(Option<String>),
     ReadFile(Result<String, String>),
     Command(Result<CommandOutput, String>),
+    /// User name and password; `None`: anonymous.
+    RegistryCredentials(Result<Option<(String, String)>, String>),
 }
 
 /// What a command run by the client gave.

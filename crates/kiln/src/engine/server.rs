@@ -229,7 +229,7 @@ async fn serve_session(
     out: &mpsc::UnboundedSender<ToClient>,
     lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>,
 ) -> anyhow::Result<()> {
-    let host = Arc::new(ClientHost::new(engine, out.clone()));
+    let host = Arc::new(ClientHost::new(out.clone()));
     let session = engine.session_for(host.clone(), options);
     let server = Server::new(Api::new(session.clone(), cwd), String::new()).context("building the schema")?;
     let _ = out.send(ToClient::Ready);
@@ -301,9 +301,10 @@ fn finish(
 }
 
 /// A client's host, as its session on the engine sees it. Its environment,
-/// the files it reads as its user and its commands are asked of the client;
-/// the file system is shared (the socket admits only the engine's user), so
-/// scans, uploads and exports go to it directly.
+/// the files it reads as its user, its commands and its registry
+/// credentials are asked of the client; the file system is shared (the
+/// socket admits only the engine's user), so scans, uploads and exports go
+/// to it directly.
 struct ClientHost {
     local: LocalHost,
     out: mpsc::UnboundedSender<ToClient>,
@@ -312,9 +313,9 @@ struct ClientHost {
 }
 
 impl ClientHost {
-    fn new(engine: &Engine, out: mpsc::UnboundedSender<ToClient>) -> Self {
+    fn new(out: mpsc::UnboundedSender<ToClient>) -> Self {
         Self {
-            local: LocalHost::new(engine.registry_config().docker_config_dir()),
+            local: LocalHost::default(),
             out,
             next: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
@@ -392,7 +393,19 @@ impl HostAccess for ClientHost {
     }
 
     fn registry_credentials(&self, host: &str) -> Result<Credentials, kiln_oci::Error> {
-        self.local.registry_credentials(host)
+        let asked = self.ask(HostRequest::RegistryCredentials { registry: host.into() });
+        let refused = |reason: String| kiln_oci::Error::Credentials {
+            path: "the client's docker config".into(),
+            reason,
+        };
+        match asked.map_err(|e| refused(e.to_string()))? {
+            HostReply::RegistryCredentials(Ok(Some((username, password)))) => {
+                Ok(Credentials::Basic { username, password })
+            }
+            HostReply::RegistryCredentials(Ok(None)) => Ok(Credentials::Anonymous),
+            HostReply::RegistryCredentials(Err(reason)) => Err(refused(reason)),
+            _ => Err(refused(unexpected().to_string())),
+        }
     }
 
     fn warn(&self, message: &str) {
