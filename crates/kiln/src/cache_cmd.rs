@@ -65,14 +65,14 @@ pub fn apply_budget(engine: &Engine, gc: &GcConfig) {
 pub async fn run(cli: &Cli, command: &CacheCommand) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
     let state_dir = crate::state_dir(cli, &config);
-    if !state_dir.join("db").exists() {
+    if cli.host.is_none() && !state_dir.join("db").exists() {
         bail!("{} holds no kiln cache", state_dir.display());
     }
     let cwd = std::env::current_dir().context("reading the working directory")?;
-    let socket = state_dir.join(crate::engine::protocol::SOCKET);
+    let endpoint = crate::endpoint(cli, &state_dir)?;
     let mut out = String::new();
     let host = kiln_solver::LocalHost::default();
-    let result = match crate::engine::client::attach(&socket, Default::default(), &cwd, host).await? {
+    let result = match crate::engine::client::attach(&endpoint, Default::default(), &cwd, host).await? {
         Some(engine) => {
             let (shown, result) = engine.cache(command).await?;
             out = shown;

@@ -50,6 +50,12 @@ struct Cli {
     /// State directory (cache, snapshots, database); overrides the config
     #[arg(long, global = true, env = "KILN_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// The engine to use, when not the state directory's own:
+    /// `tcp://HOST:PORT` (TLS; trust it with KILN_TLS_FINGERPRINT or
+    /// KILN_TLS_CA, authenticate with KILN_TOKEN or KILN_TOKEN_FILE) or
+    /// `unix:///path/engine.sock`
+    #[arg(long, global = true, env = "KILN_HOST")]
+    host: Option<String>,
     /// OCI runtime to use (crun, runc, or a path); overrides the config
     #[arg(long, global = true, env = "KILN_RUNTIME")]
     runtime: Option<String>,
@@ -126,6 +132,21 @@ enum Command {
         /// another engine serves the state directory already
         #[arg(long, hide = true)]
         started_by_client: bool,
+        /// Also serve clients on other machines at `tcp://ADDR:PORT` (TLS;
+        /// the certificate fingerprint and the token file are printed)
+        #[arg(long, value_name = "tcp://ADDR:PORT")]
+        listen: Option<String>,
+        /// The certificate (PEM) to serve TLS with [default: a self-signed
+        /// one, made once in the state directory's tls/]
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The file holding the token TCP clients must give [default:
+        /// tls/token in the state directory, made once]
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Show and prune the cache of the state directory
     Cache {
@@ -231,7 +252,41 @@ async fn client(cli: &Cli, cwd: &Path) -> anyhow::Result<Client> {
         idle: config.engine.idle_timeout(),
     };
     let host = LocalHost::new(config.registry.docker_config_dir());
-    Client::connect(&start, options, cwd, &host).await
+    match elsewhere(cli)? {
+        Some(endpoint) => Client::elsewhere(&endpoint, options, cwd, &host).await,
+        None => Client::connect(&start, options, cwd, &host).await,
+    }
+}
+
+/// The engine `--host`/`KILN_HOST` names, if any, with the trust and token
+/// of the environment.
+fn elsewhere(cli: &Cli) -> anyhow::Result<Option<engine::client::Endpoint>> {
+    use engine::tls::Trust;
+    let Some(host) = &cli.host else {
+        return Ok(None);
+    };
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let trust = match (var("KILN_TLS_FINGERPRINT"), var("KILN_TLS_CA")) {
+        (Some(fingerprint), _) => Some(Trust::Fingerprint(fingerprint)),
+        (None, Some(ca)) => Some(Trust::Ca(ca.into())),
+        (None, None) => None,
+    };
+    let token = match (var("KILN_TOKEN"), var("KILN_TOKEN_FILE")) {
+        (Some(token), _) => Some(token),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(&file)
+                .with_context(|| format!("reading KILN_TOKEN_FILE {file}"))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    engine::client::Endpoint::parse(host, trust.as_ref(), token).map(Some)
+}
+
+/// The engine for this process: `--host`'s, else the state dir's socket.
+fn endpoint(cli: &Cli, state_dir: &Path) -> anyhow::Result<engine::client::Endpoint> {
+    Ok(elsewhere(cli)?.unwrap_or_else(|| engine::client::Endpoint::Unix(state_dir.join(engine::protocol::SOCKET))))
 }
 
 /// The value of `--workdir DIR` or `--workdir=DIR` among SDK flags.
@@ -286,13 +341,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             action: None,
             idle_timeout,
             started_by_client,
+            listen,
+            tls_cert,
+            tls_key,
+            token_file,
         } => {
             let config = Config::load(cli.config.as_deref())?;
-            let Some(_lock) = engine::server::claim(&state_dir(&cli, &config), *started_by_client)? else {
+            let state = state_dir(&cli, &config);
+            let Some(_lock) = engine::server::claim(&state, *started_by_client)? else {
                 return Ok(ExitCode::SUCCESS);
             };
+            let tcp = match listen {
+                Some(listen) => {
+                    let Some(addr) = listen.strip_prefix("tcp://") else {
+                        bail!("--listen {listen}: expected tcp://ADDR:PORT");
+                    };
+                    let files = tls_cert.as_deref().zip(tls_key.as_deref());
+                    Some(engine::server::Tcp::listen(&state, addr, files, token_file.as_deref()).await?)
+                }
+                None => None,
+            };
             let idle = Some(*idle_timeout).filter(|d| !d.is_zero());
-            engine::server::serve(open_engine(&cli)?, idle, config.gc.budget()).await?;
+            engine::server::serve(open_engine(&cli)?, idle, config.gc.budget(), tcp).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { command } => {
@@ -460,17 +530,17 @@ enum EngineAction {
 
 /// Runs `kiln engine status` or `kiln engine stop`.
 async fn engine_action(cli: &Cli, action: &EngineAction) -> anyhow::Result<ExitCode> {
-    use engine::protocol::{SOCKET, ToClient, ToEngine};
+    use engine::protocol::{ToClient, ToEngine};
     let config = Config::load(cli.config.as_deref())?;
     let state_dir = state_dir(cli, &config);
-    let socket = state_dir.join(SOCKET);
+    let endpoint = endpoint(cli, &state_dir)?;
     let message = match action {
         EngineAction::Status => ToEngine::Status,
         EngineAction::Stop { timeout } => ToEngine::Stop {
             timeout_secs: timeout.as_secs(),
         },
     };
-    let Some(answer) = engine::client::ask(&socket, message).await? else {
+    let Some(answer) = engine::client::ask(&endpoint, message).await? else {
         println!("no engine serves {}", state_dir.display());
         return Ok(ExitCode::from(3));
     };

@@ -40,19 +40,20 @@ impl Watchers {
     /// may stop a run.
     pub fn start(
         events: &Events,
-        state_dir: &Path,
+        state_dir: Option<&Path>,
         options: Options,
         command: Vec<String>,
         name: &str,
         caller: Caller,
     ) -> Self {
-        let log = match RunLog::create(state_dir, command) {
+        // An engine elsewhere keeps the output: no local log index.
+        let log = state_dir.and_then(|dir| match RunLog::create(dir, command) {
             Ok(log) => Some(log),
             Err(e) => {
                 eprintln!("kiln: warning: this run's log index is not kept: {e:#}");
                 None
             }
-        };
+        });
         let display = Display::start(options, events.subscribe(), log);
         let (trace, traceparent) = match start_trace(events, name, caller) {
             Ok(Some((telemetry, traceparent, following))) => (

@@ -294,3 +294,65 @@ fn root_registry_credentials_come_from_each_clients_own_docker_config() {
     let shown = text(&out.stdout);
     assert!(shown.contains("credentials"), "{shown}");
 }
+
+#[test]
+fn root_a_remote_engine_over_tls_needs_its_certificate_and_token() {
+    if !kiln_testkit::require_root() {
+        return;
+    }
+    let env = Env::new();
+    let state = env.dir().join("state");
+    let mut child = env
+        .kiln(&["engine", "--listen", "tcp://127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln engine starts");
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _engine = Engine(child);
+    let word = |prefix: &str| {
+        let start = first.find(prefix).unwrap_or_else(|| panic!("{prefix} in {first}"));
+        first[start..].split([' ', ';', ')']).next().unwrap().to_string()
+    };
+    let (addr, fingerprint) = (word("tcp://"), word("sha256:"));
+    let token_file = state.join("tls/token");
+    let client_dir = tempfile::tempdir().unwrap();
+    let step = env.query("remote.graphql", &common::exec_query(None, "echo from-afar"));
+    let query = |fingerprint: &str, token: &str, file: &Path| {
+        let mut cmd = env.kiln(&["query", file.to_str().unwrap()]);
+        cmd.env("KILN_HOST", &addr)
+            .env("KILN_TLS_FINGERPRINT", fingerprint)
+            .env("KILN_TOKEN", token)
+            // The client's own state dir is not used.
+            .env("KILN_STATE_DIR", client_dir.path().join("unused"));
+        run(cmd)
+    };
+    let token = std::fs::read_to_string(&token_file).unwrap();
+
+    let out = query(&fingerprint, token.trim(), &step);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("from-afar"), "{}", text(&out.stdout));
+    assert!(
+        !client_dir.path().join("unused").exists(),
+        "the client kept no state of its own"
+    );
+
+    let out = query(&fingerprint, "not-the-token-at-all", &step);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("wrong or missing engine token"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let other = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    let out = query(other, token.trim(), &step);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("not the pinned"), "{}", text(&out.stderr));
+
+    let upload = env.query("upload.graphql", r#"{ host { directory(path: "/etc") { entries } } }"#);
+    let out = query(&fingerprint, token.trim(), &upload);
+    assert!(text(&out.stdout).contains("not supported yet"), "{}", text(&out.stdout));
+}

@@ -3,8 +3,9 @@
 //! are answered here, in this process's environment.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -12,11 +13,14 @@ use anyhow::Context as _;
 use kiln_api::server::{Bytes, Forward, StatusCode};
 use kiln_oci::Credentials;
 use kiln_solver::explain::Explanation;
-use kiln_solver::{Events, HostAccess, LocalHost, SessionOptions, Stats};
-use tokio::net::UnixStream;
+use kiln_solver::{Events, HostAccess, HostPathKind, LocalHost, SessionOptions, Stats};
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsConnector;
 
-use super::protocol::{self, CommandOutput, HostReply, HostRequest, ToClient, ToEngine, VERSION};
+use super::protocol::{self, CommandOutput, HostReply, HostRequest, Incoming, Stream, ToClient, ToEngine, VERSION};
+use super::tls::{SELF_SIGNED_NAME, Trust};
 use crate::cache_cmd::CacheCommand;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<(StatusCode, serde_json::Value)>>>>;
@@ -37,46 +41,119 @@ pub struct Attached {
     finished: Mutex<Option<oneshot::Receiver<Summary>>>,
 }
 
-/// A connection to the engine listening at `socket`; `None` when no engine
-/// listens there.
-async fn connect(socket: &Path) -> anyhow::Result<Option<UnixStream>> {
-    match UnixStream::connect(socket).await {
-        Ok(stream) => Ok(Some(stream)),
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("connecting to the engine at {}", socket.display())),
+/// Where an engine listens.
+#[derive(Clone)]
+pub enum Endpoint {
+    /// A Unix socket (a state dir's `engine.sock`).
+    Unix(PathBuf),
+    /// TCP, with TLS and the engine's token.
+    Tcp {
+        addr: String,
+        tls: TlsConnector,
+        name: ServerName<'static>,
+        token: String,
+    },
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Unix(path) => write!(f, "unix://{}", path.display()),
+            Endpoint::Tcp { addr, .. } => write!(f, "tcp://{addr}"),
+        }
     }
 }
 
-/// Asks the engine at `socket` one thing outside a session (`Status`,
+impl Endpoint {
+    /// Reads `unix:///path/engine.sock` or `tcp://host:port` (`KILN_HOST`).
+    /// A TCP engine is trusted as `trust` says and given `token`.
+    pub fn parse(text: &str, trust: Option<&Trust>, token: Option<String>) -> anyhow::Result<Self> {
+        if let Some(path) = text.strip_prefix("unix://") {
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        let Some(addr) = text.strip_prefix("tcp://") else {
+            anyhow::bail!("engine address {text:?}: expected unix:///path or tcp://host:port");
+        };
+        let Some(trust) = trust else {
+            anyhow::bail!(
+                "engine {text}: say how to trust its certificate: KILN_TLS_FINGERPRINT (printed by `kiln engine \
+                 --listen`) or KILN_TLS_CA (a CA's PEM file)"
+            );
+        };
+        let Some(token) = token else {
+            anyhow::bail!("engine {text}: set KILN_TOKEN (or KILN_TOKEN_FILE) to the engine's token");
+        };
+        let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+        let name = match trust {
+            Trust::Fingerprint(_) => ServerName::try_from(SELF_SIGNED_NAME.to_string()),
+            Trust::Ca(_) => ServerName::try_from(host.trim_matches(['[', ']']).to_string()),
+        }
+        .with_context(|| format!("engine {text}: {host} is not a host name"))?;
+        Ok(Endpoint::Tcp {
+            addr: addr.to_string(),
+            tls: super::tls::client(trust)?,
+            name,
+            token,
+        })
+    }
+
+    /// A connection, ready for its first message; `None` when no engine
+    /// listens on a Unix socket (a TCP engine that does not answer is an
+    /// error: clients start only local engines).
+    async fn connect(&self) -> anyhow::Result<Option<(Incoming, mpsc::UnboundedSender<ToEngine>)>> {
+        let stream: Box<dyn Stream> = match self {
+            Endpoint::Unix(socket) => match UnixStream::connect(socket).await {
+                Ok(stream) => Box::new(stream),
+                Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e).with_context(|| format!("connecting to the engine at {self}")),
+            },
+            Endpoint::Tcp { addr, tls, name, .. } => {
+                let tcp = TcpStream::connect(addr.as_str())
+                    .await
+                    .with_context(|| format!("connecting to the engine at {self}"))?;
+                let stream = tls
+                    .connect(name.clone(), tcp)
+                    .await
+                    .with_context(|| format!("TLS with the engine at {self}"))?;
+                Box::new(stream)
+            }
+        };
+        let (lines, out) = protocol::split::<ToEngine>(stream);
+        if let Endpoint::Tcp { token, .. } = self {
+            out.send(ToEngine::Auth { token: token.clone() })
+                .context("the engine closed the connection")?;
+        }
+        Ok(Some((lines, out)))
+    }
+}
+
+/// Asks the engine at `endpoint` one thing outside a session (`Status`,
 /// `Stop`) and returns its answer; `None` when no engine listens there.
-pub async fn ask(socket: &Path, message: ToEngine) -> anyhow::Result<Option<ToClient>> {
-    let Some(stream) = connect(socket).await? else {
+pub async fn ask(endpoint: &Endpoint, message: ToEngine) -> anyhow::Result<Option<ToClient>> {
+    let Some((mut lines, out)) = endpoint.connect().await? else {
         return Ok(None);
     };
-    let (read, write) = stream.into_split();
-    let out = protocol::writer::<ToEngine>(write);
     out.send(message).context("the engine closed the connection")?;
-    let answer = protocol::read::<ToClient>(&mut protocol::lines(read)).await?;
+    let answer = protocol::read::<ToClient>(&mut lines).await?;
     answer
         .map(Some)
         .context("the engine closed the connection without answering")
 }
 
-/// Opens a session on the engine listening at `socket`; `None` when no
-/// engine listens there.
-/// The engine's questions about this host are answered by `host`.
+/// Opens a session on the engine at `endpoint`; `None` when no engine
+/// listens there. The engine's questions about this host are answered by
+/// `host`.
 pub async fn attach(
-    socket: &Path,
+    endpoint: &Endpoint,
     options: SessionOptions,
     cwd: &Path,
     host: LocalHost,
 ) -> anyhow::Result<Option<Arc<Attached>>> {
-    let Some(stream) = connect(socket).await? else {
+    let Some((mut lines, out)) = endpoint.connect().await? else {
         return Ok(None);
     };
-    let (read, write) = stream.into_split();
-    let out = protocol::writer::<ToEngine>(write);
-    let mut lines = protocol::lines(read);
     let hello = ToEngine::Hello {
         version: VERSION,
         options,
@@ -85,8 +162,8 @@ pub async fn attach(
     out.send(hello).context("the engine closed the connection")?;
     match protocol::read::<ToClient>(&mut lines).await? {
         Some(ToClient::Ready) => {}
-        Some(ToClient::Refused { message }) => anyhow::bail!("the engine at {} refused: {message}", socket.display()),
-        _ => anyhow::bail!("the engine at {} did not open a session", socket.display()),
+        Some(ToClient::Refused { message }) => anyhow::bail!("the engine at {endpoint} refused: {message}"),
+        _ => anyhow::bail!("the engine at {endpoint} did not open a session"),
     }
     let (finished_tx, finished_rx) = oneshot::channel();
     let (cache_tx, cache_rx) = oneshot::channel();
@@ -156,6 +233,15 @@ fn answer(host: &LocalHost, request: HostRequest) -> HostReply {
                     }
                 })
                 .map_err(|e| e.to_string()),
+        ),
+        HostRequest::Kind { path } => HostReply::Kind(
+            match host.kind(&path) {
+                HostPathKind::Missing => "missing",
+                HostPathKind::Directory => "directory",
+                HostPathKind::File => "file",
+                HostPathKind::Other => "other",
+            }
+            .to_string(),
         ),
         HostRequest::RegistryCredentials { registry } => HostReply::RegistryCredentials(
             host.registry_credentials(&registry)

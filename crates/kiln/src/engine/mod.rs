@@ -8,6 +8,7 @@ pub mod client;
 pub mod log;
 pub mod protocol;
 pub mod server;
+pub mod tls;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -22,12 +23,14 @@ use kiln_api::Server;
 use kiln_solver::explain::Explanation;
 use kiln_solver::{Events, LocalHost, Stats};
 
-use self::client::Attached;
+use self::client::{Attached, Endpoint};
 
-/// This process's session, on the engine serving its state dir.
+/// This process's session, on the engine serving its state dir (or on the
+/// engine `KILN_HOST` names).
 pub struct Client {
     attached: Arc<Attached>,
-    state_dir: PathBuf,
+    /// The local state dir (none for an engine elsewhere).
+    state_dir: Option<PathBuf>,
 }
 
 /// How long an engine a client started waits without clients before it
@@ -161,11 +164,28 @@ impl Client {
         cwd: &Path,
         host: &LocalHost,
     ) -> anyhow::Result<Option<Self>> {
-        let attached = client::attach(&state_dir.join(protocol::SOCKET), options, cwd, host.clone()).await?;
+        let endpoint = Endpoint::Unix(state_dir.join(protocol::SOCKET));
+        let attached = client::attach(&endpoint, options, cwd, host.clone()).await?;
         Ok(attached.map(|attached| Client {
             attached,
-            state_dir: state_dir.to_path_buf(),
+            state_dir: Some(state_dir.to_path_buf()),
         }))
+    }
+
+    /// A session on the engine at `endpoint` (`KILN_HOST`), which must be
+    /// running: clients start only the engines of their own state dir.
+    pub async fn elsewhere(
+        endpoint: &Endpoint,
+        options: kiln_solver::SessionOptions,
+        cwd: &Path,
+        host: &LocalHost,
+    ) -> anyhow::Result<Self> {
+        let attached = client::attach(endpoint, options, cwd, host.clone()).await?;
+        let attached = attached.with_context(|| format!("no engine listens at {endpoint} (KILN_HOST)"))?;
+        Ok(Client {
+            attached,
+            state_dir: None,
+        })
     }
 
     /// The session's progress events.
@@ -173,9 +193,9 @@ impl Client {
         self.attached.events()
     }
 
-    /// The state directory.
-    pub fn state_dir(&self) -> &Path {
-        &self.state_dir
+    /// The local state directory (none for an engine elsewhere).
+    pub fn state_dir(&self) -> Option<&Path> {
+        self.state_dir.as_deref()
     }
 
     /// The API server of the session (the engine answers), accepting

@@ -11,8 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::cache_cmd::CacheCommand;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Lines, ReadHalf};
 use tokio::sync::mpsc;
 
 /// The socket's name in the state dir.
@@ -25,6 +24,8 @@ pub const VERSION: u32 = 1;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToEngine {
+    /// The engine's token (the first message over TCP).
+    Auth { token: String },
     /// Opens the session (the first message).
     Hello {
         version: u32,
@@ -112,6 +113,8 @@ pub enum HostRequest {
     Command { command: String },
     /// The client's credentials for a registry host (its docker config).
     RegistryCredentials { registry: String },
+    /// What is at a path of the client's host.
+    Kind { path: PathBuf },
 }
 
 /// The answer to a [`HostRequest`].
@@ -123,6 +126,8 @@ pub enum HostReply {
     Command(Result<CommandOutput, String>),
     /// User name and password; `None`: anonymous.
     RegistryCredentials(Result<Option<(String, String)>, String>),
+    /// `missing`, `directory`, `file` or `other`.
+    Kind(String),
 }
 
 /// What a command run by the client gave.
@@ -134,34 +139,38 @@ pub struct CommandOutput {
     pub stderr: Vec<u8>,
 }
 
+/// A connection to or from an engine: the Unix socket, or TLS over TCP.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for S {}
+
+/// The messages arriving on a connection, a line each.
+pub type Incoming = Lines<BufReader<ReadHalf<Box<dyn Stream>>>>;
+
+/// A connection's two directions: the messages arriving, and a sender of
+/// messages written in order by a task of their own (which ends when every
+/// sender is gone or the peer is).
+pub fn split<T: Serialize + Send + 'static>(stream: Box<dyn Stream>) -> (Incoming, mpsc::UnboundedSender<T>) {
+    let (read, mut write) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::unbounded_channel::<T>();
+    tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            let mut line = serde_json::to_vec(&message).expect("messages serialize");
+            line.push(b'\n');
+            if write.write_all(&line).await.is_err() {
+                break;
+            }
+        }
+    });
+    (BufReader::new(read).lines(), tx)
+}
+
 /// Reads the next message; `None` at the end of the connection.
-pub async fn read<T: DeserializeOwned>(lines: &mut Lines<BufReader<OwnedReadHalf>>) -> io::Result<Option<T>> {
+pub async fn read<T: DeserializeOwned>(lines: &mut Incoming) -> io::Result<Option<T>> {
     match lines.next_line().await? {
         None => Ok(None),
         Some(line) => serde_json::from_str(&line)
             .map(Some)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("a malformed message: {e}"))),
     }
-}
-
-/// The lines of a connection's read half.
-pub fn lines(half: OwnedReadHalf) -> Lines<BufReader<OwnedReadHalf>> {
-    BufReader::new(half).lines()
-}
-
-/// A sender of messages on a connection's write half, written in order by
-/// a task of their own (which ends when every sender is gone or the peer
-/// is).
-pub fn writer<T: Serialize + Send + 'static>(mut half: OwnedWriteHalf) -> mpsc::UnboundedSender<T> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<T>();
-    tokio::spawn(async move {
-        while let Some(message) = rx.recv().await {
-            let mut line = serde_json::to_vec(&message).expect("messages serialize");
-            line.push(b'\n');
-            if half.write_all(&line).await.is_err() {
-                break;
-            }
-        }
-    });
-    tx
 }

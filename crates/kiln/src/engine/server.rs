@@ -15,12 +15,14 @@ use kiln_api::{Api, Server};
 use kiln_oci::Credentials;
 use kiln_solver::{Engine, Export, ExportError, HostAccess, HostPathKind, LocalHost, Session};
 use kiln_store::{CopyStats, HostError, HostTree, KeepStorage, MergedView, PathFilter, Staged, Store, StoreError};
-use tokio::net::{UnixListener, UnixStream};
+use subtle::ConstantTimeEq;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
-use super::protocol::{self, EngineStatus, HostReply, HostRequest, SOCKET, ToClient, ToEngine, VERSION};
+use super::protocol::{self, EngineStatus, HostReply, HostRequest, SOCKET, Stream, ToClient, ToEngine, VERSION};
 
 /// Claims the right to serve `state_dir`: `None` when another engine
 /// serves it (an error unless `quiet`: a client started this engine and
@@ -69,10 +71,108 @@ struct Served {
     stop: watch::Sender<Option<Duration>>,
 }
 
-/// Serves `engine` on the socket in its state dir until a signal, until
-/// the state dir is removed, until `kiln engine stop`, or until no client
-/// was connected for `idle` (when given).
-pub async fn serve(engine: Arc<Engine>, idle: Option<Duration>, budget: KeepStorage) -> anyhow::Result<()> {
+/// A TCP listener for remote clients: TLS, then the engine's token.
+pub struct Tcp {
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    token: Arc<String>,
+}
+
+/// How long a TCP client has for its TLS handshake and its token.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+impl Tcp {
+    /// Listens on `addr` (`host:port`; port 0: any), with the certificate
+    /// and key `files` (else the state dir's self-signed pair) and the
+    /// token in `token_file` (else `<state_dir>/tls/token`, made once).
+    /// Says where, with what fingerprint and which token file, on stderr.
+    pub async fn listen(
+        state_dir: &Path,
+        addr: &str,
+        files: Option<(&Path, &Path)>,
+        token_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let tls = super::tls::server(state_dir, files)?;
+        let token_path = match token_file {
+            Some(path) => path.to_path_buf(),
+            None => {
+                let path = state_dir.join("tls/token");
+                if !path.exists() {
+                    std::fs::create_dir_all(state_dir.join("tls")).context("creating the tls directory")?;
+                    let token = kiln_api::server::new_token().context("making a token")?;
+                    std::fs::write(&path, token).with_context(|| format!("writing {}", path.display()))?;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                        .with_context(|| format!("making {} private", path.display()))?;
+                }
+                path
+            }
+        };
+        let token = std::fs::read_to_string(&token_path)
+            .with_context(|| format!("reading the token {}", token_path.display()))?
+            .trim()
+            .to_string();
+        if token.len() < 16 {
+            anyhow::bail!("the token in {} is shorter than 16 characters", token_path.display());
+        }
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on tcp://{addr}"))?;
+        let bound = listener.local_addr().context("the listening address")?;
+        eprintln!(
+            "kiln engine: listening on tcp://{bound} (TLS certificate {}; token in {})",
+            tls.fingerprint,
+            token_path.display()
+        );
+        Ok(Self {
+            listener,
+            tls: tls.acceptor,
+            token: Arc::new(token),
+        })
+    }
+}
+
+/// Makes a TCP client do its TLS handshake and give the token; one that
+/// fails either is answered (when it got as far as TLS) and dropped.
+async fn authenticate(
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    tls: TlsAcceptor,
+    token: Arc<String>,
+) -> Option<(protocol::Incoming, mpsc::UnboundedSender<ToClient>)> {
+    let stream: Box<dyn Stream> = match tokio::time::timeout(HANDSHAKE, tls.accept(tcp)).await {
+        Ok(Ok(stream)) => Box::new(stream),
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, "a TLS handshake failed: {e}");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "a client did not finish its TLS handshake in time");
+            return None;
+        }
+    };
+    let (mut lines, out) = protocol::split::<ToClient>(stream);
+    let given = match tokio::time::timeout(HANDSHAKE, protocol::read::<ToEngine>(&mut lines)).await {
+        Ok(Ok(Some(ToEngine::Auth { token }))) => token,
+        _ => String::new(),
+    };
+    if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        tracing::warn!(%peer, "a client gave no or a wrong token");
+        let message = "wrong or missing engine token: set KILN_TOKEN to the token the engine names".into();
+        let _ = out.send(ToClient::Refused { message });
+        return None;
+    }
+    Some((lines, out))
+}
+
+/// Serves `engine` on the socket in its state dir (and `tcp`, when given)
+/// until a signal, until the state dir is removed, until `kiln engine
+/// stop`, or until no client was connected for `idle` (when given).
+pub async fn serve(
+    engine: Arc<Engine>,
+    idle: Option<Duration>,
+    budget: KeepStorage,
+    tcp: Option<Tcp>,
+) -> anyhow::Result<()> {
     let root = engine.store().root().to_path_buf();
     let socket = root.join(SOCKET);
     let listener = listen(&socket)?;
@@ -96,16 +196,12 @@ pub async fn serve(engine: Arc<Engine>, idle: Option<Duration>, budget: KeepStor
         tokio::select! {
             accepted = listener.accept(), if draining.is_none() => {
                 let (stream, _) = accepted.context("accepting a client")?;
-                served.connections.fetch_add(1, Ordering::SeqCst);
                 idle_since = None;
-                let served = served.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = serve_connection(&served, stream).await {
-                        tracing::warn!("a client's session ended with an error: {e:#}");
-                    }
-                    served.connections.fetch_sub(1, Ordering::SeqCst);
-                    served.ended.notify_one();
-                });
+                spawn_connection(&served, Connection::Local(Box::new(stream)));
+            }
+            accepted = remote(&tcp), if draining.is_none() => {
+                idle_since = None;
+                spawn_connection(&served, accepted.context("accepting a remote client")?);
             }
             _ = served.ended.notified() => {
                 if served.connections.load(Ordering::SeqCst) == 0 {
@@ -161,14 +257,71 @@ fn listen(socket: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// A connection: on the local socket, or from a TCP client (TLS and the
+/// token still to come).
+enum Connection {
+    Local(Box<dyn Stream>),
+    Tcp {
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        tls: TlsAcceptor,
+        token: Arc<String>,
+    },
+}
+
+/// The next TCP client (never, without a TCP listener).
+async fn remote(tcp: &Option<Tcp>) -> io::Result<Connection> {
+    let Some(tcp) = tcp else {
+        return std::future::pending().await;
+    };
+    let (stream, peer) = tcp.listener.accept().await?;
+    Ok(Connection::Tcp {
+        stream,
+        peer,
+        tls: tcp.tls.clone(),
+        token: tcp.token.clone(),
+    })
+}
+
+/// Serves a connection in a task of its own.
+fn spawn_connection(served: &Arc<Served>, connection: Connection) {
+    served.connections.fetch_add(1, Ordering::SeqCst);
+    let served = served.clone();
+    tokio::spawn(async move {
+        let accepted = match connection {
+            Connection::Local(stream) => {
+                let (lines, out) = protocol::split::<ToClient>(stream);
+                Some((lines, out, false))
+            }
+            Connection::Tcp {
+                stream,
+                peer,
+                tls,
+                token,
+            } => authenticate(stream, peer, tls, token)
+                .await
+                .map(|(lines, out)| (lines, out, true)),
+        };
+        if let Some((lines, out, remote)) = accepted
+            && let Err(e) = serve_connection(&served, lines, out, remote).await
+        {
+            tracing::warn!("a client's session ended with an error: {e:#}");
+        }
+        served.connections.fetch_sub(1, Ordering::SeqCst);
+        served.ended.notify_one();
+    });
+}
+
 /// One connection: a client's session, from its hello to the end of the
 /// connection, or a status or stop request.
-async fn serve_connection(served: &Served, stream: UnixStream) -> anyhow::Result<()> {
+async fn serve_connection(
+    served: &Served,
+    mut lines: protocol::Incoming,
+    out: mpsc::UnboundedSender<ToClient>,
+    remote: bool,
+) -> anyhow::Result<()> {
     let engine = &served.engine;
     let budget = served.budget;
-    let (read, write) = stream.into_split();
-    let out = protocol::writer::<ToClient>(write);
-    let mut lines = protocol::lines(read);
     let (options, cwd) = match protocol::read(&mut lines).await? {
         Some(ToEngine::Hello {
             version: VERSION,
@@ -196,7 +349,7 @@ async fn serve_connection(served: &Served, stream: UnixStream) -> anyhow::Result
         _ => anyhow::bail!("the client did not open a session"),
     };
     served.sessions.fetch_add(1, Ordering::SeqCst);
-    let result = serve_session(engine, budget, options, cwd, &out, &mut lines).await;
+    let result = serve_session(engine, budget, options, cwd, &out, &mut lines, remote).await;
     served.sessions.fetch_sub(1, Ordering::SeqCst);
     result
 }
@@ -227,9 +380,10 @@ async fn serve_session(
     options: kiln_solver::SessionOptions,
     cwd: std::path::PathBuf,
     out: &mpsc::UnboundedSender<ToClient>,
-    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>,
+    lines: &mut protocol::Incoming,
+    remote: bool,
 ) -> anyhow::Result<()> {
-    let host = Arc::new(ClientHost::new(out.clone()));
+    let host = Arc::new(ClientHost::new(out.clone(), remote));
     let session = engine.session_for(host.clone(), options);
     let server = Server::new(Api::new(session.clone(), cwd), String::new()).context("building the schema")?;
     let _ = out.send(ToClient::Ready);
@@ -261,7 +415,7 @@ async fn serve_session(
                         let _ = out.send(ToClient::CacheDone { output, error });
                     });
                 }
-                Some(ToEngine::Hello { .. } | ToEngine::Status | ToEngine::Stop { .. }) => {
+                Some(ToEngine::Hello { .. } | ToEngine::Status | ToEngine::Stop { .. } | ToEngine::Auth { .. }) => {
                     tracing::warn!("a client asked for a session in its session")
                 }
                 // The client is gone: its requests are dropped, and with
@@ -302,20 +456,23 @@ fn finish(
 
 /// A client's host, as its session on the engine sees it. Its environment,
 /// the files it reads as its user, its commands and its registry
-/// credentials are asked of the client; the file system is shared (the
-/// socket admits only the engine's user), so scans, uploads and exports go
-/// to it directly.
+/// credentials are asked of the client. A local client shares the file
+/// system (the socket admits only the engine's user), so scans, uploads and
+/// exports go to it directly; a remote client's files are not reachable
+/// that way, and uploads through the connection are not built yet.
 struct ClientHost {
     local: LocalHost,
+    remote: bool,
     out: mpsc::UnboundedSender<ToClient>,
     next: AtomicU64,
     pending: Mutex<HashMap<u64, oneshot::Sender<HostReply>>>,
 }
 
 impl ClientHost {
-    fn new(out: mpsc::UnboundedSender<ToClient>) -> Self {
+    fn new(out: mpsc::UnboundedSender<ToClient>, remote: bool) -> Self {
         Self {
             local: LocalHost::default(),
+            remote,
             out,
             next: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
@@ -344,9 +501,28 @@ fn unexpected() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, "the client answered another question")
 }
 
+/// What a remote client cannot do yet.
+fn not_remote(what: &str) -> io::Error {
+    io::Error::other(format!(
+        "{what} of a client on another machine are not supported yet (kiln issue 11): run the pipeline \
+         on the engine's machine, or without KILN_HOST"
+    ))
+}
+
 impl HostAccess for ClientHost {
     fn kind(&self, path: &Path) -> HostPathKind {
-        self.local.kind(path)
+        if !self.remote {
+            return self.local.kind(path);
+        }
+        match self.ask(HostRequest::Kind { path: path.into() }) {
+            Ok(HostReply::Kind(kind)) => match kind.as_str() {
+                "directory" => HostPathKind::Directory,
+                "file" => HostPathKind::File,
+                "other" => HostPathKind::Other,
+                _ => HostPathKind::Missing,
+            },
+            _ => HostPathKind::Missing,
+        }
     }
 
     fn env(&self, name: &str) -> Option<String> {
@@ -381,10 +557,22 @@ impl HostAccess for ClientHost {
     }
 
     fn export(&self, view: &MergedView, export: &Export) -> Result<CopyStats, ExportError> {
+        if self.remote {
+            return Err(ExportError::Create {
+                path: export.dest.clone(),
+                source: not_remote("exports to the host"),
+            });
+        }
         self.local.export(view, export)
     }
 
     fn scan_dir(&self, store: &Store, root: &Path, filter: &PathFilter) -> Result<HostTree, HostError> {
+        if self.remote {
+            return Err(HostError {
+                path: root.to_path_buf(),
+                source: not_remote("host directories"),
+            });
+        }
         self.local.scan_dir(store, root, filter)
     }
 
