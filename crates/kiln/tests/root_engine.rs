@@ -295,6 +295,46 @@ fn root_registry_credentials_come_from_each_clients_own_docker_config() {
     assert!(shown.contains("credentials"), "{shown}");
 }
 
+/// A network namespace joined to the host by a veth pair (removed on drop):
+/// the engine listens inside it, the client reaches it from the host side.
+struct NetNs {
+    name: String,
+    /// The namespace side's address.
+    inner: String,
+}
+
+impl NetNs {
+    fn new() -> Self {
+        let id = std::process::id() % 200 + 10;
+        let name = format!("kiln-test-{}", std::process::id());
+        let (host_if, ns_if) = (format!("kvh{id}"), format!("kvn{id}"));
+        let (outer, inner) = (format!("10.231.{id}.1"), format!("10.231.{id}.2"));
+        let sh = |script: String| {
+            let out = std::process::Command::new("sh")
+                .args(["-ec", &script])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{script}: {}", text(&out.stderr));
+        };
+        sh(format!(
+            "ip netns add {name}; ip link add {host_if} type veth peer name {ns_if}; \
+             ip link set {ns_if} netns {name}; ip addr add {outer}/30 dev {host_if}; ip link set {host_if} up; \
+             ip -n {name} addr add {inner}/30 dev {ns_if}; ip -n {name} link set {ns_if} up; \
+             ip -n {name} link set lo up"
+        ));
+        Self { name, inner }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // The veth pair goes with the namespace.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 #[test]
 fn root_a_remote_engine_over_tls_needs_its_certificate_and_token() {
     if !kiln_testkit::require_root() {
@@ -302,11 +342,16 @@ fn root_a_remote_engine_over_tls_needs_its_certificate_and_token() {
     }
     let env = Env::new();
     let state = env.dir().join("state");
-    let mut child = env
-        .kiln(&["engine", "--listen", "tcp://127.0.0.1:0"])
+    let netns = NetNs::new();
+    let listen = format!("tcp://{}:0", netns.inner);
+    let kiln = env.kiln(&["engine", "--listen", &listen]);
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &netns.name, env!("CARGO_BIN_EXE_kiln")])
+        .args(kiln.get_args())
+        .envs(kiln.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
         .stderr(Stdio::piped())
         .spawn()
-        .expect("kiln engine starts");
+        .expect("kiln engine starts in the namespace");
     let mut first = String::new();
     BufReader::new(child.stderr.take().unwrap())
         .read_line(&mut first)
@@ -317,9 +362,14 @@ fn root_a_remote_engine_over_tls_needs_its_certificate_and_token() {
         first[start..].split([' ', ';', ')']).next().unwrap().to_string()
     };
     let (addr, fingerprint) = (word("tcp://"), word("sha256:"));
+    assert!(addr.starts_with(&format!("tcp://{}:", netns.inner)), "{addr}");
     let token_file = state.join("tls/token");
     let client_dir = tempfile::tempdir().unwrap();
-    let step = env.query("remote.graphql", &common::exec_query(None, "echo from-afar"));
+    // No image: the namespace does not reach the test's loopback registry.
+    let step = env.query(
+        "remote.graphql",
+        r#"{ directory { withNewFile(path: "a", contents: "from-afar") { file(path: "a") { contents } } } }"#,
+    );
     let query = |fingerprint: &str, token: &str, file: &Path| {
         let mut cmd = env.kiln(&["query", file.to_str().unwrap()]);
         cmd.env("KILN_HOST", &addr)
