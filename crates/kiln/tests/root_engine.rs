@@ -406,3 +406,22 @@ fn root_a_remote_engine_over_tls_needs_its_certificate_and_token() {
     let out = query(&fingerprint, token.trim(), &upload);
     assert!(text(&out.stdout).contains("not supported yet"), "{}", text(&out.stdout));
 }
+
+#[test]
+fn root_an_engine_a_client_starts_keeps_none_of_its_environment() {
+    if !kiln_testkit::require_root() {
+        return;
+    }
+    let env = Env::new();
+    let state = env.dir().join("state");
+    let step = env.query("step.graphql", r#"{ version }"#);
+    let mut cmd = env.kiln(&["query", step.to_str().unwrap()]);
+    cmd.env("KILN_TEST_CLIENT_SECRET", "a-value-only-this-client-has");
+    let out = run(cmd);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pid = std::fs::read_to_string(state.join("engine.lock")).unwrap();
+    let environ = std::fs::read(format!("/proc/{}/environ", pid.trim())).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(environ.contains("PATH="), "the engine keeps what it needs: {environ}");
+    assert!(!environ.contains("a-value-only-this-client-has"), "{environ}");
+}

@@ -37,6 +37,10 @@ pub struct Client {
 /// stops, unless the config says otherwise.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The environment variables an engine a client starts keeps: where to
+/// find programs (crun), its log level, locale and temp dir.
+const ENGINE_ENV: [&str; 7] = ["PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "KILN_LOG", "RUST_BACKTRACE"];
+
 /// How long a client waits for the engine it started to listen.
 const START_WAIT: Duration = Duration::from_secs(120);
 
@@ -69,6 +73,15 @@ impl Start {
             .with_context(|| format!("opening {}", log_path.display()))?;
         let exe = std::env::current_exe().context("finding the kiln binary")?;
         let mut cmd = std::process::Command::new(exe);
+        // The engine outlives this client and serves others: it gets none of
+        // this client's environment (which may hold secrets) but what it
+        // needs itself.
+        cmd.env_clear();
+        for name in ENGINE_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
         cmd.arg("--state-dir").arg(&self.state_dir);
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);
