@@ -27,6 +27,8 @@ pub struct PathFilter {
     exclude: Vec<(GlobMatcher, bool)>,
     has_negation: bool,
     fingerprint: [u8; 32],
+    /// The patterns as given (to pass the filter on to another machine).
+    patterns: (Vec<String>, Vec<String>),
 }
 
 impl Default for PathFilter {
@@ -37,6 +39,7 @@ impl Default for PathFilter {
             exclude: Vec::new(),
             has_negation: false,
             fingerprint: fingerprint(&[], &[]),
+            patterns: Default::default(),
         }
     }
 }
@@ -96,8 +99,14 @@ fn self_or_ancestor(m: &GlobMatcher, rel: &Path) -> bool {
 }
 
 impl PathFilter {
+    /// The include and exclude patterns the filter was made of.
+    pub fn patterns(&self) -> (&[String], &[String]) {
+        (&self.patterns.0, &self.patterns.1)
+    }
+
     /// Compiles the patterns. Empty `include` means everything.
     pub fn new(include: &[String], exclude: &[String]) -> Result<Self, FilterError> {
+        let patterns = (include.to_vec(), exclude.to_vec());
         let fingerprint = fingerprint(include, exclude);
         let include_parts = include.iter().map(|p| components(p)).collect();
         let include = include.iter().map(|p| compile(p)).collect::<Result<_, _>>()?;
@@ -114,6 +123,7 @@ impl PathFilter {
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
+            patterns,
             include,
             include_parts,
             exclude,

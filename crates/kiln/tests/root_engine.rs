@@ -336,7 +336,7 @@ impl Drop for NetNs {
 }
 
 #[test]
-fn root_a_remote_engine_over_tls_needs_its_certificate_and_token() {
+fn root_a_remote_engine_over_tls_takes_uploads_through_its_client() {
     if !kiln_testkit::require_root() {
         return;
     }
@@ -402,8 +402,53 @@ fn root_a_remote_engine_over_tls_needs_its_certificate_and_token() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("not the pinned"), "{}", text(&out.stderr));
 
-    let upload = env.query("upload.graphql", r#"{ host { directory(path: "/etc") { entries } } }"#);
-    let out = query(&fingerprint, token.trim(), &upload);
+    // A host directory only the client sees (a tmpfs in its own mount
+    // namespace) is uploaded through the connection; the second time,
+    // nothing of it is sent.
+    let only_here = tempfile::tempdir().unwrap();
+    let dir = only_here.path().to_str().unwrap();
+    let upload = env.query(
+        "upload.graphql",
+        &format!(r#"{{ host {{ directory(path: "{dir}") {{ file(path: "f.txt") {{ contents }} }} }} }}"#),
+    );
+    let upload_from_client = || {
+        let script = format!(
+            "mount -t tmpfs tmpfs {dir} && printf from-the-client > {dir}/f.txt && exec {} query {}",
+            env!("CARGO_BIN_EXE_kiln"),
+            upload.display()
+        );
+        let base = env.kiln(&[]);
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .envs(base.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+            .env("KILN_HOST", &addr)
+            .env("KILN_TLS_FINGERPRINT", &fingerprint)
+            .env("KILN_TOKEN", token.trim())
+            .env("KILN_LOG", "kiln::engine::client=debug");
+        run(cmd)
+    };
+    let out = upload_from_client();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("from-the-client"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("bytes=15"),
+        "the content went over: {}",
+        text(&out.stderr)
+    );
+    let out = upload_from_client();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("from-the-client"), "{}", text(&out.stdout));
+    assert!(
+        !text(&out.stderr).contains("sent file contents"),
+        "an unchanged tree sends no contents: {}",
+        text(&out.stderr)
+    );
+
+    let export = env.query(
+        "export.graphql",
+        r#"{ directory { withNewFile(path: "x", contents: "y") { export(path: "/tmp/kiln-remote-export") } } }"#,
+    );
+    let out = query(&fingerprint, token.trim(), &export);
     assert!(text(&out.stdout).contains("not supported yet"), "{}", text(&out.stdout));
 }
 

@@ -26,18 +26,37 @@ const MAX_UPLOAD_DEPTH: u32 = 32;
 /// Size of a filesystem block, for the size estimate of a full import.
 const BLOCK: u64 = 4096;
 
+/// Where the contents of an import's files come from, when not from the
+/// scanned directory on this machine (a client on another machine).
+pub trait FileSource: Sync {
+    /// Creates each of `files` (regular files of the selection) under
+    /// `dest` with its content, which must be what its digest says.
+    fn write(&self, files: &[&HostEntry], dest: &Path) -> Result<(), HostError>;
+}
+
 impl Store {
     /// Writes a scanned selection into a new staged snapshot: a layer with
     /// only the difference when the selection of the previous scan of the
     /// same directory and filter is still stored, else the whole selection.
     pub fn import_host(&self, tree: &HostTree) -> Result<Staged, StoreError> {
+        self.import(tree, None)
+    }
+
+    /// [`Store::import_host`] for a selection reported from another
+    /// machine, whose files' contents `source` writes. Nothing is asked of
+    /// it when the same selection is stored already.
+    pub fn import_host_from(&self, tree: &HostTree, source: &dyn FileSource) -> Result<Staged, StoreError> {
+        self.import(tree, Some(source))
+    }
+
+    fn import(&self, tree: &HostTree, source: Option<&dyn FileSource>) -> Result<Staged, StoreError> {
         let started = std::time::Instant::now();
         if let Some(staged) = self.import_difference(tree)? {
             tracing::debug!(root = %tree.root.display(), took = ?started.elapsed(), "host import: the difference");
             return Ok(staged);
         }
         let mut staged = self.stage(None)?;
-        staged.size = Some(import_all(tree, &staged.diff())?);
+        staged.size = Some(import_all(tree, &staged.diff(), source)?);
         let staged = holding(staged, tree);
         tracing::debug!(root = %tree.root.display(), took = ?started.elapsed(), "host import: everything");
         Ok(staged)
@@ -81,9 +100,10 @@ fn holding(mut staged: Staged, tree: &HostTree) -> Staged {
     staged
 }
 
-/// Copies the whole selection into `dest`; returns an estimate of the bytes
-/// it occupies.
-fn import_all(tree: &HostTree, dest: &Path) -> Result<u64, HostError> {
+/// Copies the whole selection into `dest` (the files' contents from
+/// `source`, else from the scanned directory); returns an estimate of the
+/// bytes it occupies.
+fn import_all(tree: &HostTree, dest: &Path, source: Option<&dyn FileSource>) -> Result<u64, HostError> {
     let mut size = BLOCK;
     let mut files = Vec::new();
     // Directories stay writable until their contents are in.
@@ -104,7 +124,15 @@ fn import_all(tree: &HostTree, dest: &Path) -> Result<u64, HostError> {
             }
         }
     }
-    copy_files(&tree.root, &files, dest)?;
+    match source {
+        Some(source) => {
+            source.write(&files, dest)?;
+            for e in &files {
+                set_owner_and_mode(&dest.join(&e.rel), e.mode)?;
+            }
+        }
+        None => copy_files(&tree.root, &files, dest)?,
+    }
     for e in tree.entries.iter().rev().filter(|e| e.kind == HostKind::Dir) {
         set_owner_and_mode(&dest.join(&e.rel), e.mode)?;
     }

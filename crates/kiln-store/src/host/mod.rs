@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use access::{EntryType, FileStat, HostFs, RealFs, Timestamp};
+pub use import::FileSource;
 
 use crate::filter::PathFilter;
 use stat_cache::StatCache;
@@ -51,6 +52,34 @@ pub struct HostEntry {
 }
 
 impl HostEntry {
+    /// An entry a scan on another machine found (its metadata there means
+    /// nothing here; only what the digest covers is kept).
+    pub fn reported(rel: PathBuf, kind: HostKind, mode: u32, digest: [u8; 32]) -> Self {
+        let (entry_type, size) = match &kind {
+            HostKind::Dir => (EntryType::Dir, 0),
+            HostKind::File(size) => (EntryType::File, *size),
+            HostKind::Symlink(_) => (EntryType::Symlink, 0),
+        };
+        let zero = Timestamp { secs: 0, nanos: 0 };
+        let stat = FileStat {
+            kind: entry_type,
+            mode,
+            size,
+            mtime: zero,
+            ctime: zero,
+            ino: 0,
+            dev: 0,
+        };
+        Self {
+            rel,
+            kind,
+            mode,
+            stat,
+            digest,
+            recorded: zero,
+        }
+    }
+
     /// The target of a symlink entry.
     pub(crate) fn target(&self) -> Option<&Path> {
         match &self.kind {
@@ -87,6 +116,27 @@ pub struct HostTree {
     /// The selection of the previous scan of the same directory and filter
     /// (from the stat cache): an import only writes the difference.
     pub(crate) previous: Option<Arc<StatCache>>,
+}
+
+impl HostTree {
+    /// The selection a scan on another machine reported, for `root` there:
+    /// its digest is computed here, as for a local scan, so equal content
+    /// gets equal keys wherever it was scanned.
+    pub fn reported(root: PathBuf, entries: Vec<HostEntry>) -> Self {
+        let (digest, bytes) = tree_digest(&entries);
+        let stats = ScanStats {
+            entries: entries.len() as u64,
+            ..ScanStats::default()
+        };
+        Self {
+            root,
+            entries,
+            digest,
+            bytes,
+            stats,
+            previous: None,
+        }
+    }
 }
 
 /// A host path that could not be read.
@@ -293,6 +343,24 @@ fn tree_digest(entries: &[HostEntry]) -> ([u8; 32], u64) {
 mod tests {
     use super::*;
     use std::fs::{self, File};
+
+    #[test]
+    fn a_reported_selection_has_the_digest_of_the_scanned_one() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir_all(root.join("src")).unwrap();
+        fs::write(root.join("src/a.py"), "print(1)").unwrap();
+        std::os::unix::fs::symlink("a.py", root.join("src/link")).unwrap();
+        let scanned = scan(root, &PathFilter::default()).unwrap();
+        let reported: Vec<HostEntry> = scanned
+            .entries
+            .iter()
+            .map(|e| HostEntry::reported(e.rel.clone(), e.kind.clone(), e.mode, e.digest))
+            .collect();
+        let tree = HostTree::reported(PathBuf::from("/elsewhere"), reported);
+        assert_eq!(tree.digest, scanned.digest);
+        assert_eq!(tree.bytes, scanned.bytes);
+    }
 
     #[test]
     fn digest_follows_content_not_times_and_prunes_excludes() {

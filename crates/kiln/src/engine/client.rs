@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,12 +15,15 @@ use kiln_api::server::{Bytes, Forward, StatusCode};
 use kiln_oci::Credentials;
 use kiln_solver::explain::Explanation;
 use kiln_solver::{Events, HostAccess, HostPathKind, LocalHost, SessionOptions, Stats};
+use kiln_store::host::HostKind;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
 
-use super::protocol::{self, CommandOutput, HostReply, HostRequest, Incoming, Stream, ToClient, ToEngine, VERSION};
+use super::protocol::{
+    self, CommandOutput, HostReply, HostRequest, Incoming, ScannedEntry, Stream, ToClient, ToEngine, VERSION,
+};
 use super::tls::{SELF_SIGNED_NAME, Trust};
 use crate::cache_cmd::CacheCommand;
 
@@ -243,6 +247,12 @@ fn answer(host: &LocalHost, request: HostRequest) -> HostReply {
             }
             .to_string(),
         ),
+        HostRequest::ScanDir { root, include, exclude } => {
+            HostReply::ScanDir(scan(&root, &include, &exclude).map_err(|e| format!("{e:#}")))
+        }
+        HostRequest::ReadFiles { root, rels } => {
+            HostReply::ReadFiles(read_files(&root, &rels).map_err(|e| format!("{e:#}")))
+        }
         HostRequest::RegistryCredentials { registry } => HostReply::RegistryCredentials(
             host.registry_credentials(&registry)
                 .map(|c| match c {
@@ -252,6 +262,71 @@ fn answer(host: &LocalHost, request: HostRequest) -> HostReply {
                 .map_err(|e| e.to_string()),
         ),
     }
+}
+
+/// Scans a directory of this host for an engine elsewhere, with this
+/// user's stat cache (`~/.cache/kiln/host-stat`): only new or changed files
+/// are read.
+fn scan(root: &Path, include: &[String], exclude: &[String]) -> anyhow::Result<Vec<ScannedEntry>> {
+    let filter = kiln_store::PathFilter::new(include, exclude)?;
+    let cache = dirs::cache_dir().map(|d| d.join("kiln/host-stat"));
+    if let Some(dir) = &cache {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
+    }
+    let tree = kiln_store::host::scan_with(root, &filter, &kiln_store::host::RealFs, cache.as_deref())?;
+    tracing::debug!(root = %root.display(), stats = ?tree.stats, "scanned for the engine");
+    Ok(tree
+        .entries
+        .into_iter()
+        .map(|e| {
+            let (kind, size, target) = match e.kind {
+                HostKind::Dir => ("dir", 0, None),
+                HostKind::File(size) => ("file", size, None),
+                HostKind::Symlink(target) => ("symlink", 0, Some(target)),
+            };
+            ScannedEntry {
+                rel: e.rel,
+                kind: kind.into(),
+                size,
+                target,
+                mode: e.mode,
+                digest: hex::encode(e.digest),
+            }
+        })
+        .collect())
+}
+
+/// Reads files of a directory of this host for an engine elsewhere; only
+/// plain relative paths under `root`, never through a final symlink.
+fn read_files(root: &Path, rels: &[PathBuf]) -> anyhow::Result<Vec<String>> {
+    use base64::Engine as _;
+    let mut sent = 0;
+    let contents = rels
+        .iter()
+        .map(|rel| {
+            if rel.is_absolute() || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+                anyhow::bail!(
+                    "the engine asked for {}, which is not under {}",
+                    rel.display(),
+                    root.display()
+                );
+            }
+            let path = root.join(rel);
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut bytes).with_context(|| format!("reading {}", path.display()))?;
+            sent += bytes.len();
+            Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    tracing::debug!(root = %root.display(), files = rels.len(), bytes = sent, "sent file contents to the engine");
+    Ok(contents)
 }
 
 impl Attached {

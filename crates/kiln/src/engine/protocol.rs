@@ -115,6 +115,15 @@ pub enum HostRequest {
     RegistryCredentials { registry: String },
     /// What is at a path of the client's host.
     Kind { path: PathBuf },
+    /// The selection of a host directory (scanned by the client, with its
+    /// own stat cache): paths, kinds, modes and content digests.
+    ScanDir {
+        root: PathBuf,
+        include: Vec<String>,
+        exclude: Vec<String>,
+    },
+    /// The contents of files of a host directory (relative paths).
+    ReadFiles { root: PathBuf, rels: Vec<PathBuf> },
 }
 
 /// The answer to a [`HostRequest`].
@@ -128,6 +137,24 @@ pub enum HostReply {
     RegistryCredentials(Result<Option<(String, String)>, String>),
     /// `missing`, `directory`, `file` or `other`.
     Kind(String),
+    ScanDir(Result<Vec<ScannedEntry>, String>),
+    /// The contents, base64, in the order asked.
+    ReadFiles(Result<Vec<String>, String>),
+}
+
+/// One entry of a directory a client scanned.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScannedEntry {
+    pub rel: PathBuf,
+    /// `dir`, `file` or `symlink`.
+    pub kind: String,
+    /// A file's size.
+    pub size: u64,
+    /// A symlink's target.
+    pub target: Option<PathBuf>,
+    pub mode: u32,
+    /// BLAKE3 of a file's content, hex (zeros otherwise).
+    pub digest: String,
 }
 
 /// What a command run by the client gave.

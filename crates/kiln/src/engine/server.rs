@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use kiln_api::{Api, Server};
 use kiln_oci::Credentials;
 use kiln_solver::{Engine, Export, ExportError, HostAccess, HostPathKind, LocalHost, Session};
+use kiln_store::host::{FileSource, HostEntry, HostKind};
 use kiln_store::{CopyStats, HostError, HostTree, KeepStorage, MergedView, PathFilter, Staged, Store, StoreError};
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, UnixListener};
@@ -22,7 +23,9 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use super::protocol::{self, EngineStatus, HostReply, HostRequest, SOCKET, Stream, ToClient, ToEngine, VERSION};
+use super::protocol::{
+    self, EngineStatus, HostReply, HostRequest, SOCKET, ScannedEntry, Stream, ToClient, ToEngine, VERSION,
+};
 
 /// Claims the right to serve `state_dir`: `None` when another engine
 /// serves it (an error unless `quiet`: a client started this engine and
@@ -501,6 +504,92 @@ fn unexpected() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, "the client answered another question")
 }
 
+/// An entry a client scanned, as the store knows entries.
+fn reported(e: ScannedEntry) -> io::Result<HostEntry> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {what}", e.rel.display()));
+    if e.rel.is_absolute()
+        || e.rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(bad("not a plain relative path"));
+    }
+    let kind = match (e.kind.as_str(), &e.target) {
+        ("dir", _) => HostKind::Dir,
+        ("file", _) => HostKind::File(e.size),
+        ("symlink", Some(target)) => HostKind::Symlink(target.clone()),
+        _ => return Err(bad("an unknown kind of entry")),
+    };
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(&e.digest, &mut digest).map_err(|_| bad("a malformed digest"))?;
+    Ok(HostEntry::reported(e.rel, kind, e.mode, digest))
+}
+
+/// The most content one answer of a client carries.
+const CONTENT_BATCH: u64 = 4 << 20;
+
+/// Files of a client's host directory, asked of the client in batches and
+/// checked against the digests of its scan.
+struct ClientFiles<'a> {
+    host: &'a ClientHost,
+    root: &'a Path,
+}
+
+impl FileSource for ClientFiles<'_> {
+    fn write(&self, files: &[&HostEntry], dest: &Path) -> Result<(), HostError> {
+        use base64::Engine as _;
+        let mut rest = files;
+        while !rest.is_empty() {
+            let mut size = 0;
+            let n = rest
+                .iter()
+                .take_while(|e| {
+                    size += e.stat.size;
+                    size <= CONTENT_BATCH
+                })
+                .count()
+                .max(1);
+            let (batch, later) = rest.split_at(n);
+            rest = later;
+            let failed = |source: io::Error| HostError {
+                path: self.root.join(&batch[0].rel),
+                source,
+            };
+            let request = HostRequest::ReadFiles {
+                root: self.root.to_path_buf(),
+                rels: batch.iter().map(|e| e.rel.clone()).collect(),
+            };
+            let contents = match self.host.ask(request).map_err(failed)? {
+                HostReply::ReadFiles(Ok(contents)) if contents.len() == batch.len() => contents,
+                HostReply::ReadFiles(Err(message)) => return Err(failed(io::Error::other(message))),
+                _ => return Err(failed(unexpected())),
+            };
+            for (e, content) in batch.iter().zip(contents) {
+                let path = self.root.join(&e.rel);
+                let failed = |source: io::Error| HostError {
+                    path: path.clone(),
+                    source,
+                };
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(content)
+                    .map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+                if *blake3::hash(&bytes).as_bytes() != e.digest {
+                    return Err(failed(io::Error::other("changed while kiln was reading it; run again")));
+                }
+                let to = dest.join(&e.rel);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&to)
+                    .and_then(|mut f| f.write_all(&bytes))
+                    .map_err(|source| HostError { path: to, source })?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a remote client cannot do yet.
 fn not_remote(what: &str) -> io::Error {
     io::Error::other(format!(
@@ -567,17 +656,43 @@ impl HostAccess for ClientHost {
     }
 
     fn scan_dir(&self, store: &Store, root: &Path, filter: &PathFilter) -> Result<HostTree, HostError> {
-        if self.remote {
-            return Err(HostError {
-                path: root.to_path_buf(),
-                source: not_remote("host directories"),
-            });
+        if !self.remote {
+            return self.local.scan_dir(store, root, filter);
         }
-        self.local.scan_dir(store, root, filter)
+        let failed = |source: io::Error| HostError {
+            path: root.to_path_buf(),
+            source,
+        };
+        let (include, exclude) = filter.patterns();
+        let request = HostRequest::ScanDir {
+            root: root.to_path_buf(),
+            include: include.to_vec(),
+            exclude: exclude.to_vec(),
+        };
+        let entries = match self.ask(request).map_err(failed)? {
+            HostReply::ScanDir(Ok(entries)) => entries,
+            HostReply::ScanDir(Err(message)) => return Err(failed(io::Error::other(message))),
+            _ => return Err(failed(unexpected())),
+        };
+        let entries = entries
+            .into_iter()
+            .map(reported)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(failed)?;
+        Ok(HostTree::reported(root.to_path_buf(), entries))
     }
 
     fn upload_dir(&self, store: &Store, tree: &HostTree) -> Result<Staged, StoreError> {
-        self.local.upload_dir(store, tree)
+        if !self.remote {
+            return self.local.upload_dir(store, tree);
+        }
+        store.import_host_from(
+            tree,
+            &ClientFiles {
+                host: self,
+                root: &tree.root,
+            },
+        )
     }
 
     fn registry_credentials(&self, host: &str) -> Result<Credentials, kiln_oci::Error> {
