@@ -403,17 +403,18 @@ fn root_a_remote_engine_over_tls_takes_uploads_through_its_client() {
     assert!(text(&out.stderr).contains("not the pinned"), "{}", text(&out.stderr));
 
     // A host directory only the client sees (a tmpfs in its own mount
-    // namespace) is uploaded through the connection; the second time,
-    // nothing of it is sent.
+    // namespace) is uploaded through the connection; unchanged, nothing of
+    // it is sent again; with one file changed, only that file.
     let only_here = tempfile::tempdir().unwrap();
     let dir = only_here.path().to_str().unwrap();
     let upload = env.query(
         "upload.graphql",
         &format!(r#"{{ host {{ directory(path: "{dir}") {{ file(path: "f.txt") {{ contents }} }} }} }}"#),
     );
-    let upload_from_client = || {
+    let upload_from_client = |content: &str| {
         let script = format!(
-            "mount -t tmpfs tmpfs {dir} && printf from-the-client > {dir}/f.txt && exec {} query {}",
+            "mount -t tmpfs tmpfs {dir} && printf {content} > {dir}/f.txt && \
+             head -c 1000 /dev/zero > {dir}/g.bin && exec {} query {}",
             env!("CARGO_BIN_EXE_kiln"),
             upload.display()
         );
@@ -427,20 +428,29 @@ fn root_a_remote_engine_over_tls_takes_uploads_through_its_client() {
             .env("KILN_LOG", "kiln::engine::client=debug");
         run(cmd)
     };
-    let out = upload_from_client();
+    let out = upload_from_client("from-the-client");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("from-the-client"), "{}", text(&out.stdout));
+    let sent = |out: &std::process::Output, what: &str| text(&out.stderr).contains(what);
     assert!(
-        text(&out.stderr).contains("bytes=15"),
-        "the content went over: {}",
+        sent(&out, "files=2 bytes=1015"),
+        "both went over: {}",
         text(&out.stderr)
     );
-    let out = upload_from_client();
+    let out = upload_from_client("from-the-client");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("from-the-client"), "{}", text(&out.stdout));
     assert!(
         !text(&out.stderr).contains("sent file contents"),
         "an unchanged tree sends no contents: {}",
+        text(&out.stderr)
+    );
+    let out = upload_from_client("changed");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("changed"), "{}", text(&out.stdout));
+    assert!(
+        sent(&out, "files=1 bytes=7"),
+        "only the change went over: {}",
         text(&out.stderr)
     );
 

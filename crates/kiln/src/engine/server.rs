@@ -72,7 +72,13 @@ struct Served {
     ended: Notify,
     /// Set by `kiln engine stop`: how long to wait for the sessions.
     stop: watch::Sender<Option<Duration>>,
+    /// What remote clients uploaded last, by directory.
+    uploads: Uploads,
 }
+
+/// The selection last uploaded from each directory of remote clients (the
+/// digest finds its snapshot while it is stored).
+type Uploads = Arc<Mutex<HashMap<std::path::PathBuf, [u8; 32]>>>;
 
 /// A TCP listener for remote clients: TLS, then the engine's token.
 pub struct Tcp {
@@ -188,6 +194,7 @@ pub async fn serve(
         sessions: AtomicUsize::new(0),
         ended: Notify::new(),
         stop: watch::channel(None).0,
+        uploads: Uploads::default(),
     });
     let mut stop = served.stop.subscribe();
     let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
@@ -323,8 +330,6 @@ async fn serve_connection(
     out: mpsc::UnboundedSender<ToClient>,
     remote: bool,
 ) -> anyhow::Result<()> {
-    let engine = &served.engine;
-    let budget = served.budget;
     let (options, cwd) = match protocol::read(&mut lines).await? {
         Some(ToEngine::Hello {
             version: VERSION,
@@ -352,7 +357,7 @@ async fn serve_connection(
         _ => anyhow::bail!("the client did not open a session"),
     };
     served.sessions.fetch_add(1, Ordering::SeqCst);
-    let result = serve_session(engine, budget, options, cwd, &out, &mut lines, remote).await;
+    let result = serve_session(served, options, cwd, &out, &mut lines, remote).await;
     served.sessions.fetch_sub(1, Ordering::SeqCst);
     result
 }
@@ -378,15 +383,15 @@ async fn status(served: &Served) -> EngineStatus {
 
 /// Serves one session until its client goes away.
 async fn serve_session(
-    engine: &Arc<Engine>,
-    budget: KeepStorage,
+    served: &Served,
     options: kiln_solver::SessionOptions,
     cwd: std::path::PathBuf,
     out: &mpsc::UnboundedSender<ToClient>,
     lines: &mut protocol::Incoming,
     remote: bool,
 ) -> anyhow::Result<()> {
-    let host = Arc::new(ClientHost::new(out.clone(), remote));
+    let (engine, budget) = (&served.engine, served.budget);
+    let host = Arc::new(ClientHost::new(out.clone(), remote, served.uploads.clone()));
     let session = engine.session_for(host.clone(), options);
     let server = Server::new(Api::new(session.clone(), cwd), String::new()).context("building the schema")?;
     let _ = out.send(ToClient::Ready);
@@ -466,16 +471,19 @@ fn finish(
 struct ClientHost {
     local: LocalHost,
     remote: bool,
+    /// The selection last uploaded from each directory of remote clients.
+    uploads: Uploads,
     out: mpsc::UnboundedSender<ToClient>,
     next: AtomicU64,
     pending: Mutex<HashMap<u64, oneshot::Sender<HostReply>>>,
 }
 
 impl ClientHost {
-    fn new(out: mpsc::UnboundedSender<ToClient>, remote: bool) -> Self {
+    fn new(out: mpsc::UnboundedSender<ToClient>, remote: bool, uploads: Uploads) -> Self {
         Self {
             local: LocalHost::default(),
             remote,
+            uploads,
             out,
             next: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
@@ -533,12 +541,41 @@ const CONTENT_BATCH: u64 = 4 << 20;
 struct ClientFiles<'a> {
     host: &'a ClientHost,
     root: &'a Path,
+    /// The previous upload of the same directory, if still stored.
+    previous: Option<MergedView>,
+}
+
+impl ClientFiles<'_> {
+    /// Copies `e` from the previous upload when that holds the same
+    /// content at the same path; whether it did.
+    fn copy_unchanged(&self, e: &HostEntry, to: &Path) -> bool {
+        let Some(view) = &self.previous else { return false };
+        let Ok(Some(old)) = view.lookup(&e.rel) else {
+            return false;
+        };
+        if !old.meta.is_file() || old.meta.len() != e.stat.size {
+            return false;
+        }
+        let same = std::fs::read(&old.real).is_ok_and(|bytes| *blake3::hash(&bytes).as_bytes() == e.digest);
+        same && std::fs::copy(&old.real, to).is_ok()
+    }
 }
 
 impl FileSource for ClientFiles<'_> {
     fn write(&self, files: &[&HostEntry], dest: &Path) -> Result<(), HostError> {
         use base64::Engine as _;
-        let mut rest = files;
+        let wanted: Vec<&HostEntry> = files
+            .iter()
+            .copied()
+            .filter(|e| !self.copy_unchanged(e, &dest.join(&e.rel)))
+            .collect();
+        tracing::debug!(
+            root = %self.root.display(),
+            unchanged = files.len() - wanted.len(),
+            asked = wanted.len(),
+            "uploading from a client"
+        );
+        let mut rest = wanted.as_slice();
         while !rest.is_empty() {
             let mut size = 0;
             let n = rest
@@ -686,13 +723,25 @@ impl HostAccess for ClientHost {
         if !self.remote {
             return self.local.upload_dir(store, tree);
         }
-        store.import_host_from(
+        // The previous upload of this directory: its files that are
+        // unchanged are copied here instead of sent again.
+        let previous = self.uploads.lock().expect("uploads lock").get(&tree.root).copied();
+        let previous = previous
+            .and_then(|digest| store.db().host_content(&digest).ok().flatten())
+            .and_then(|id| store.view(Some(id)).ok());
+        let staged = store.import_host_from(
             tree,
             &ClientFiles {
                 host: self,
                 root: &tree.root,
+                previous,
             },
-        )
+        )?;
+        self.uploads
+            .lock()
+            .expect("uploads lock")
+            .insert(tree.root.clone(), tree.digest);
+        Ok(staged)
     }
 
     fn registry_credentials(&self, host: &str) -> Result<Credentials, kiln_oci::Error> {
