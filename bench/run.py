@@ -24,6 +24,10 @@ Benchmarks (--only NAME[,NAME] to run some):
                  engine (the cost of a client), and a fully cached 5-step
                  pipeline run by one client vs by 20 clients at once (total
                  time); the engine's peak RSS beside.
+  remote-upload  the same host tree uploaded to an engine listening on
+                 loopback TLS (`kiln engine --listen`, the client with
+                 KILN_HOST): first upload (fresh engine, empty client stat
+                 cache) and unchanged re-upload, vs `tar -cf - | cat`.
   host-tree      a host tree of 100k files / 1 GB (generated once, the same
                  bytes every time, under the cache dir): first upload vs
                  `tar -cf - | cat >/dev/null`, unchanged re-upload vs
@@ -46,7 +50,7 @@ import time
 import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCHMARKS = ["exec-overhead", "cached-ops", "clients", "pipeline", "host-tree"]
+BENCHMARKS = ["exec-overhead", "cached-ops", "clients", "pipeline", "host-tree", "remote-upload"]
 
 
 class Measured:
@@ -339,6 +343,54 @@ def bench_host_tree(kiln, env, runs, files, total_bytes):
     ]
 
 
+def start_remote_engine(kiln, env, state):
+    """`kiln engine --listen` on loopback: its process and the client's env."""
+    p = subprocess.Popen(kiln_cmd(kiln, "engine", "--listen", "tcp://127.0.0.1:0"),
+                         env=with_state(env, state), stderr=subprocess.PIPE, text=True)
+    line = p.stderr.readline()
+    words = line.replace(";", " ").replace(")", " ").split()
+    addr = next(w for w in words if w.startswith("tcp://"))
+    fingerprint = next(w for w in words if w.startswith("sha256:"))
+    client = dict(env, KILN_HOST=addr, KILN_TLS_FINGERPRINT=fingerprint,
+                  KILN_TOKEN_FILE=os.path.join(state, "tls", "token"))
+    return p, client
+
+
+def bench_remote_upload(kiln, env, runs, files, total_bytes):
+    tree, _ = ensure_host_tree(files, total_bytes)
+    work = tempfile.mkdtemp(prefix="kiln-bench-remote-")
+    query = os.path.join(work, "upload.graphql")
+    with open(query, "w") as f:
+        f.write('{ host { directory(path: "%s") { sync } } }\n' % tree)
+    tar = repeat(lambda: run_measured(["sh", "-c", f"tar -cf - -C {tree} . | cat >/dev/null"]), runs)
+    first = Series()
+    for i in range(runs):
+        engine, client = start_remote_engine(kiln, env, os.path.join(work, f"state-{i}"))
+        client["XDG_CACHE_HOME"] = os.path.join(work, f"client-cache-{i}")  # the client's stat cache
+        try:
+            first.add(kiln_query_file(kiln, client, query))
+        finally:
+            engine.terminate()
+            engine.wait()
+    engine, client = start_remote_engine(kiln, env, os.path.join(work, "state-warm"))
+    client["XDG_CACHE_HOME"] = os.path.join(work, "client-cache-warm")
+    try:
+        kiln_query_file(kiln, client, query)
+        unchanged = repeat(lambda: kiln_query_file(kiln, client, query), runs)
+    finally:
+        engine.terminate()
+        engine.wait()
+    shutil.rmtree(work, ignore_errors=True)
+    label = f"{files // 1000}k files / {total_bytes >> 20} MiB"
+    return [
+        (f"host tree {label}: `tar -cf - | cat >/dev/null`", tar.ms(), tar.rss()),
+        (f"host tree {label}: first upload to a loopback TLS engine", first.ms(), first.rss()),
+        ("ratio: first remote upload / tar", first.ms() / tar.ms(), None),
+        (f"host tree {label}: unchanged re-upload to it", unchanged.ms(), unchanged.rss()),
+        ("ratio: unchanged remote re-upload / tar", unchanged.ms() / tar.ms(), None),
+    ]
+
+
 # --- 4. Dockerfile-equivalent pipeline ----------------------------------------
 
 STEPS = [
@@ -582,6 +634,8 @@ def main():
         rows += bench_pipeline(kiln, env, args.runs)
     if "host-tree" in only:
         rows += bench_host_tree(kiln, env, args.runs, args.files, args.tree_bytes)
+    if "remote-upload" in only:
+        rows += bench_remote_upload(kiln, env, args.runs, args.files, args.tree_bytes)
     out = table(rows)
     print(out)
     if args.record:
