@@ -247,14 +247,17 @@ impl Engine {
             duration_ms: duration.as_millis() as u64,
         };
         let rec = record.clone();
+        // Off the async threads: a commit may wait for the flusher's sync.
+        let (def, what) = (node.digest(), description.clone());
         ops::blocking(store, &description, move |store| {
-            Ok(store.commit(staged, Some((key.as_bytes(), &rec)))?)
+            store.commit(staged, Some((key.as_bytes(), &rec)))?;
+            // Kept to explain the next miss of this op.
+            if let Err(e) = explain::record(store.db(), &def, &footprint) {
+                tracing::warn!("recording how {what} was keyed: {e}");
+            }
+            Ok(())
         })
         .await?;
-        // Kept to explain the next miss of this op.
-        if let Err(e) = explain::record(store.db(), &node.digest(), &footprint) {
-            tracing::warn!("recording how {description} was keyed: {e}");
-        }
         let exec = ExecMeta::from_meta(&record.meta);
         audience.emit(EventKind::Done { duration }, exec);
         Ok(Arc::new(Solved {

@@ -409,7 +409,9 @@ async fn serve_session(
                     });
                 }
                 Some(ToEngine::Host { id, reply }) => host.answered(id, reply),
-                Some(ToEngine::Finish) => finish(engine, &session, &mut events, out),
+                Some(ToEngine::Finish) => {
+                    requests.spawn(finish(engine.clone(), &session, &mut events, out.clone()));
+                }
                 Some(ToEngine::Cache { command }) => {
                     let (store, out) = (engine.store().clone(), out.clone());
                     requests.spawn(async move {
@@ -444,22 +446,26 @@ async fn serve_session(
 }
 
 /// Answers [`ToEngine::Finish`]: events sent so far, then the summary.
+/// The events so far are sent at once; the flush (a filesystem sync, which
+/// may take long on a busy disk) runs off the engine's async threads, so
+/// that it never stalls other sessions, and the summary follows it.
 fn finish(
-    engine: &Engine,
+    engine: Arc<Engine>,
     session: &Session,
     events: &mut broadcast::Receiver<kiln_solver::Event>,
-    out: &mpsc::UnboundedSender<ToClient>,
-) {
+    out: mpsc::UnboundedSender<ToClient>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     while let Ok(event) = events.try_recv() {
         let _ = out.send(ToClient::Event { event });
     }
-    if let Err(e) = engine.store().flush() {
-        tracing::warn!("could not make the cache durable: {e}");
+    let (stats, explanations) = (session.stats(), session.explanations());
+    async move {
+        let flushed = tokio::task::spawn_blocking(move || engine.store().flush()).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!("could not make the cache durable: {e}");
+        }
+        let _ = out.send(ToClient::Finished { stats, explanations });
     }
-    let _ = out.send(ToClient::Finished {
-        stats: session.stats(),
-        explanations: session.explanations(),
-    });
 }
 
 /// A client's host, as its session on the engine sees it. Its environment,
