@@ -306,7 +306,7 @@ fn read_files(root: &Path, rels: &[PathBuf]) -> anyhow::Result<Vec<String>> {
     let contents = rels
         .iter()
         .map(|rel| {
-            if rel.is_absolute() || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            if !protocol::plain_relative(rel) {
                 anyhow::bail!(
                     "the engine asked for {}, which is not under {}",
                     rel.display(),

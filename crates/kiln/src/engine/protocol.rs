@@ -142,6 +142,12 @@ pub enum HostReply {
     ReadFiles(Result<Vec<String>, String>),
 }
 
+/// Whether a path of a scanned directory is plain and relative (no root,
+/// no `..`, no `.`): the only kind either side accepts from the other.
+pub fn plain_relative(path: &std::path::Path) -> bool {
+    path.components().all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
 /// One entry of a directory a client scanned.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ScannedEntry {

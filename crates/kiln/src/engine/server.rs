@@ -76,9 +76,9 @@ struct Served {
     uploads: Uploads,
 }
 
-/// The selection last uploaded from each directory of remote clients (the
+/// The selection last uploaded from each directory of remote clients (its
 /// digest finds its snapshot while it is stored).
-type Uploads = Arc<Mutex<HashMap<std::path::PathBuf, [u8; 32]>>>;
+type Uploads = Arc<Mutex<HashMap<std::path::PathBuf, Arc<HostTree>>>>;
 
 /// A TCP listener for remote clients: TLS, then the engine's token.
 pub struct Tcp {
@@ -104,17 +104,7 @@ impl Tcp {
         let tls = super::tls::server(state_dir, files)?;
         let token_path = match token_file {
             Some(path) => path.to_path_buf(),
-            None => {
-                let path = state_dir.join("tls/token");
-                if !path.exists() {
-                    std::fs::create_dir_all(state_dir.join("tls")).context("creating the tls directory")?;
-                    let token = kiln_api::server::new_token().context("making a token")?;
-                    std::fs::write(&path, token).with_context(|| format!("writing {}", path.display()))?;
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                        .with_context(|| format!("making {} private", path.display()))?;
-                }
-                path
-            }
+            None => super::tls::own_token(state_dir)?,
         };
         let token = std::fs::read_to_string(&token_path)
             .with_context(|| format!("reading the token {}", token_path.display()))?
@@ -521,11 +511,7 @@ fn unexpected() -> io::Error {
 /// An entry a client scanned, as the store knows entries.
 fn reported(e: ScannedEntry) -> io::Result<HostEntry> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {what}", e.rel.display()));
-    if e.rel.is_absolute()
-        || e.rel
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-    {
+    if !protocol::plain_relative(&e.rel) {
         return Err(bad("not a plain relative path"));
     }
     let kind = match (e.kind.as_str(), &e.target) {
@@ -547,23 +533,26 @@ const CONTENT_BATCH: u64 = 4 << 20;
 struct ClientFiles<'a> {
     host: &'a ClientHost,
     root: &'a Path,
-    /// The previous upload of the same directory, if still stored.
-    previous: Option<MergedView>,
+    /// The previous upload of the same directory, if still stored: its
+    /// snapshot, and the digest of each of its files (checked when they
+    /// came, so never read again to compare).
+    previous: Option<(MergedView, HashMap<&'a Path, [u8; 32]>)>,
 }
 
 impl ClientFiles<'_> {
     /// Copies `e` from the previous upload when that holds the same
     /// content at the same path; whether it did.
     fn copy_unchanged(&self, e: &HostEntry, to: &Path) -> bool {
-        let Some(view) = &self.previous else { return false };
+        let Some((view, digests)) = &self.previous else {
+            return false;
+        };
+        if digests.get(e.rel.as_path()) != Some(&e.digest) {
+            return false;
+        }
         let Ok(Some(old)) = view.lookup(&e.rel) else {
             return false;
         };
-        if !old.meta.is_file() || old.meta.len() != e.stat.size {
-            return false;
-        }
-        let same = std::fs::read(&old.real).is_ok_and(|bytes| *blake3::hash(&bytes).as_bytes() == e.digest);
-        same && std::fs::copy(&old.real, to).is_ok()
+        old.meta.is_file() && std::fs::copy(&old.real, to).is_ok()
     }
 }
 
@@ -731,10 +720,18 @@ impl HostAccess for ClientHost {
         }
         // The previous upload of this directory: its files that are
         // unchanged are copied here instead of sent again.
-        let previous = self.uploads.lock().expect("uploads lock").get(&tree.root).copied();
-        let previous = previous
-            .and_then(|digest| store.db().host_content(&digest).ok().flatten())
-            .and_then(|id| store.view(Some(id)).ok());
+        let before = self.uploads.lock().expect("uploads lock").get(&tree.root).cloned();
+        let previous = before.as_deref().and_then(|before| {
+            let id = store.db().host_content(&before.digest).ok().flatten()?;
+            let view = store.view(Some(id)).ok()?;
+            let digests = before
+                .entries
+                .iter()
+                .filter(|e| matches!(e.kind, HostKind::File(_)))
+                .map(|e| (e.rel.as_path(), e.digest))
+                .collect();
+            Some((view, digests))
+        });
         let staged = store.import_host_from(
             tree,
             &ClientFiles {
@@ -746,7 +743,7 @@ impl HostAccess for ClientHost {
         self.uploads
             .lock()
             .expect("uploads lock")
-            .insert(tree.root.clone(), tree.digest);
+            .insert(tree.root.clone(), Arc::new(tree.clone()));
         Ok(staged)
     }
 

@@ -79,14 +79,30 @@ pub fn server(state_dir: &Path, files: Option<(&Path, &Path)>) -> anyhow::Result
     })
 }
 
+/// `<state_dir>/tls`, created when missing.
+fn tls_dir(state_dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = state_dir.join("tls");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The file holding the engine's own token for TCP clients, made once.
+pub fn own_token(state_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = tls_dir(state_dir)?.join("token");
+    if !path.exists() {
+        let token = kiln_api::server::new_token().context("making a token")?;
+        write_private(&path, token.as_bytes())?;
+    }
+    Ok(path)
+}
+
 /// The engine's own certificate and key, made once.
 fn self_signed(state_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let dir = state_dir.join("tls");
+    let dir = tls_dir(state_dir)?;
     let (cert, key) = (dir.join("engine.crt"), dir.join("engine.key"));
     if cert.exists() && key.exists() {
         return Ok((cert, key));
     }
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let made = rcgen::generate_simple_self_signed(vec![SELF_SIGNED_NAME.to_string()])
         .context("making a self-signed certificate")?;
     let _ = fs::remove_file(&cert);
