@@ -39,6 +39,9 @@ pub enum ExportError {
     /// Copying.
     #[error(transparent)]
     Copy(#[from] kiln_store::CopyError),
+    /// Writing on a client's host on another machine (its account).
+    #[error("on the client's host: {0}")]
+    Client(String),
 }
 
 /// Where an export goes and how.

@@ -336,7 +336,7 @@ impl Drop for NetNs {
 }
 
 #[test]
-fn root_a_remote_engine_over_tls_takes_uploads_through_its_client() {
+fn root_a_remote_engine_over_tls_takes_uploads_from_and_exports_to_its_client() {
     if !kiln_testkit::require_root() {
         return;
     }
@@ -425,7 +425,7 @@ fn root_a_remote_engine_over_tls_takes_uploads_through_its_client() {
             .env("KILN_HOST", &addr)
             .env("KILN_TLS_FINGERPRINT", &fingerprint)
             .env("KILN_TOKEN", token.trim())
-            .env("KILN_LOG", "kiln::engine::client=debug");
+            .env("KILN_LOG", "kiln::engine::answers=debug");
         run(cmd)
     };
     let out = upload_from_client("from-the-client");
@@ -433,7 +433,7 @@ fn root_a_remote_engine_over_tls_takes_uploads_through_its_client() {
     assert!(text(&out.stdout).contains("from-the-client"), "{}", text(&out.stdout));
     let sent = |out: &std::process::Output, what: &str| text(&out.stderr).contains(what);
     assert!(
-        sent(&out, "files=2 bytes=1015"),
+        sent(&out, "pieces=2 bytes=1015"),
         "both went over: {}",
         text(&out.stderr)
     );
@@ -449,17 +449,54 @@ fn root_a_remote_engine_over_tls_takes_uploads_through_its_client() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("changed"), "{}", text(&out.stdout));
     assert!(
-        sent(&out, "files=1 bytes=7"),
+        sent(&out, "pieces=1 bytes=7"),
         "only the change went over: {}",
         text(&out.stderr)
     );
 
+    // Exports are written by the client, into its own mount namespace: a
+    // directory (a subdirectory, an executable file, a file whose parent
+    // is in the way) and a file.
     let export = env.query(
         "export.graphql",
-        r#"{ directory { withNewFile(path: "x", contents: "y") { export(path: "/tmp/kiln-remote-export") } } }"#,
+        &format!(
+            r#"{{
+              d: directory {{ withNewFile(path: "x", contents: "y") {{
+                   withNewFile(path: "bin/tool", contents: "run me", permissions: 493) {{
+                     export(path: "{dir}/out") }} }} }}
+              f: directory {{ withNewFile(path: "s", contents: "single") {{ file(path: "s") {{
+                   export(path: "{dir}/deep/single.txt") }} }} }}
+            }}"#
+        ),
     );
-    let out = query(&fingerprint, token.trim(), &export);
-    assert!(text(&out.stdout).contains("not supported yet"), "{}", text(&out.stdout));
+    let script = format!(
+        "mount -t tmpfs tmpfs {dir} && mkdir {dir}/out && echo stale > {dir}/out/x && {} query {} && \
+         cat {dir}/out/x {dir}/out/bin/tool {dir}/deep/single.txt && stat -c 'mode=%a' {dir}/out/bin/tool && \
+         ls -A {dir}/out {dir}/deep",
+        env!("CARGO_BIN_EXE_kiln"),
+        export.display()
+    );
+    let base = env.kiln(&[]);
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .envs(base.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .env("KILN_HOST", &addr)
+        .env("KILN_TLS_FINGERPRINT", &fingerprint)
+        .env("KILN_TOKEN", token.trim());
+    let out = run(cmd);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("yrun mesingle"), "the files' contents: {shown}");
+    assert!(shown.contains("mode=755"), "the tool's mode: {shown}");
+    assert!(
+        !shown.contains(".kiln-export"),
+        "the client's staging directories are gone: {shown}"
+    );
+    assert_eq!(
+        std::fs::read_dir(only_here.path()).unwrap().count(),
+        0,
+        "nothing was written outside the client's namespace"
+    );
 }
 
 #[test]

@@ -5,25 +5,21 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use kiln_api::server::{Bytes, Forward, StatusCode};
-use kiln_oci::Credentials;
 use kiln_solver::explain::Explanation;
-use kiln_solver::{Events, HostAccess, HostPathKind, LocalHost, SessionOptions, Stats};
-use kiln_store::host::HostKind;
+use kiln_solver::{Events, LocalHost, SessionOptions, Stats};
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
 
-use super::protocol::{
-    self, CommandOutput, HostReply, HostRequest, Incoming, ScannedEntry, Stream, ToClient, ToEngine, VERSION,
-};
+use super::answers::Answers;
+use super::protocol::{self, Incoming, Stream, ToClient, ToEngine};
 use super::tls::{SELF_SIGNED_NAME, Trust};
 use crate::cache_cmd::CacheCommand;
 
@@ -124,12 +120,33 @@ impl Endpoint {
                 Box::new(stream)
             }
         };
-        let (lines, out) = protocol::split::<ToEngine>(stream);
+        let (lines, out) = protocol::split::<ToEngine>(stream, true)
+            .await
+            .map_err(|e| engine_speaks(self, e))?;
         if let Endpoint::Tcp { token, .. } = self {
             out.send(ToEngine::Auth { token: token.clone() })
                 .context("the engine closed the connection")?;
         }
         Ok(Some((lines, out)))
+    }
+}
+
+/// What to do about an engine that does not speak this client's protocol
+/// (`e` says what it speaks).
+fn engine_speaks(endpoint: &Endpoint, e: io::Error) -> anyhow::Error {
+    match endpoint {
+        Endpoint::Unix(socket) => {
+            let lock = socket.with_file_name("engine.lock");
+            let pid = std::fs::read_to_string(lock).unwrap_or_default();
+            let pid = pid.trim();
+            anyhow::anyhow!(
+                "the engine at {endpoint} (pid {pid}) cannot serve this client: {e}; it is probably another \
+                 version of kiln: stop it (`kill {pid}`) and run again, which starts this version's engine"
+            )
+        }
+        Endpoint::Tcp { .. } => anyhow::anyhow!(
+            "the engine at {endpoint} cannot serve this client: {e}; use the same version of kiln as the engine"
+        ),
     }
 }
 
@@ -140,7 +157,7 @@ pub async fn ask(endpoint: &Endpoint, message: ToEngine) -> anyhow::Result<Optio
         return Ok(None);
     };
     out.send(message).context("the engine closed the connection")?;
-    let answer = protocol::read::<ToClient>(&mut lines).await?;
+    let answer = lines.read::<ToClient>().await?;
     answer
         .map(Some)
         .context("the engine closed the connection without answering")
@@ -159,12 +176,11 @@ pub async fn attach(
         return Ok(None);
     };
     let hello = ToEngine::Hello {
-        version: VERSION,
         options,
         cwd: cwd.to_path_buf(),
     };
     out.send(hello).context("the engine closed the connection")?;
-    match protocol::read::<ToClient>(&mut lines).await? {
+    match lines.read::<ToClient>().await? {
         Some(ToClient::Ready) => {}
         Some(ToClient::Refused { message }) => anyhow::bail!("the engine at {endpoint} refused: {message}"),
         _ => anyhow::bail!("the engine at {endpoint} did not open a session"),
@@ -182,7 +198,8 @@ pub async fn attach(
     let (events, pending) = (attached.events.clone(), attached.pending.clone());
     tokio::spawn(async move {
         let (mut finished, mut cache_done) = (Some(finished_tx), Some(cache_tx));
-        while let Ok(Some(message)) = protocol::read::<ToClient>(&mut lines).await {
+        let mut answers = Answers::new(host, out);
+        while let Ok(Some(message)) = lines.read::<ToClient>().await {
             match message {
                 ToClient::Event { event } => events.send(event),
                 ToClient::Response { id, status, body } => {
@@ -191,15 +208,7 @@ pub async fn attach(
                         let _ = tx.send((status, body));
                     }
                 }
-                ToClient::Host { id, request } => {
-                    let (out, host) = (out.clone(), host.clone());
-                    tokio::task::spawn_blocking(move || {
-                        let _ = out.send(ToEngine::Host {
-                            id,
-                            reply: answer(&host, request),
-                        });
-                    });
-                }
+                ToClient::Host { id, request } => answers.handle(id, request),
                 ToClient::Finished { stats, explanations } => {
                     if let Some(tx) = finished.take() {
                         let _ = tx.send((stats, explanations));
@@ -219,114 +228,6 @@ pub async fn attach(
         pending.lock().expect("pending lock").clear();
     });
     Ok(Some(attached))
-}
-
-/// Answers an engine's question about this host.
-fn answer(host: &LocalHost, request: HostRequest) -> HostReply {
-    match request {
-        HostRequest::Env { name } => HostReply::Env(host.env(&name)),
-        HostRequest::ReadFile { path } => HostReply::ReadFile(host.read_to_string(&path).map_err(|e| e.to_string())),
-        HostRequest::Command { command } => HostReply::Command(
-            host.command_output(&command)
-                .map(|out| {
-                    use std::os::unix::process::ExitStatusExt;
-                    CommandOutput {
-                        status: out.status.into_raw(),
-                        stdout: out.stdout,
-                        stderr: out.stderr,
-                    }
-                })
-                .map_err(|e| e.to_string()),
-        ),
-        HostRequest::Kind { path } => HostReply::Kind(
-            match host.kind(&path) {
-                HostPathKind::Missing => "missing",
-                HostPathKind::Directory => "directory",
-                HostPathKind::File => "file",
-                HostPathKind::Other => "other",
-            }
-            .to_string(),
-        ),
-        HostRequest::ScanDir { root, include, exclude } => {
-            HostReply::ScanDir(scan(&root, &include, &exclude).map_err(|e| format!("{e:#}")))
-        }
-        HostRequest::ReadFiles { root, rels } => {
-            HostReply::ReadFiles(read_files(&root, &rels).map_err(|e| format!("{e:#}")))
-        }
-        HostRequest::RegistryCredentials { registry } => HostReply::RegistryCredentials(
-            host.registry_credentials(&registry)
-                .map(|c| match c {
-                    Credentials::Basic { username, password } => Some((username, password)),
-                    Credentials::Anonymous => None,
-                })
-                .map_err(|e| e.to_string()),
-        ),
-    }
-}
-
-/// Scans a directory of this host for an engine elsewhere, with this
-/// user's stat cache (`~/.cache/kiln/host-stat`): only new or changed files
-/// are read.
-fn scan(root: &Path, include: &[String], exclude: &[String]) -> anyhow::Result<Vec<ScannedEntry>> {
-    let filter = kiln_store::PathFilter::new(include, exclude)?;
-    let cache = dirs::cache_dir().map(|d| d.join("kiln/host-stat"));
-    if let Some(dir) = &cache {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("making {} private", dir.display()))?;
-    }
-    let tree = kiln_store::host::scan_with(root, &filter, &kiln_store::host::RealFs, cache.as_deref())?;
-    tracing::debug!(root = %root.display(), stats = ?tree.stats, "scanned for the engine");
-    Ok(tree
-        .entries
-        .into_iter()
-        .map(|e| {
-            let (kind, size, target) = match e.kind {
-                HostKind::Dir => ("dir", 0, None),
-                HostKind::File(size) => ("file", size, None),
-                HostKind::Symlink(target) => ("symlink", 0, Some(target)),
-            };
-            ScannedEntry {
-                rel: e.rel,
-                kind: kind.into(),
-                size,
-                target,
-                mode: e.mode,
-                digest: hex::encode(e.digest),
-            }
-        })
-        .collect())
-}
-
-/// Reads files of a directory of this host for an engine elsewhere; only
-/// plain relative paths under `root`, never through a final symlink.
-fn read_files(root: &Path, rels: &[PathBuf]) -> anyhow::Result<Vec<String>> {
-    use base64::Engine as _;
-    let mut sent = 0;
-    let contents = rels
-        .iter()
-        .map(|rel| {
-            if !protocol::plain_relative(rel) {
-                anyhow::bail!(
-                    "the engine asked for {}, which is not under {}",
-                    rel.display(),
-                    root.display()
-                );
-            }
-            let path = root.join(rel);
-            let mut file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut file, &mut bytes).with_context(|| format!("reading {}", path.display()))?;
-            sent += bytes.len();
-            Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    tracing::debug!(root = %root.display(), files = rels.len(), bytes = sent, "sent file contents to the engine");
-    Ok(contents)
 }
 
 impl Attached {

@@ -4,7 +4,9 @@
 //! background when none runs (it stops when it has had no client for a
 //! while).
 
+mod answers;
 pub mod client;
+mod client_host;
 pub mod log;
 pub mod protocol;
 pub mod server;

@@ -1,24 +1,32 @@
 //! What an engine (`kiln engine`) and its clients say to each other over
-//! the Unix socket in the state dir: JSON messages, one per line, both
-//! ways. One connection is one session; closing it ends the session.
+//! the Unix socket in the state dir or TLS: each side first sends a
+//! preamble naming the protocol's version, then frames, each a JSON
+//! message and the raw bytes it carries (file contents), both ways. One
+//! connection is one session; closing it ends the session.
 
 use std::io;
 use std::path::PathBuf;
 
 use kiln_solver::explain::Explanation;
 use kiln_solver::{Event, SessionOptions, Stats};
+use kiln_store::HostPolicy;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
 
 use crate::cache_cmd::CacheCommand;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Lines, ReadHalf};
-use tokio::sync::mpsc;
 
 /// The socket's name in the state dir.
 pub const SOCKET: &str = "engine.sock";
 
-/// The protocol's version; an engine refuses clients of another.
-pub const VERSION: u32 = 1;
+/// The protocol's version, in the preamble: an engine refuses clients of
+/// another, and a client says what to do about it.
+pub const VERSION: u32 = 2;
+
+/// What each side sends first (then the version and a newline).
+const PREAMBLE: &str = "kiln-engine-protocol ";
 
 /// From a client to its engine.
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,7 +36,6 @@ pub enum ToEngine {
     Auth { token: String },
     /// Opens the session (the first message).
     Hello {
-        version: u32,
         options: SessionOptions,
         /// The directory the client's relative host paths are relative to.
         cwd: PathBuf,
@@ -122,8 +129,42 @@ pub enum HostRequest {
         include: Vec<String>,
         exclude: Vec<String>,
     },
-    /// The contents of files of a host directory (relative paths).
-    ReadFiles { root: PathBuf, rels: Vec<PathBuf> },
+    /// The contents of files of a host directory, whole or in pieces
+    /// (answered with the pieces one after another as the payload).
+    ReadFiles { root: PathBuf, pieces: Vec<Piece> },
+    /// Starts an export to the client's host: a tar stream follows in
+    /// [`HostRequest::ExportData`] requests, then [`HostRequest::ExportEnd`].
+    ExportBegin { export: u64, to: ExportTo },
+    /// The next bytes of an export's tar stream (the payload).
+    ExportData {
+        export: u64,
+        #[serde(skip)]
+        data: Vec<u8>,
+    },
+    /// The end of an export's tar stream: put it in place.
+    ExportEnd { export: u64 },
+}
+
+/// A piece of a file of a host directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Piece {
+    /// A plain relative path under the directory.
+    pub rel: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Where and how an export lands on the client's host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportTo {
+    /// The path it becomes.
+    pub dest: PathBuf,
+    /// The directory to create first.
+    pub dir: PathBuf,
+    /// Remove `dest` first.
+    pub wipe: bool,
+    /// What may be created of what grants privileges on the host.
+    pub policy: HostPolicy,
 }
 
 /// The answer to a [`HostRequest`].
@@ -138,8 +179,14 @@ pub enum HostReply {
     /// `missing`, `directory`, `file` or `other`.
     Kind(String),
     ScanDir(Result<Vec<ScannedEntry>, String>),
-    /// The contents, base64, in the order asked.
-    ReadFiles(Result<Vec<String>, String>),
+    /// The pieces asked for, one after another, as the payload.
+    ReadFiles {
+        result: Result<(), String>,
+        #[serde(skip)]
+        data: Vec<u8>,
+    },
+    /// An export request was carried out (or how it failed).
+    Done(Result<(), String>),
 }
 
 /// Whether a path of a scanned directory is plain and relative (no root,
@@ -172,38 +219,166 @@ pub struct CommandOutput {
     pub stderr: Vec<u8>,
 }
 
+/// A message that may carry raw bytes (sent after its JSON, never inside).
+pub trait Message: Serialize + DeserializeOwned + Send + 'static {
+    /// Where its raw bytes go, for the messages that carry some.
+    fn payload(&mut self) -> Option<&mut Vec<u8>>;
+}
+
+impl Message for ToEngine {
+    fn payload(&mut self) -> Option<&mut Vec<u8>> {
+        match self {
+            ToEngine::Host {
+                reply: HostReply::ReadFiles { data, .. },
+                ..
+            } => Some(data),
+            _ => None,
+        }
+    }
+}
+
+impl Message for ToClient {
+    fn payload(&mut self) -> Option<&mut Vec<u8>> {
+        match self {
+            ToClient::Host {
+                request: HostRequest::ExportData { data, .. },
+                ..
+            } => Some(data),
+            _ => None,
+        }
+    }
+}
+
 /// A connection to or from an engine: the Unix socket, or TLS over TCP.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for S {}
 
-/// The messages arriving on a connection, a line each.
-pub type Incoming = Lines<BufReader<ReadHalf<Box<dyn Stream>>>>;
+/// The largest frame read before the peer is trusted (a TCP client before
+/// its token): a hello, a token.
+pub const UNTRUSTED_FRAME: usize = 64 << 10;
+
+/// The largest frame read from a trusted peer (file contents travel in
+/// pieces of a few MiB).
+const TRUSTED_FRAME: usize = 64 << 20;
+
+/// The messages arriving on a connection.
+pub struct Incoming {
+    reader: BufReader<ReadHalf<Box<dyn Stream>>>,
+    limit: usize,
+}
 
 /// A connection's two directions: the messages arriving, and a sender of
 /// messages written in order by a task of their own (which ends when every
-/// sender is gone or the peer is).
-pub fn split<T: Serialize + Send + 'static>(stream: Box<dyn Stream>) -> (Incoming, mpsc::UnboundedSender<T>) {
-    let (read, mut write) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::unbounded_channel::<T>();
-    tokio::spawn(async move {
-        while let Some(message) = rx.recv().await {
-            let mut line = serde_json::to_vec(&message).expect("messages serialize");
-            line.push(b'\n');
-            if write.write_all(&line).await.is_err() {
-                break;
-            }
-        }
-    });
-    (BufReader::new(read).lines(), tx)
+/// sender is gone or the peer is). The preambles are exchanged first: an
+/// error says which protocol the peer speaks when it is not this one.
+pub async fn split<T: Message>(
+    stream: Box<dyn Stream>,
+    trusted: bool,
+) -> io::Result<(Incoming, mpsc::UnboundedSender<T>)> {
+    let (read, write) = tokio::io::split(stream);
+    let mut write = BufWriter::with_capacity(256 << 10, write);
+    write.write_all(format!("{PREAMBLE}{VERSION}\n").as_bytes()).await?;
+    write.flush().await?;
+    let mut incoming = Incoming {
+        reader: BufReader::with_capacity(256 << 10, read),
+        limit: if trusted { TRUSTED_FRAME } else { UNTRUSTED_FRAME },
+    };
+    incoming.preamble().await?;
+    let (tx, rx) = mpsc::unbounded_channel::<T>();
+    tokio::spawn(write_frames(write, rx));
+    Ok((incoming, tx))
 }
 
-/// Reads the next message; `None` at the end of the connection.
-pub async fn read<T: DeserializeOwned>(lines: &mut Incoming) -> io::Result<Option<T>> {
-    match lines.next_line().await? {
-        None => Ok(None),
-        Some(line) => serde_json::from_str(&line)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("a malformed message: {e}"))),
+/// Writes each message as a frame: the JSON's length and the payload's (4
+/// bytes each, big-endian), the JSON, the payload. Flushed whenever no
+/// other message waits.
+async fn write_frames<T: Message>(
+    mut write: BufWriter<WriteHalf<Box<dyn Stream>>>,
+    mut rx: mpsc::UnboundedReceiver<T>,
+) {
+    while let Some(mut message) = rx.recv().await {
+        let payload = message.payload().map(std::mem::take).unwrap_or_default();
+        let json = serde_json::to_vec(&message).expect("messages serialize");
+        let mut header = [0u8; 8];
+        header[..4].copy_from_slice(&(json.len() as u32).to_be_bytes());
+        header[4..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        let written = async {
+            write.write_all(&header).await?;
+            write.write_all(&json).await?;
+            write.write_all(&payload).await?;
+            if rx.is_empty() {
+                write.flush().await?;
+            }
+            io::Result::Ok(())
+        };
+        if written.await.is_err() {
+            break;
+        }
+    }
+}
+
+impl Incoming {
+    /// Reads the peer's preamble and checks its version.
+    async fn preamble(&mut self) -> io::Result<()> {
+        let mut line = Vec::new();
+        (&mut self.reader).take(64).read_until(b'\n', &mut line).await?;
+        let text = String::from_utf8_lossy(&line);
+        let version = text
+            .trim_end()
+            .strip_prefix(PREAMBLE)
+            .and_then(|v| v.parse::<u32>().ok());
+        match version {
+            Some(VERSION) => Ok(()),
+            Some(other) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("it speaks protocol {other}, this kiln {VERSION}"),
+            )),
+            None if line.is_empty() => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "it closed the connection at once",
+            )),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "it does not speak kiln's engine protocol",
+            )),
+        }
+    }
+
+    /// The peer is trusted now (it gave the token): larger frames are read.
+    pub fn trust(&mut self) {
+        self.limit = TRUSTED_FRAME;
+    }
+
+    /// Reads the next message; `None` at the end of the connection.
+    pub async fn read<T: Message>(&mut self) -> io::Result<Option<T>> {
+        let mut header = [0u8; 8];
+        match self.reader.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let json_len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let payload_len = u32::from_be_bytes(header[4..].try_into().expect("4 bytes")) as usize;
+        let malformed =
+            |what: String| io::Error::new(io::ErrorKind::InvalidData, format!("a malformed message: {what}"));
+        if json_len + payload_len > self.limit {
+            return Err(malformed(format!(
+                "{} bytes, over the limit of {}",
+                json_len + payload_len,
+                self.limit
+            )));
+        }
+        let mut json = vec![0; json_len];
+        self.reader.read_exact(&mut json).await?;
+        let mut message: T = serde_json::from_slice(&json).map_err(|e| malformed(e.to_string()))?;
+        let mut payload = vec![0; payload_len];
+        self.reader.read_exact(&mut payload).await?;
+        match message.payload() {
+            Some(slot) => *slot = payload,
+            None if payload.is_empty() => {}
+            None => return Err(malformed("raw bytes with a message that carries none".into())),
+        }
+        Ok(Some(message))
     }
 }

@@ -1,31 +1,27 @@
 //! `kiln engine`: one engine for a state dir, serving its clients' sessions
 //! on the Unix socket in it.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use kiln_api::{Api, Server};
-use kiln_oci::Credentials;
-use kiln_solver::{Engine, Export, ExportError, HostAccess, HostPathKind, LocalHost, Session};
-use kiln_store::host::{FileSource, HostEntry, HostKind};
-use kiln_store::{CopyStats, HostError, HostTree, KeepStorage, MergedView, PathFilter, Staged, Store, StoreError};
+use kiln_solver::{Engine, Session};
+use kiln_store::KeepStorage;
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use super::protocol::{
-    self, EngineStatus, HostReply, HostRequest, SOCKET, ScannedEntry, Stream, ToClient, ToEngine, VERSION,
-};
+use super::client_host::{ClientHost, Uploads};
+use super::protocol::{self, EngineStatus, SOCKET, Stream, ToClient, ToEngine};
 
 /// Claims the right to serve `state_dir`: `None` when another engine
 /// serves it (an error unless `quiet`: a client started this engine and
@@ -75,10 +71,6 @@ struct Served {
     /// What remote clients uploaded last, by directory.
     uploads: Uploads,
 }
-
-/// The selection last uploaded from each directory of remote clients (its
-/// digest finds its snapshot while it is stored).
-type Uploads = Arc<Mutex<HashMap<std::path::PathBuf, Arc<HostTree>>>>;
 
 /// A TCP listener for remote clients: TLS, then the engine's token.
 pub struct Tcp {
@@ -149,8 +141,19 @@ async fn authenticate(
             return None;
         }
     };
-    let (mut lines, out) = protocol::split::<ToClient>(stream);
-    let given = match tokio::time::timeout(HANDSHAKE, protocol::read::<ToEngine>(&mut lines)).await {
+    let greeted = tokio::time::timeout(HANDSHAKE, protocol::split::<ToClient>(stream, false)).await;
+    let (mut lines, out) = match greeted {
+        Ok(Ok(split)) => split,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, "a client failed its greeting: {e}");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "a client did not greet in time");
+            return None;
+        }
+    };
+    let given = match tokio::time::timeout(HANDSHAKE, lines.read::<ToEngine>()).await {
         Ok(Ok(Some(ToEngine::Auth { token }))) => token,
         _ => String::new(),
     };
@@ -160,6 +163,7 @@ async fn authenticate(
         let _ = out.send(ToClient::Refused { message });
         return None;
     }
+    lines.trust();
     Some((lines, out))
 }
 
@@ -289,10 +293,13 @@ fn spawn_connection(served: &Arc<Served>, connection: Connection) {
     let served = served.clone();
     tokio::spawn(async move {
         let accepted = match connection {
-            Connection::Local(stream) => {
-                let (lines, out) = protocol::split::<ToClient>(stream);
-                Some((lines, out, false))
-            }
+            Connection::Local(stream) => match protocol::split::<ToClient>(stream, true).await {
+                Ok((lines, out)) => Some((lines, out, false)),
+                Err(e) => {
+                    tracing::warn!("a local client failed its greeting: {e}");
+                    None
+                }
+            },
             Connection::Tcp {
                 stream,
                 peer,
@@ -320,20 +327,8 @@ async fn serve_connection(
     out: mpsc::UnboundedSender<ToClient>,
     remote: bool,
 ) -> anyhow::Result<()> {
-    let (options, cwd) = match protocol::read(&mut lines).await? {
-        Some(ToEngine::Hello {
-            version: VERSION,
-            options,
-            cwd,
-        }) => (options, cwd),
-        Some(ToEngine::Hello { version, .. }) => {
-            let message = format!(
-                "this engine speaks protocol {VERSION}, the client {version}: stop the engine (kiln engine stop) \
-                 or use the kiln binary it runs"
-            );
-            let _ = out.send(ToClient::Refused { message });
-            return Ok(());
-        }
+    let (options, cwd) = match lines.read().await? {
+        Some(ToEngine::Hello { options, cwd }) => (options, cwd),
         Some(ToEngine::Status) => {
             let _ = out.send(ToClient::Status(status(served).await));
             return Ok(());
@@ -381,7 +376,12 @@ async fn serve_session(
     remote: bool,
 ) -> anyhow::Result<()> {
     let (engine, budget) = (&served.engine, served.budget);
-    let host = Arc::new(ClientHost::new(out.clone(), remote, served.uploads.clone()));
+    let host = Arc::new(ClientHost::new(
+        out.clone(),
+        remote,
+        served.uploads.clone(),
+        engine.store(),
+    ));
     let session = engine.session_for(host.clone(), options);
     let server = Server::new(Api::new(session.clone(), cwd), String::new()).context("building the schema")?;
     let _ = out.send(ToClient::Ready);
@@ -390,7 +390,7 @@ async fn serve_session(
     let mut requests = JoinSet::new();
     loop {
         tokio::select! {
-            message = protocol::read::<ToEngine>(lines) => match message? {
+            message = lines.read::<ToEngine>() => match message? {
                 Some(ToEngine::Request { id, body }) => {
                     let (server, out) = (server.clone(), out.clone());
                     requests.spawn(async move {
@@ -455,317 +455,5 @@ fn finish(
             tracing::warn!("could not make the cache durable: {e}");
         }
         let _ = out.send(ToClient::Finished { stats, explanations });
-    }
-}
-
-/// A client's host, as its session on the engine sees it. Its environment,
-/// the files it reads as its user, its commands and its registry
-/// credentials are asked of the client. A local client shares the file
-/// system (the socket admits only the engine's user), so scans, uploads and
-/// exports go to it directly; a remote client's files are not reachable
-/// that way, and uploads through the connection are not built yet.
-struct ClientHost {
-    local: LocalHost,
-    remote: bool,
-    /// The selection last uploaded from each directory of remote clients.
-    uploads: Uploads,
-    out: mpsc::UnboundedSender<ToClient>,
-    next: AtomicU64,
-    pending: Mutex<HashMap<u64, oneshot::Sender<HostReply>>>,
-}
-
-impl ClientHost {
-    fn new(out: mpsc::UnboundedSender<ToClient>, remote: bool, uploads: Uploads) -> Self {
-        Self {
-            local: LocalHost::default(),
-            remote,
-            uploads,
-            out,
-            next: AtomicU64::new(0),
-            pending: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Asks the client and waits for its answer (these calls are blocking,
-    /// and come from the engine's worker threads).
-    fn ask(&self, request: HostRequest) -> io::Result<HostReply> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("pending lock").insert(id, tx);
-        let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "the client went away");
-        self.out.send(ToClient::Host { id, request }).map_err(|_| gone())?;
-        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(rx)).map_err(|_| gone())
-    }
-
-    fn answered(&self, id: u64, reply: HostReply) {
-        if let Some(tx) = self.pending.lock().expect("pending lock").remove(&id) {
-            let _ = tx.send(reply);
-        }
-    }
-}
-
-fn unexpected() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, "the client answered another question")
-}
-
-/// An entry a client scanned, as the store knows entries.
-fn reported(e: ScannedEntry) -> io::Result<HostEntry> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {what}", e.rel.display()));
-    if !protocol::plain_relative(&e.rel) {
-        return Err(bad("not a plain relative path"));
-    }
-    let kind = match (e.kind.as_str(), &e.target) {
-        ("dir", _) => HostKind::Dir,
-        ("file", _) => HostKind::File(e.size),
-        ("symlink", Some(target)) => HostKind::Symlink(target.clone()),
-        _ => return Err(bad("an unknown kind of entry")),
-    };
-    let mut digest = [0u8; 32];
-    hex::decode_to_slice(&e.digest, &mut digest).map_err(|_| bad("a malformed digest"))?;
-    Ok(HostEntry::reported(e.rel, kind, e.mode, digest))
-}
-
-/// The most content one answer of a client carries.
-const CONTENT_BATCH: u64 = 4 << 20;
-
-/// Files of a client's host directory, asked of the client in batches and
-/// checked against the digests of its scan.
-struct ClientFiles<'a> {
-    host: &'a ClientHost,
-    root: &'a Path,
-    /// The previous upload of the same directory, if still stored: its
-    /// snapshot, and the digest of each of its files (checked when they
-    /// came, so never read again to compare).
-    previous: Option<(MergedView, HashMap<&'a Path, [u8; 32]>)>,
-}
-
-impl ClientFiles<'_> {
-    /// Copies `e` from the previous upload when that holds the same
-    /// content at the same path; whether it did.
-    fn copy_unchanged(&self, e: &HostEntry, to: &Path) -> bool {
-        let Some((view, digests)) = &self.previous else {
-            return false;
-        };
-        if digests.get(e.rel.as_path()) != Some(&e.digest) {
-            return false;
-        }
-        let Ok(Some(old)) = view.lookup(&e.rel) else {
-            return false;
-        };
-        old.meta.is_file() && std::fs::copy(&old.real, to).is_ok()
-    }
-}
-
-impl FileSource for ClientFiles<'_> {
-    fn write(&self, files: &[&HostEntry], dest: &Path) -> Result<(), HostError> {
-        use base64::Engine as _;
-        let wanted: Vec<&HostEntry> = files
-            .iter()
-            .copied()
-            .filter(|e| !self.copy_unchanged(e, &dest.join(&e.rel)))
-            .collect();
-        tracing::debug!(
-            root = %self.root.display(),
-            unchanged = files.len() - wanted.len(),
-            asked = wanted.len(),
-            "uploading from a client"
-        );
-        let mut rest = wanted.as_slice();
-        while !rest.is_empty() {
-            let mut size = 0;
-            let n = rest
-                .iter()
-                .take_while(|e| {
-                    size += e.stat.size;
-                    size <= CONTENT_BATCH
-                })
-                .count()
-                .max(1);
-            let (batch, later) = rest.split_at(n);
-            rest = later;
-            let failed = |source: io::Error| HostError {
-                path: self.root.join(&batch[0].rel),
-                source,
-            };
-            let request = HostRequest::ReadFiles {
-                root: self.root.to_path_buf(),
-                rels: batch.iter().map(|e| e.rel.clone()).collect(),
-            };
-            let contents = match self.host.ask(request).map_err(failed)? {
-                HostReply::ReadFiles(Ok(contents)) if contents.len() == batch.len() => contents,
-                HostReply::ReadFiles(Err(message)) => return Err(failed(io::Error::other(message))),
-                _ => return Err(failed(unexpected())),
-            };
-            for (e, content) in batch.iter().zip(contents) {
-                let path = self.root.join(&e.rel);
-                let failed = |source: io::Error| HostError {
-                    path: path.clone(),
-                    source,
-                };
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(content)
-                    .map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidData, e)))?;
-                if *blake3::hash(&bytes).as_bytes() != e.digest {
-                    return Err(failed(io::Error::other("changed while kiln was reading it; run again")));
-                }
-                let to = dest.join(&e.rel);
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&to)
-                    .and_then(|mut f| f.write_all(&bytes))
-                    .map_err(|source| HostError { path: to, source })?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// What a remote client cannot do yet.
-fn not_remote(what: &str) -> io::Error {
-    io::Error::other(format!(
-        "{what} of a client on another machine are not supported yet (kiln issue 11): run the pipeline \
-         on the engine's machine, or without KILN_HOST"
-    ))
-}
-
-impl HostAccess for ClientHost {
-    fn kind(&self, path: &Path) -> HostPathKind {
-        if !self.remote {
-            return self.local.kind(path);
-        }
-        match self.ask(HostRequest::Kind { path: path.into() }) {
-            Ok(HostReply::Kind(kind)) => match kind.as_str() {
-                "directory" => HostPathKind::Directory,
-                "file" => HostPathKind::File,
-                "other" => HostPathKind::Other,
-                _ => HostPathKind::Missing,
-            },
-            _ => HostPathKind::Missing,
-        }
-    }
-
-    fn env(&self, name: &str) -> Option<String> {
-        match self.ask(HostRequest::Env { name: name.into() }) {
-            Ok(HostReply::Env(value)) => value,
-            _ => None,
-        }
-    }
-
-    fn read_to_string(&self, path: &Path) -> io::Result<String> {
-        match self.ask(HostRequest::ReadFile { path: path.into() })? {
-            HostReply::ReadFile(result) => result.map_err(io::Error::other),
-            _ => Err(unexpected()),
-        }
-    }
-
-    fn command_output(&self, command: &str) -> io::Result<std::process::Output> {
-        use std::os::unix::process::ExitStatusExt;
-        match self.ask(HostRequest::Command {
-            command: command.into(),
-        })? {
-            HostReply::Command(result) => {
-                let out = result.map_err(io::Error::other)?;
-                Ok(std::process::Output {
-                    status: std::process::ExitStatus::from_raw(out.status),
-                    stdout: out.stdout,
-                    stderr: out.stderr,
-                })
-            }
-            _ => Err(unexpected()),
-        }
-    }
-
-    fn export(&self, view: &MergedView, export: &Export) -> Result<CopyStats, ExportError> {
-        if self.remote {
-            return Err(ExportError::Create {
-                path: export.dest.clone(),
-                source: not_remote("exports to the host"),
-            });
-        }
-        self.local.export(view, export)
-    }
-
-    fn scan_dir(&self, store: &Store, root: &Path, filter: &PathFilter) -> Result<HostTree, HostError> {
-        if !self.remote {
-            return self.local.scan_dir(store, root, filter);
-        }
-        let failed = |source: io::Error| HostError {
-            path: root.to_path_buf(),
-            source,
-        };
-        let (include, exclude) = filter.patterns();
-        let request = HostRequest::ScanDir {
-            root: root.to_path_buf(),
-            include: include.to_vec(),
-            exclude: exclude.to_vec(),
-        };
-        let entries = match self.ask(request).map_err(failed)? {
-            HostReply::ScanDir(Ok(entries)) => entries,
-            HostReply::ScanDir(Err(message)) => return Err(failed(io::Error::other(message))),
-            _ => return Err(failed(unexpected())),
-        };
-        let entries = entries
-            .into_iter()
-            .map(reported)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(failed)?;
-        Ok(HostTree::reported(root.to_path_buf(), entries))
-    }
-
-    fn upload_dir(&self, store: &Store, tree: &HostTree) -> Result<Staged, StoreError> {
-        if !self.remote {
-            return self.local.upload_dir(store, tree);
-        }
-        // The previous upload of this directory: its files that are
-        // unchanged are copied here instead of sent again.
-        let before = self.uploads.lock().expect("uploads lock").get(&tree.root).cloned();
-        let previous = before.as_deref().and_then(|before| {
-            let id = store.db().host_content(&before.digest).ok().flatten()?;
-            let view = store.view(Some(id)).ok()?;
-            let digests = before
-                .entries
-                .iter()
-                .filter(|e| matches!(e.kind, HostKind::File(_)))
-                .map(|e| (e.rel.as_path(), e.digest))
-                .collect();
-            Some((view, digests))
-        });
-        let staged = store.import_host_from(
-            tree,
-            &ClientFiles {
-                host: self,
-                root: &tree.root,
-                previous,
-            },
-        )?;
-        self.uploads
-            .lock()
-            .expect("uploads lock")
-            .insert(tree.root.clone(), Arc::new(tree.clone()));
-        Ok(staged)
-    }
-
-    fn registry_credentials(&self, host: &str) -> Result<Credentials, kiln_oci::Error> {
-        let asked = self.ask(HostRequest::RegistryCredentials { registry: host.into() });
-        let refused = |reason: String| kiln_oci::Error::Credentials {
-            path: "the client's docker config".into(),
-            reason,
-        };
-        match asked.map_err(|e| refused(e.to_string()))? {
-            HostReply::RegistryCredentials(Ok(Some((username, password)))) => {
-                Ok(Credentials::Basic { username, password })
-            }
-            HostReply::RegistryCredentials(Ok(None)) => Ok(Credentials::Anonymous),
-            HostReply::RegistryCredentials(Err(reason)) => Err(refused(reason)),
-            _ => Err(refused(unexpected().to_string())),
-        }
-    }
-
-    fn warn(&self, message: &str) {
-        let _ = self.out.send(ToClient::Warning {
-            message: message.to_string(),
-        });
     }
 }
