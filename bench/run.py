@@ -23,7 +23,8 @@ Benchmarks (--only NAME[,NAME] to run some):
   clients        many clients on one engine: `kiln run true` against a warm
                  engine (the cost of a client), and a fully cached 5-step
                  pipeline run by one client vs by 20 clients at once (total
-                 time); the engine's peak RSS beside.
+                 time), and the floor: 20 kiln processes that only start
+                 and exit, at once; the engine's peak RSS beside.
   remote-upload  the same host tree uploaded to an engine listening on
                  loopback TLS (`kiln engine --listen`, the client with
                  KILN_HOST): first upload (fresh engine, empty client stat
@@ -249,12 +250,17 @@ def bench_clients(kiln, env, runs, clients=20, steps=5):
         f.write(q)
     one = repeat(lambda: kiln_query_file(kiln, env, path), runs)
     many = repeat(lambda: run_concurrently([kiln_cmd(kiln, "query", path)] * clients, env), runs)
+    # The floor on this machine: the same number of kiln processes that
+    # start and exit at once without doing anything.
+    starts = repeat(lambda: run_concurrently([[kiln, "--version"]] * clients, env), runs)
     shutil.rmtree(os.path.dirname(path), ignore_errors=True)
     return [
         ("`kiln run true` on a warm engine (target < 20 ms)", one_true.ms(), one_true.rss()),
         (f"cached {steps}-step pipeline, 1 client (`kiln query`)", one.ms(), one.rss()),
         (f"cached {steps}-step pipeline, {clients} clients at once (all done)", many.ms(), engine_hwm_kib(env)),
         (f"ratio: {clients} clients / 1 client (target < 3)", many.ms() / one.ms(), None),
+        (f"floor: {clients} `kiln --version` at once (process start-up)", starts.ms(), None),
+        ("ratio: floor / 1 client", starts.ms() / one.ms(), None),
     ]
 
 

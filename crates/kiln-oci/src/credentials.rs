@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::reference::DOCKER_HUB;
 
 /// Credentials for one registry host.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Credentials {
     /// No credentials (anonymous pulls; bearer tokens are still fetched).
     Anonymous,

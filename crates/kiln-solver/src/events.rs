@@ -75,8 +75,10 @@ pub struct Event {
 }
 
 /// Fan-out of events to any number of listeners (progress display, logs).
+/// Shared, not copied: a channel's slots are made when it is, so small
+/// slots keep a session cheap to open.
 #[derive(Debug, Clone)]
-pub struct Events(broadcast::Sender<Event>);
+pub struct Events(broadcast::Sender<Arc<Event>>);
 
 impl Default for Events {
     fn default() -> Self {
@@ -86,27 +88,27 @@ impl Default for Events {
 
 impl Events {
     /// Subscribes to events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.0.subscribe()
     }
 
     /// Passes on an event received from elsewhere (an engine's, to its
     /// client's listeners).
-    pub fn send(&self, event: Event) {
+    pub fn send(&self, event: impl Into<Arc<Event>>) {
         // No listener is fine.
-        let _ = self.0.send(event);
+        let _ = self.0.send(event.into());
     }
 
     pub(crate) fn emit(&self, subject: &Subject, kind: EventKind, exec: Option<ExecMeta>) {
         // No listener is fine.
-        let _ = self.0.send(Event {
+        let _ = self.0.send(Arc::new(Event {
             node: subject.node,
             description: subject.description.clone(),
             kind,
             inputs: subject.inputs.clone(),
             image: subject.image.clone(),
             exec,
-        });
+        }));
     }
 }
 

@@ -15,7 +15,7 @@ use kiln_store::{
 };
 
 /// What is at a path of the client's host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HostPathKind {
     /// Nothing.
     Missing,

@@ -242,9 +242,9 @@ mod tests {
             None,
         );
 
-        let kinds = |rx: &mut tokio::sync::broadcast::Receiver<crate::Event>| {
+        let kinds = |rx: &mut tokio::sync::broadcast::Receiver<Arc<crate::Event>>| {
             std::iter::from_fn(|| rx.try_recv().ok())
-                .map(|e| (e.description, e.kind))
+                .map(|e| (e.description.clone(), e.kind.clone()))
                 .collect::<Vec<_>>()
         };
         let done = EventKind::Done {

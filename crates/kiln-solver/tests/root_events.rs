@@ -8,8 +8,10 @@ use common::{busybox, engine, require_root, run};
 use kiln_solver::{Engine, Event, EventKind, ExecMeta, Stream};
 use tokio::sync::broadcast;
 
-fn drain(events: &mut broadcast::Receiver<Event>) -> Vec<Event> {
-    std::iter::from_fn(|| events.try_recv().ok()).collect()
+fn drain(events: &mut broadcast::Receiver<std::sync::Arc<Event>>) -> Vec<Event> {
+    std::iter::from_fn(|| events.try_recv().ok())
+        .map(|e| (*e).clone())
+        .collect()
 }
 
 /// The output events of `events`, joined per stream.

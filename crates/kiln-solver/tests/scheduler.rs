@@ -168,7 +168,7 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
-fn descriptions(events: &mut broadcast::Receiver<Event>) -> Vec<String> {
+fn descriptions(events: &mut broadcast::Receiver<std::sync::Arc<Event>>) -> Vec<String> {
     std::iter::from_fn(|| events.try_recv().ok())
         .map(|e| format!("{} {}", e.description, kind(&e.kind)))
         .collect()

@@ -207,6 +207,11 @@ impl Db {
         t.len().map_err(|e| StoreError::db("cache count", e))
     }
 
+    /// Whether commits since the last flush wait to be made durable.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
+    }
+
     /// Makes every earlier commit durable (one fsync of the database),
     /// together with the last uses of cache records gathered since the
     /// previous flush.

@@ -39,7 +39,7 @@ pub use merged::MergedView;
 pub use pins::PinGuard;
 pub use snapshots::{SnapshotId, Staged};
 pub use state_dir::{RUNTIME_STATE, prepare_root, volatile_dir};
-pub use store::{FLUSH_INTERVAL, LOCK_WAIT, Store};
+pub use store::{FLUSH_INTERVAL, LOCK_WAIT, Store, try_lock};
 pub use tree_digest::tree_digest;
 pub use usage::Usage;
 pub use volumes::{VolumeInfo, Volumes};

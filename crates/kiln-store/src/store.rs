@@ -333,6 +333,16 @@ impl Store {
         self.durable.flush()
     }
 
+    /// [`Store::flush`] when there are new results to make durable (the
+    /// end of a session): last-use times alone wait for the periodic
+    /// flush, so a fully cached session costs no disk sync at all.
+    pub fn flush_results(&self) -> Result<(), StoreError> {
+        if self.durable.unsynced.load(Ordering::Acquire) || self.durable.db.is_dirty() {
+            return self.durable.flush();
+        }
+        Ok(())
+    }
+
     /// The db record of a snapshot (memoized: snapshots never change).
     pub fn record(&self, id: SnapshotId) -> Result<SnapshotRecord, StoreError> {
         if let Some(r) = self.records.lock().expect("records lock").get(&id) {
@@ -402,10 +412,9 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(300);
 /// Takes the state directory's lock, waiting (and saying so) while another
 /// process holds it; records our pid in the lock file for the next waiter.
 fn lock_exclusive(lock: &File, lock_path: &Path, root: &Path) -> Result<(), StoreError> {
-    use rustix::fs::{FlockOperation, flock};
     let started = Instant::now();
     let mut announced = false;
-    while flock(lock.as_fd(), FlockOperation::NonBlockingLockExclusive).is_err() {
+    while !try_lock(lock) {
         if started.elapsed() >= LOCK_WAIT {
             return Err(StoreError::Locked(root.to_path_buf()));
         }
@@ -420,11 +429,22 @@ fn lock_exclusive(lock: &File, lock_path: &Path, root: &Path) -> Result<(), Stor
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
+}
+
+/// Takes the open lock file `lock` without waiting (released when it is
+/// closed) and writes this process's pid in it for whoever finds it held;
+/// whether it was free.
+pub fn try_lock(lock: &File) -> bool {
+    use rustix::fs::{FlockOperation, flock};
+    if flock(lock.as_fd(), FlockOperation::NonBlockingLockExclusive).is_err() {
+        return false;
+    }
     let mut f = lock;
     let _ = f
         .set_len(0)
         .and_then(|_| std::io::Write::write_all(&mut f, std::process::id().to_string().as_bytes()));
-    Ok(())
+    true
 }
 
 impl Durable {

@@ -191,14 +191,18 @@ impl SessionTrace {
     }
 
     /// Records `events` as they come, in a task of its own.
-    pub fn follow(self, events: broadcast::Receiver<Event>) -> Following {
+    pub fn follow(self, events: broadcast::Receiver<std::sync::Arc<Event>>) -> Following {
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(follow(self, events, stopped));
         Following { stop, task }
     }
 }
 
-async fn follow(mut trace: SessionTrace, mut events: broadcast::Receiver<Event>, mut stop: oneshot::Receiver<()>) {
+async fn follow(
+    mut trace: SessionTrace,
+    mut events: broadcast::Receiver<std::sync::Arc<Event>>,
+    mut stop: oneshot::Receiver<()>,
+) {
     loop {
         tokio::select! {
             biased;

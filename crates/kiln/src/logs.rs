@@ -98,7 +98,11 @@ impl RunLog {
         let mut runs = runs(&dir)?;
         while runs.len() > KEEP_RUNS {
             let old = runs.remove(0);
-            fs::remove_file(&old).with_context(|| format!("removing {}", old.display()))?;
+            match fs::remove_file(&old) {
+                // Another client on the same state dir removed it first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                removed => removed.with_context(|| format!("removing {}", old.display()))?,
+            }
         }
         Ok(log)
     }

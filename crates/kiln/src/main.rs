@@ -186,12 +186,18 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    // Deeply chained queries resolve recursively: give threads room.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_stack_size(16 << 20)
-        .build()
-    {
+    // The engine resolves deeply chained queries recursively: give its
+    // threads room. A client forwards requests and shows progress: one
+    // thread (and the blocking pool) is plenty, and cheaper to start.
+    let mut builder = match cli.command {
+        Command::Engine { .. } => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.thread_stack_size(16 << 20);
+            builder
+        }
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("kiln: cannot start the async runtime: {e}");
@@ -561,15 +567,31 @@ async fn engine_action(cli: &Cli, action: &EngineAction) -> anyhow::Result<ExitC
             println!("  cache      {}", kiln_store::format_size(s.cache_bytes));
         }
         (EngineAction::Stop { timeout }, ToClient::Stopping { sessions }) => {
-            let pid = std::fs::read_to_string(state_dir.join("engine.lock")).unwrap_or_default();
-            let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
             if sessions > 0 {
                 eprintln!(
                     "kiln: waiting up to {} for {sessions} sessions",
                     kiln_store::format_duration(*timeout)
                 );
             }
+            let engine::client::Endpoint::Unix(_) = endpoint else {
+                // Nothing of a remote engine's process can be watched here.
+                println!("the engine at {endpoint} is stopping");
+                return Ok(ExitCode::SUCCESS);
+            };
+            let pid = std::fs::read_to_string(state_dir.join("engine.lock")).unwrap_or_default();
+            let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+            // The sessions' time, then enough to end them and flush.
+            let deadline = std::time::Instant::now() + *timeout + Duration::from_secs(60);
             while !pid.trim().is_empty() && proc_dir.exists() {
+                if std::time::Instant::now() >= deadline {
+                    bail!(
+                        "the engine (pid {}) is still running a minute after its sessions' time; see {} and stop \
+                         it with `kill {}`",
+                        pid.trim(),
+                        state_dir.join("engine.log").display(),
+                        pid.trim()
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             println!("stopped the engine of {}", state_dir.display());

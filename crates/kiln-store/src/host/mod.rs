@@ -24,7 +24,7 @@ use crate::filter::PathFilter;
 use stat_cache::StatCache;
 
 /// The kind of a selected host entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HostKind {
     /// A directory.
     Dir,

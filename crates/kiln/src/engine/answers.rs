@@ -10,9 +10,7 @@ use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 
 use anyhow::Context as _;
-use kiln_oci::Credentials;
-use kiln_solver::{HostAccess, HostPathKind, LocalHost};
-use kiln_store::host::HostKind;
+use kiln_solver::{HostAccess, LocalHost};
 use kiln_store::{CopyOptions, MergedView, PathFilter};
 use tokio::sync::mpsc;
 
@@ -107,15 +105,7 @@ fn answer(host: &LocalHost, request: HostRequest) -> HostReply {
                 })
                 .map_err(|e| e.to_string()),
         ),
-        HostRequest::Kind { path } => HostReply::Kind(
-            match host.kind(&path) {
-                HostPathKind::Missing => "missing",
-                HostPathKind::Directory => "directory",
-                HostPathKind::File => "file",
-                HostPathKind::Other => "other",
-            }
-            .to_string(),
-        ),
+        HostRequest::Kind { path } => HostReply::Kind(host.kind(&path)),
         HostRequest::ScanDir { root, include, exclude } => {
             HostReply::ScanDir(scan(&root, &include, &exclude).map_err(failed))
         }
@@ -124,14 +114,9 @@ fn answer(host: &LocalHost, request: HostRequest) -> HostReply {
             let result = read_pieces(&root, &pieces, &mut data).map_err(failed);
             HostReply::ReadFiles { result, data }
         }
-        HostRequest::RegistryCredentials { registry } => HostReply::RegistryCredentials(
-            host.registry_credentials(&registry)
-                .map(|c| match c {
-                    Credentials::Basic { username, password } => Some((username, password)),
-                    Credentials::Anonymous => None,
-                })
-                .map_err(|e| e.to_string()),
-        ),
+        HostRequest::RegistryCredentials { registry } => {
+            HostReply::RegistryCredentials(host.registry_credentials(&registry).map_err(|e| e.to_string()))
+        }
         HostRequest::ExportBegin { .. } | HostRequest::ExportData { .. } | HostRequest::ExportEnd { .. } => {
             HostReply::Done(Err("an export's request out of its order".into()))
         }
@@ -154,20 +139,11 @@ fn scan(root: &Path, include: &[String], exclude: &[String]) -> anyhow::Result<V
     Ok(tree
         .entries
         .into_iter()
-        .map(|e| {
-            let (kind, size, target) = match e.kind {
-                HostKind::Dir => ("dir", 0, None),
-                HostKind::File(size) => ("file", size, None),
-                HostKind::Symlink(target) => ("symlink", 0, Some(target)),
-            };
-            ScannedEntry {
-                rel: e.rel,
-                kind: kind.into(),
-                size,
-                target,
-                mode: e.mode,
-                digest: hex::encode(e.digest),
-            }
+        .map(|e| ScannedEntry {
+            rel: e.rel,
+            kind: e.kind,
+            mode: e.mode,
+            digest: hex::encode(e.digest),
         })
         .collect())
 }

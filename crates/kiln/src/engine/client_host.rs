@@ -209,15 +209,9 @@ fn reported(e: ScannedEntry) -> io::Result<HostEntry> {
     if !protocol::plain_relative(&e.rel) {
         return Err(bad("not a plain relative path"));
     }
-    let kind = match (e.kind.as_str(), &e.target) {
-        ("dir", _) => HostKind::Dir,
-        ("file", _) => HostKind::File(e.size),
-        ("symlink", Some(target)) => HostKind::Symlink(target.clone()),
-        _ => return Err(bad("an unknown kind of entry")),
-    };
     let mut digest = [0u8; 32];
     hex::decode_to_slice(&e.digest, &mut digest).map_err(|_| bad("a malformed digest"))?;
-    Ok(HostEntry::reported(e.rel, kind, e.mode, digest))
+    Ok(HostEntry::reported(e.rel, e.kind, e.mode, digest))
 }
 
 /// Files of a client's host directory, asked of the client in pieces and
@@ -385,12 +379,7 @@ impl HostAccess for ClientHost {
             return self.local.kind(path);
         }
         match self.ask(HostRequest::Kind { path: path.into() }) {
-            Ok(HostReply::Kind(kind)) => match kind.as_str() {
-                "directory" => HostPathKind::Directory,
-                "file" => HostPathKind::File,
-                "other" => HostPathKind::Other,
-                _ => HostPathKind::Missing,
-            },
+            Ok(HostReply::Kind(kind)) => kind,
             _ => HostPathKind::Missing,
         }
     }
@@ -500,11 +489,7 @@ impl HostAccess for ClientHost {
             reason,
         };
         match asked.map_err(|e| refused(e.to_string()))? {
-            HostReply::RegistryCredentials(Ok(Some((username, password)))) => {
-                Ok(Credentials::Basic { username, password })
-            }
-            HostReply::RegistryCredentials(Ok(None)) => Ok(Credentials::Anonymous),
-            HostReply::RegistryCredentials(Err(reason)) => Err(refused(reason)),
+            HostReply::RegistryCredentials(result) => result.map_err(refused),
             _ => Err(refused(unexpected().to_string())),
         }
     }

@@ -7,9 +7,11 @@
 use std::io;
 use std::path::PathBuf;
 
+use kiln_oci::Credentials;
 use kiln_solver::explain::Explanation;
-use kiln_solver::{Event, SessionOptions, Stats};
+use kiln_solver::{Event, HostPathKind, SessionOptions, Stats};
 use kiln_store::HostPolicy;
+use kiln_store::host::HostKind;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -64,7 +66,7 @@ pub enum ToClient {
     /// The session was refused; the message says why.
     Refused { message: String },
     /// Progress of one of the session's operations.
-    Event { event: Event },
+    Event { event: std::sync::Arc<Event> },
     /// The answer to a [`ToEngine::Request`].
     Response {
         id: u64,
@@ -174,10 +176,8 @@ pub enum HostReply {
     Env(Option<String>),
     ReadFile(Result<String, String>),
     Command(Result<CommandOutput, String>),
-    /// User name and password; `None`: anonymous.
-    RegistryCredentials(Result<Option<(String, String)>, String>),
-    /// `missing`, `directory`, `file` or `other`.
-    Kind(String),
+    RegistryCredentials(Result<Credentials, String>),
+    Kind(HostPathKind),
     ScanDir(Result<Vec<ScannedEntry>, String>),
     /// The pieces asked for, one after another, as the payload.
     ReadFiles {
@@ -199,12 +199,7 @@ pub fn plain_relative(path: &std::path::Path) -> bool {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ScannedEntry {
     pub rel: PathBuf,
-    /// `dir`, `file` or `symlink`.
-    pub kind: String,
-    /// A file's size.
-    pub size: u64,
-    /// A symlink's target.
-    pub target: Option<PathBuf>,
+    pub kind: HostKind,
     pub mode: u32,
     /// BLAKE3 of a file's content, hex (zeros otherwise).
     pub digest: String,

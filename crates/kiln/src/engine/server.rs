@@ -2,7 +2,7 @@
 //! on the Unix socket in it.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,17 +27,15 @@ use super::protocol::{self, EngineStatus, SOCKET, Stream, ToClient, ToEngine};
 /// serves it (an error unless `quiet`: a client started this engine and
 /// will find the other one). Held until the returned lock is dropped.
 pub fn claim(state_dir: &Path, quiet: bool) -> anyhow::Result<Option<File>> {
-    use std::os::fd::AsRawFd;
     kiln_store::prepare_root(state_dir).with_context(|| format!("preparing {}", state_dir.display()))?;
     let path = state_dir.join("engine.lock");
-    let mut lock = File::options()
+    let lock = File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock(2) on a descriptor we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if !kiln_store::try_lock(&lock) {
         if quiet {
             return Ok(None);
         }
@@ -49,9 +47,6 @@ pub fn claim(state_dir: &Path, quiet: bool) -> anyhow::Result<Option<File>> {
             holder.trim()
         );
     }
-    lock.set_len(0)
-        .and_then(|_| lock.write_all(std::process::id().to_string().as_bytes()))
-        .with_context(|| format!("writing {}", path.display()))?;
     Ok(Some(lock))
 }
 
@@ -442,7 +437,7 @@ async fn serve_session(
 fn finish(
     engine: Arc<Engine>,
     session: &Session,
-    events: &mut broadcast::Receiver<kiln_solver::Event>,
+    events: &mut broadcast::Receiver<Arc<kiln_solver::Event>>,
     out: mpsc::UnboundedSender<ToClient>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     while let Ok(event) = events.try_recv() {
@@ -450,7 +445,7 @@ fn finish(
     }
     let (stats, explanations) = (session.stats(), session.explanations());
     async move {
-        let flushed = tokio::task::spawn_blocking(move || engine.store().flush()).await;
+        let flushed = tokio::task::spawn_blocking(move || engine.store().flush_results()).await;
         if let Ok(Err(e)) = flushed {
             tracing::warn!("could not make the cache durable: {e}");
         }

@@ -21,6 +21,7 @@ mod tree;
 mod tty;
 
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln_solver::{Event, Stats};
@@ -107,7 +108,7 @@ pub struct Display {
 
 impl Display {
     /// Starts following `events`; execs are recorded in `log`.
-    pub fn start(options: Options, events: broadcast::Receiver<Event>, log: Option<RunLog>) -> Self {
+    pub fn start(options: Options, events: broadcast::Receiver<Arc<Event>>, log: Option<RunLog>) -> Self {
         let (stop, stopped) = oneshot::channel();
         let (above, above_rx) = mpsc::unbounded_channel();
         let follower = Follower {
@@ -184,7 +185,7 @@ struct Follower {
 impl Follower {
     async fn run(
         mut self,
-        mut events: broadcast::Receiver<Event>,
+        mut events: broadcast::Receiver<Arc<Event>>,
         mut above: mpsc::UnboundedReceiver<String>,
         mut stop: oneshot::Receiver<()>,
     ) -> Ops {
