@@ -411,22 +411,26 @@ fn root_a_remote_engine_over_tls_takes_uploads_from_and_exports_to_its_client() 
         "upload.graphql",
         &format!(r#"{{ host {{ directory(path: "{dir}") {{ file(path: "f.txt") {{ contents }} }} }} }}"#),
     );
-    let upload_from_client = |content: &str| {
-        let script = format!(
-            "mount -t tmpfs tmpfs {dir} && printf {content} > {dir}/f.txt && \
-             head -c 1000 /dev/zero > {dir}/g.bin && exec {} query {}",
-            env!("CARGO_BIN_EXE_kiln"),
-            upload.display()
-        );
+    // A script run as a client in a mount namespace of its own (its
+    // debug log says what it sent).
+    let in_own_namespace = |script: &str| {
         let base = env.kiln(&[]);
         let mut cmd = std::process::Command::new("unshare");
-        cmd.args(["-m", "--propagation", "private", "sh", "-c", &script])
+        cmd.args(["-m", "--propagation", "private", "sh", "-c", script])
             .envs(base.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
             .env("KILN_HOST", &addr)
             .env("KILN_TLS_FINGERPRINT", &fingerprint)
             .env("KILN_TOKEN", token.trim())
             .env("KILN_LOG", "kiln::engine::answers=debug");
         run(cmd)
+    };
+    let upload_from_client = |content: &str| {
+        in_own_namespace(&format!(
+            "mount -t tmpfs tmpfs {dir} && printf {content} > {dir}/f.txt && \
+             head -c 1000 /dev/zero > {dir}/g.bin && exec {} query {}",
+            env!("CARGO_BIN_EXE_kiln"),
+            upload.display()
+        ))
     };
     let out = upload_from_client("from-the-client");
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -469,21 +473,13 @@ fn root_a_remote_engine_over_tls_takes_uploads_from_and_exports_to_its_client() 
             }}"#
         ),
     );
-    let script = format!(
+    let out = in_own_namespace(&format!(
         "mount -t tmpfs tmpfs {dir} && mkdir {dir}/out && echo stale > {dir}/out/x && {} query {} && \
          cat {dir}/out/x {dir}/out/bin/tool {dir}/deep/single.txt && stat -c 'mode=%a' {dir}/out/bin/tool && \
          ls -A {dir}/out {dir}/deep",
         env!("CARGO_BIN_EXE_kiln"),
         export.display()
-    );
-    let base = env.kiln(&[]);
-    let mut cmd = std::process::Command::new("unshare");
-    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .envs(base.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
-        .env("KILN_HOST", &addr)
-        .env("KILN_TLS_FINGERPRINT", &fingerprint)
-        .env("KILN_TOKEN", token.trim());
-    let out = run(cmd);
+    ));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = text(&out.stdout);
     assert!(shown.contains("yrun mesingle"), "the files' contents: {shown}");
