@@ -37,8 +37,8 @@ PACKAGES=(
   skopeo umoci zstd gzip tar python3 python3-venv ca-certificates
   # loopback registry and its htpasswd files
   docker-registry apache2-utils
-  # flock, unshare, mount, ip (netns/veth for services)
-  util-linux mount iproute2
+  # flock, unshare, mount, ip (netns/veth for services), NAT for containers
+  util-linux mount iproute2 iptables
   # a terminal for the test of the live progress display
   tmux
   # building the workspace (C parts of zstd-sys etc.) and git sources

@@ -5,6 +5,7 @@
 pub mod cgroups;
 pub mod host;
 pub mod mounts;
+pub mod net;
 pub mod runtime;
 pub mod spec;
 pub mod user;

@@ -213,3 +213,52 @@ pub fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
     panic!("timed out waiting until {what}");
 }
+
+/// A network namespace a test makes (`ip netns add`), joined to the host by
+/// a veth pair with a /30 of `prefix` (`10.231` gives `10.231.N.1` on the
+/// host side and `10.231.N.2` inside); removed, with its veth pair, when
+/// dropped. Each one of a test process has its own N and interface names.
+pub struct NetNs {
+    /// The name under `/run/netns`.
+    pub name: String,
+    /// The host side's address.
+    pub outer: String,
+    /// The namespace side's address.
+    pub inner: String,
+}
+
+impl NetNs {
+    pub fn new(prefix: &str) -> Self {
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = (std::process::id() + made * 37) % 200 + 10;
+        let name = format!("kiln-test-{}-{made}", std::process::id());
+        let (host_if, ns_if) = (format!("kvh{id}"), format!("kvn{id}"));
+        let (outer, inner) = (format!("{prefix}.{id}.1"), format!("{prefix}.{id}.2"));
+        let script = format!(
+            "ip netns add {name}; ip link add {host_if} type veth peer name {ns_if}; \
+             ip link set {ns_if} netns {name}; ip addr add {outer}/30 dev {host_if}; ip link set {host_if} up; \
+             ip -n {name} addr add {inner}/30 dev {ns_if}; ip -n {name} link set {ns_if} up; \
+             ip -n {name} link set lo up"
+        );
+        let out = Command::new("sh").args(["-ec", &script]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { name, outer, inner }
+    }
+
+    /// The namespace's file, for `setns`.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // The veth pair goes with the namespace.
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}

@@ -295,46 +295,6 @@ fn root_registry_credentials_come_from_each_clients_own_docker_config() {
     assert!(shown.contains("credentials"), "{shown}");
 }
 
-/// A network namespace joined to the host by a veth pair (removed on drop):
-/// the engine listens inside it, the client reaches it from the host side.
-struct NetNs {
-    name: String,
-    /// The namespace side's address.
-    inner: String,
-}
-
-impl NetNs {
-    fn new() -> Self {
-        let id = std::process::id() % 200 + 10;
-        let name = format!("kiln-test-{}", std::process::id());
-        let (host_if, ns_if) = (format!("kvh{id}"), format!("kvn{id}"));
-        let (outer, inner) = (format!("10.231.{id}.1"), format!("10.231.{id}.2"));
-        let sh = |script: String| {
-            let out = std::process::Command::new("sh")
-                .args(["-ec", &script])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{script}: {}", text(&out.stderr));
-        };
-        sh(format!(
-            "ip netns add {name}; ip link add {host_if} type veth peer name {ns_if}; \
-             ip link set {ns_if} netns {name}; ip addr add {outer}/30 dev {host_if}; ip link set {host_if} up; \
-             ip -n {name} addr add {inner}/30 dev {ns_if}; ip -n {name} link set {ns_if} up; \
-             ip -n {name} link set lo up"
-        ));
-        Self { name, inner }
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        // The veth pair goes with the namespace.
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
 #[test]
 fn root_a_remote_engine_over_tls_takes_uploads_from_and_exports_to_its_client() {
     if !kiln_testkit::require_root() {
@@ -342,7 +302,7 @@ fn root_a_remote_engine_over_tls_takes_uploads_from_and_exports_to_its_client() 
     }
     let env = Env::new();
     let state = env.dir().join("state");
-    let netns = NetNs::new();
+    let netns = kiln_testkit::NetNs::new("10.231");
     let listen = format!("tcp://{}:0", netns.inner);
     let kiln = env.kiln(&["engine", "--listen", &listen]);
     let mut child = std::process::Command::new("ip")

@@ -1,0 +1,230 @@
+//! Container networking: a kiln bridge on the host, a network namespace per
+//! container joined to it by a veth pair, an address of the bridge's
+//! subnet for each, and outbound traffic NATed through the host (or
+//! refused, when the config turns it off).
+//!
+//! Addresses are leased machine-wide (several engines, for different state
+//! directories, may share a bridge): a lease is a file named after the
+//! address in `/run/kiln/net/<bridge>/`, created exclusively and holding
+//! the pid of its engine, next to the namespace's bind mount. An engine
+//! that starts removes the leases and namespaces of engines that are gone.
+
+mod firewall;
+mod ipam;
+mod link;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+pub use ipnet::Ipv4Net;
+
+/// How containers are networked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The host's bridge (created when missing).
+    pub bridge: String,
+    /// The containers' subnet; the bridge takes its first address.
+    pub subnet: Ipv4Net,
+    /// Whether containers reach beyond the bridge (NATed through the host).
+    pub outbound: bool,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            bridge: "kiln0".into(),
+            subnet: "10.87.0.0/16".parse().expect("a valid subnet"),
+            outbound: true,
+        }
+    }
+}
+
+/// Networking that failed, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A netlink request (links, addresses, routes).
+    #[error("network: {op}: {source}")]
+    Netlink { op: String, source: std::io::Error },
+    /// A file of the leases or namespaces.
+    #[error("network: {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The firewall (NAT) could not be set up.
+    #[error("network: {0}")]
+    Firewall(String),
+    /// Every address of the subnet is leased.
+    #[error("network: no free address in {0} (widen network.subnet in kiln.toml)")]
+    Exhausted(Ipv4Net),
+    /// The config cannot work.
+    #[error("network: {0}")]
+    Config(String),
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetError + use<> {
+    let path = path.to_path_buf();
+    move |source| NetError::Io { op, path, source }
+}
+
+/// The bridge and its leases, for one engine.
+#[derive(Debug)]
+pub struct Network {
+    config: NetConfig,
+    gateway: Ipv4Addr,
+    bridge_index: u32,
+    /// Leases and namespace mounts.
+    dir: PathBuf,
+    /// Releases still running in the background.
+    releasing: (Mutex<usize>, Condvar),
+}
+
+/// Where leases and namespaces of a bridge live.
+pub fn default_dir(bridge: &str) -> PathBuf {
+    Path::new("/run/kiln/net").join(bridge)
+}
+
+impl Network {
+    /// Sets up the bridge (once per boot), forwarding and the NAT rules,
+    /// and removes what engines that are gone left behind in `dir`.
+    pub fn start(config: NetConfig, dir: &Path) -> Result<Arc<Self>, NetError> {
+        if config.subnet.prefix_len() > 30 {
+            return Err(NetError::Config(format!(
+                "network.subnet {} is too small: containers need a /30 or wider",
+                config.subnet
+            )));
+        }
+        if config.bridge.is_empty() || config.bridge.len() > 15 {
+            return Err(NetError::Config(format!(
+                "network.bridge {:?}: an interface name has 1 to 15 characters",
+                config.bridge
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        // Engines of other state directories may start at the same time.
+        let lock_path = dir.join(".lock");
+        let lock = std::fs::File::create(&lock_path).map_err(io_err("creating", &lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io_err("locking", &lock_path)(e.into()))?;
+        let gateway = ipam::gateway(&config.subnet);
+        for stale in ipam::stale_leases(dir).map_err(io_err("listing", dir))? {
+            release(dir, stale);
+        }
+        let bridge_index = link::ensure_bridge(&config.bridge, gateway, config.subnet.prefix_len())?;
+        firewall::install(&config)?;
+        Ok(Arc::new(Self {
+            config,
+            gateway,
+            bridge_index,
+            dir: dir.to_path_buf(),
+            releasing: (Mutex::new(0), Condvar::new()),
+        }))
+    }
+
+    /// Removes the bridge's firewall rules, its namespaces and leases, and
+    /// the bridge (uninstalling; tests with bridges of their own).
+    pub fn teardown(config: &NetConfig, dir: &Path) -> Result<(), NetError> {
+        if let Ok(leased) = std::fs::read_dir(dir) {
+            let addresses: Vec<Ipv4Addr> = leased
+                .filter_map(|e| e.ok()?.file_name().to_str()?.rsplit_once('.')?.0.parse().ok())
+                .collect();
+            for address in addresses {
+                release(dir, address);
+            }
+        }
+        firewall::uninstall(config);
+        link::remove_link(&config.bridge)
+    }
+
+    /// Waits until the releases of attachments dropped so far are done
+    /// (an engine that stops leaves nothing behind).
+    pub fn settle(&self) {
+        let (count, done) = &self.releasing;
+        let mut count = count.lock().expect("releasing lock");
+        while *count > 0 {
+            count = done.wait(count).expect("releasing lock");
+        }
+    }
+
+    /// The config this network runs with.
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    /// The bridge's address: the containers' gateway.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.gateway
+    }
+
+    /// A new network namespace joined to the bridge, with an address of its
+    /// own; released (namespace, veth pair, address) when dropped.
+    pub fn attach(self: &Arc<Self>) -> Result<Attachment, NetError> {
+        let address = ipam::lease(&self.dir, &self.config.subnet)?;
+        let attachment = Attachment {
+            network: self.clone(),
+            address,
+            namespace: ipam::namespace_path(&self.dir, address),
+        };
+        link::create_namespace(&link::Endpoint {
+            namespace: &attachment.namespace,
+            host_side: &ipam::host_side_name(address),
+            address,
+            prefix: self.config.subnet.prefix_len(),
+            gateway: self.gateway,
+            bridge_index: self.bridge_index,
+        })?;
+        Ok(attachment)
+    }
+}
+
+/// A container's place on the network: its namespace (a bind mount to
+/// give the runtime) and its address.
+#[derive(Debug)]
+pub struct Attachment {
+    network: Arc<Network>,
+    address: Ipv4Addr,
+    namespace: PathBuf,
+}
+
+impl Attachment {
+    /// The network namespace, for the runtime's spec.
+    pub fn namespace(&self) -> &Path {
+        &self.namespace
+    }
+
+    /// The container's address.
+    pub fn address(&self) -> Ipv4Addr {
+        self.address
+    }
+}
+
+impl Drop for Attachment {
+    /// The namespace goes at once; deleting the veth pair waits for the
+    /// kernel (tens of milliseconds), so it and the lease go in the
+    /// background, off the container's critical path.
+    fn drop(&mut self) {
+        if let Err(e) = link::unmount_namespace(&self.namespace) {
+            tracing::warn!("network: removing the namespace {}: {e}", self.namespace.display());
+        }
+        let (network, address) = (self.network.clone(), self.address);
+        *network.releasing.0.lock().expect("releasing lock") += 1;
+        std::thread::spawn(move || {
+            release(&network.dir, address);
+            let (count, done) = &network.releasing;
+            *count.lock().expect("releasing lock") -= 1;
+            done.notify_all();
+        });
+    }
+}
+
+/// Removes a namespace, its veth pair and its lease.
+fn release(dir: &Path, address: Ipv4Addr) {
+    let namespace = ipam::namespace_path(dir, address);
+    if let Err(e) = link::remove_link(&ipam::host_side_name(address)).and_then(|_| link::unmount_namespace(&namespace))
+    {
+        tracing::warn!("network: removing the namespace {}: {e}", namespace.display());
+    }
+    ipam::unlease(dir, address);
+}

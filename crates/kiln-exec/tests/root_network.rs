@@ -1,0 +1,153 @@
+//! Root only: container networking on a bridge of the test's own (its own
+//! name, subnet and lease directory, so that it never meets an engine's),
+//! reaching a server in a namespace standing in for the internet.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use kiln_exec::net::{NetConfig, Network};
+
+/// Runs `f` on a thread that joined the network namespace at `path`.
+fn in_namespace<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = std::fs::File::open(path).unwrap();
+    std::thread::spawn(move || {
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&file),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A server in the stand-in internet that answers each connection with
+/// the address it came from.
+fn serve_peers(internet: &kiln_testkit::NetNs) -> SocketAddr {
+    let inner: Ipv4Addr = internet.inner.parse().unwrap();
+    let listener = in_namespace(&internet.path(), move || TcpListener::bind((inner, 0)).unwrap());
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let peer = stream.peer_addr().unwrap().ip().to_string();
+            let _ = stream.write_all(peer.as_bytes());
+        }
+    });
+    addr
+}
+
+/// What a connection from the namespace at `path` to `server` reads.
+fn fetch(path: &Path, server: SocketAddr) -> std::io::Result<String> {
+    in_namespace(path, move || {
+        let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(20))?;
+        let mut seen = String::new();
+        stream.read_to_string(&mut seen)?;
+        Ok(seen)
+    })
+}
+
+fn link_exists(name: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["link", "show", name])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// The test's bridge, removed with everything on it when dropped.
+struct TestNetwork {
+    config: NetConfig,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = Network::teardown(&self.config, self.dir.path());
+    }
+}
+
+#[test]
+fn root_containers_reach_the_world_through_nat_and_leave_nothing_behind() {
+    if !kiln_testkit::require_root() {
+        return;
+    }
+    let internet = kiln_testkit::NetNs::new("10.232");
+    let server = serve_peers(&internet);
+    let n = std::process::id() % 200 + 20;
+    let test = TestNetwork {
+        config: NetConfig {
+            bridge: format!("kt{n}"),
+            subnet: format!("10.233.{n}.0/24").parse().unwrap(),
+            outbound: true,
+        },
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let network = Network::start(test.config.clone(), test.dir.path()).unwrap();
+
+    let attached = network.attach().unwrap();
+    assert!(
+        test.config.subnet.contains(&attached.address()),
+        "{}",
+        attached.address()
+    );
+    assert_ne!(attached.address(), network.gateway());
+    let seen = fetch(attached.namespace(), server).unwrap();
+    assert_eq!(seen, internet.outer, "the server sees the host's address (masqueraded)");
+    // Two containers at once have addresses of their own.
+    let other = network.attach().unwrap();
+    assert_ne!(other.address(), attached.address());
+    assert_eq!(fetch(other.namespace(), server).unwrap(), internet.outer);
+
+    // Released: the namespace, the veth pair and the lease.
+    let (path, host_side) = (
+        attached.namespace().to_path_buf(),
+        format!("kv{:08x}", u32::from(attached.address())),
+    );
+    assert!(link_exists(&host_side));
+    drop(attached);
+    assert!(!path.exists(), "the namespace is unmounted and removed");
+    network.settle();
+    assert!(!link_exists(&host_side), "the veth pair is gone");
+
+    // An engine that died left a container's namespace behind: the next
+    // one to start removes it.
+    let leaked = network.attach().unwrap();
+    let (path, host_side) = (
+        leaked.namespace().to_path_buf(),
+        format!("kv{:08x}", u32::from(leaked.address())),
+    );
+    let lease = test.dir.path().join(format!("{}.lease", leaked.address()));
+    std::mem::forget(leaked);
+    std::fs::write(&lease, "4294967295 1").unwrap();
+    drop(other);
+    network.settle();
+    let network = Network::start(test.config.clone(), test.dir.path()).unwrap();
+    assert!(
+        !path.exists() && !lease.exists(),
+        "the dead engine's namespace and lease are gone"
+    );
+    assert!(!link_exists(&host_side));
+    let left: Vec<_> = std::fs::read_dir(test.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".lease") || name.ends_with(".ns"))
+        .collect();
+    assert!(left.is_empty(), "no lease or namespace left: {left:?}");
+
+    // Outbound off: containers still get an address, but nothing beyond
+    // the bridge answers them.
+    drop(network);
+    let closed = NetConfig {
+        outbound: false,
+        ..test.config.clone()
+    };
+    let network = Network::start(closed, test.dir.path()).unwrap();
+    let attached = network.attach().unwrap();
+    let refused = fetch(attached.namespace(), server);
+    assert!(refused.is_err(), "outbound is off, yet it got {refused:?}");
+}
