@@ -97,6 +97,9 @@ pub struct RunSpec {
     pub process: ProcessSpec,
     /// Bytes for the process's stdin.
     pub stdin: Option<Vec<u8>>,
+    /// The network namespace to join (a bind mount of one, see
+    /// [`crate::net::Attachment`]); `None`: a new one with only loopback.
+    pub network: Option<PathBuf>,
 }
 
 /// A host path bound into the container.
@@ -261,7 +264,7 @@ impl Runtime {
                 readonly: b.readonly,
             });
         }
-        let oci = spec::build(rootfs, &spec.process, &mounts, "kiln").map_err(|source| ExecError::Spec {
+        let oci = spec::build(rootfs, &spec.process, &mounts, spec.network.as_deref()).map_err(|source| ExecError::Spec {
             id: spec.id.clone(),
             source,
         })?;

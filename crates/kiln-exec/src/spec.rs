@@ -68,12 +68,16 @@ pub struct ProcessSpec {
     pub identity: Identity,
 }
 
-/// Builds the runtime spec for a container whose rootfs is `rootfs`.
+/// The containers' host name.
+pub const HOSTNAME: &str = "kiln";
+
+/// Builds the runtime spec for a container whose rootfs is `rootfs`, in
+/// the network namespace mounted at `network` (else a new one).
 pub fn build(
     rootfs: PathBuf,
     process: &ProcessSpec,
     mounts: &[ContainerMount],
-    hostname: &str,
+    network: Option<&std::path::Path>,
 ) -> Result<Spec, oci_spec::OciSpecError> {
     let caps: std::collections::HashSet<Capability> = CAPABILITIES.into_iter().collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
@@ -130,7 +134,10 @@ pub fn build(
         LinuxNamespaceType::Mount,
     ]
     .into_iter()
-    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+    .map(|t| match (t, network) {
+        (LinuxNamespaceType::Network, Some(path)) => LinuxNamespaceBuilder::default().typ(t).path(path).build(),
+        _ => LinuxNamespaceBuilder::default().typ(t).build(),
+    })
     .collect::<Result<Vec<_>, _>>()?;
     let defaults = Spec::default();
     let default_linux = defaults.linux().clone().unwrap_or_default();
@@ -142,7 +149,7 @@ pub fn build(
     let mut spec = defaults;
     spec.set_process(Some(proc))
         .set_root(Some(RootBuilder::default().path(rootfs).readonly(false).build()?))
-        .set_hostname(Some(hostname.to_string()))
+        .set_hostname(Some(HOSTNAME.to_string()))
         .set_mounts(Some(all_mounts))
         .set_linux(Some(linux));
     Ok(spec)

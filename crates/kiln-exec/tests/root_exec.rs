@@ -60,6 +60,7 @@ fn spec(dir: &Path, id: &str, base: &Path, args: &[&str]) -> RunSpec {
             },
         },
         stdin: None,
+        network: None,
     }
 }
 

@@ -47,6 +47,8 @@ pub struct EngineConfig {
     /// Bounds on what one image layer may write (`max_total_bytes` is
     /// further bounded by the free disk space).
     pub layer_limits: ExtractLimits,
+    /// The containers' network (`None`: each container has only loopback).
+    pub network: Option<kiln_exec::net::NetConfig>,
 }
 
 /// The evaluation engine of one state directory: what every session
@@ -85,6 +87,13 @@ impl Engine {
         let secrets = Secrets::open(store.root()).map_err(|e| SolveError::op("open secrets key", e))?;
         let volumes =
             Volumes::open(store.root().join("volumes")).map_err(|e| SolveError::op("open cache volumes", e))?;
+        let network = match config.network {
+            Some(net) => {
+                let dir = kiln_exec::net::default_dir(&net.bridge);
+                Some(kiln_exec::net::Network::start(net, &dir).map_err(|e| SolveError::op("set up the network", e))?)
+            }
+            None => None,
+        };
         Ok(Arc::new(Self {
             resources: Resources {
                 store: Arc::new(store),
@@ -94,6 +103,7 @@ impl Engine {
                 volumes: VolumeLeases::new(volumes),
                 exec_slots: Semaphore::new(config.parallelism.max(1)),
                 layer_limits: config.layer_limits,
+                network,
             },
             inflight: OnceMap::in_flight(lost_job),
             audiences: Audiences::default(),
@@ -115,6 +125,11 @@ impl Engine {
     /// reads only its own, see [`Session::secret`].
     pub fn secrets(&self) -> &Secrets {
         &self.resources.secrets
+    }
+
+    /// The containers' network, if they have one.
+    pub fn network(&self) -> Option<&Arc<kiln_exec::net::Network>> {
+        self.resources.network.as_ref()
     }
 
     /// The cache volumes.

@@ -63,6 +63,9 @@ pub enum Cause {
     /// A user or group that the tree does not know.
     #[error(transparent)]
     User(Arc<kiln_exec::UserError>),
+    /// The containers' network.
+    #[error(transparent)]
+    Network(Arc<kiln_exec::net::NetError>),
     /// A file operation.
     #[error(transparent)]
     Io(Arc<io::Error>),
@@ -121,6 +124,7 @@ cause_from!(
     Image(kiln_oci::Error),
     Runtime(kiln_exec::ExecError),
     User(kiln_exec::UserError),
+    Network(kiln_exec::net::NetError),
     Io(io::Error),
     Graph(GraphError),
 );

@@ -17,6 +17,11 @@
 //! layer_max_bytes = "100GB"     # file data in all (default: the free disk space)
 //! layer_max_entry_size = "64GiB" # one file, holes of sparse files included (the default)
 //! layer_max_depth = 256         # directories deep (the default)
+//! [network]                     # the containers' network
+//! enabled = true                # false: containers have only loopback
+//! outbound = true               # false: nothing beyond the bridge answers
+//! bridge = "kiln0"              # the host's bridge (made when missing)
+//! subnet = "10.87.0.0/16"       # the containers' addresses
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -46,6 +51,44 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The engine that clients start.
     pub engine: EngineSettings,
+    /// The containers' network.
+    pub network: NetworkSettings,
+}
+
+/// The `[network]` table.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSettings {
+    /// Whether containers get a network (default: yes).
+    pub enabled: Option<bool>,
+    /// Whether they reach beyond the bridge (default: yes).
+    pub outbound: Option<bool>,
+    /// The host's bridge (default: `kiln0`).
+    pub bridge: Option<String>,
+    /// The containers' subnet (default: `10.87.0.0/16`).
+    pub subnet: Option<String>,
+}
+
+impl NetworkSettings {
+    /// The network the engine gives its containers (`None`: loopback only).
+    pub fn config(&self) -> anyhow::Result<Option<kiln_exec::net::NetConfig>> {
+        if self.enabled == Some(false) {
+            return Ok(None);
+        }
+        let mut config = kiln_exec::net::NetConfig::default();
+        if let Some(outbound) = self.outbound {
+            config.outbound = outbound;
+        }
+        if let Some(bridge) = &self.bridge {
+            config.bridge = bridge.clone();
+        }
+        if let Some(subnet) = &self.subnet {
+            config.subnet = subnet
+                .parse()
+                .with_context(|| format!("[network] subnet {subnet:?}: expected an IPv4 network such as 10.87.0.0/16"))?;
+        }
+        Ok(Some(config))
+    }
 }
 
 /// The `[engine]` table.

@@ -13,6 +13,7 @@ use kiln_store::merged::clean;
 use kiln_store::{CopyOptions, MergedView, PathFilter, SnapshotId, Staged, Store, copy_tree, prepare_parents};
 use serde::{Deserialize, Serialize};
 
+use super::network;
 use super::tree::{is_part, read_text, resolve_owner};
 use super::{Context, Definition, OpOutput, Operation, Prepared};
 use crate::error::Context as _;
@@ -278,6 +279,7 @@ fn prepare(
             identity,
         },
         stdin,
+        network: None,
     };
     Ok(Setup {
         spec,
@@ -393,11 +395,12 @@ async fn run(cx: &Context<'_>, exec: &Exec, inputs: &[Option<SnapshotId>]) -> Re
     let (_leases, volumes) = lease_volumes(cx, exec, inputs).await?;
     let (exec_c, inputs_c) = (exec.clone(), inputs.to_vec());
     let (runtime, secrets) = (cx.runtime().clone(), cx.secrets().clone());
-    let prepared = cx
+    let mut prepared = cx
         .blocking(move |store| prepare(store, &runtime, &secrets, &exec_c, &inputs_c, &volumes))
         .await?;
     let output = {
         let _slot = cx.exec_slot().await?;
+        let _network = network::attach(cx, &mut prepared.spec, prepared.root.id()).await?;
         cx.exec(&prepared.spec).await.map_err(|e| cx.error(e))?
     };
     // Secret values never leave the container unmasked.

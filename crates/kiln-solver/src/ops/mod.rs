@@ -26,6 +26,7 @@ use crate::secrets::Secrets;
 use crate::volumes::VolumeLeases;
 use crate::{Cause, SolveError};
 
+mod network;
 mod tree;
 
 /// Declares the operations: their modules, their re-exports, and how a
@@ -269,6 +270,7 @@ pub(crate) struct Resources {
     pub volumes: Arc<VolumeLeases>,
     pub exec_slots: Semaphore,
     pub layer_limits: ExtractLimits,
+    pub network: Option<Arc<kiln_exec::net::Network>>,
 }
 
 /// What an operation may use: the engine's resources, the client's host,
@@ -311,6 +313,11 @@ impl<'a> Context<'a> {
     /// The secrets (the session checked that the op may use its own).
     pub fn secrets(&self) -> &Arc<Secrets> {
         &self.resources.secrets
+    }
+
+    /// The containers' network, if they have one.
+    pub fn network(&self) -> Option<&Arc<kiln_exec::net::Network>> {
+        self.resources.network.as_ref()
     }
 
     /// The cache volumes.

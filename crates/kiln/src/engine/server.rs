@@ -237,6 +237,10 @@ pub async fn serve(
     }
     let _ = std::fs::remove_file(&socket);
     engine.store().flush().context("making the cache durable")?;
+    // The last containers' namespaces and addresses are released.
+    if let Some(network) = engine.network().cloned() {
+        let _ = tokio::task::spawn_blocking(move || network.settle()).await;
+    }
     Ok(())
 }
 
