@@ -164,12 +164,32 @@ def busybox_rootfs_blob(env):
     return os.path.join(layout, "blobs/sha256", layer["digest"].split(":")[1])
 
 
-def bench_exec_overhead(kiln, env, n, runs):
-    image = "busybox"
+def without_network(env):
+    """The same settings with container networking off: a config and a state
+    dir of their own (so another engine serves them)."""
+    work = tempfile.mkdtemp(prefix="kiln-bench-nonet-")
+    config = os.path.join(work, "kiln.toml")
+    shutil.copy(env["KILN_CONFIG"], config)
+    with open(config, "a") as f:
+        f.write("\n[network]\nenabled = false\n")
+    return dict(env, KILN_CONFIG=config, KILN_STATE_DIR=os.path.join(work, "state")), work
+
+
+def kiln_exec_cost(kiln, env, n, runs, image="busybox"):
+    """kiln's time per exec of a chain of `n` (the chain minus an empty one),
+    and the measured chains."""
     kiln_query(kiln, env, chain_query(image, 0, "warm"))  # pull the image once
     execs = repeat(lambda: kiln_query(kiln, env, chain_query(image, n, uuid.uuid4().hex)), runs)
     base = repeat(lambda: kiln_query(kiln, env, chain_query(image, 0, uuid.uuid4().hex)), runs)
-    kiln_per_exec = (execs.ms() - base.ms()) / n
+    return (execs.ms() - base.ms()) / n, execs
+
+
+def bench_exec_overhead(kiln, env, n, runs):
+    kiln_per_exec, execs = kiln_exec_cost(kiln, env, n, runs)
+    offline_env, offline_dir = without_network(env)
+    offline_per_exec, offline = kiln_exec_cost(kiln, offline_env, n, runs)
+    subprocess.run(kiln_cmd(kiln, "engine", "stop"), env=offline_env, check=False, stdout=subprocess.DEVNULL)
+    shutil.rmtree(offline_dir, ignore_errors=True)
 
     # Raw crun on the same busybox rootfs, in a private mount namespace with
     # the cgroup v2 mount hidden (as kiln does on hybrid hosts).
@@ -192,8 +212,11 @@ def bench_exec_overhead(kiln, env, n, runs):
     crun_per_exec = crun.ms() / n
     return [
         (f"{n} sequential `true` execs: kiln (per exec)", kiln_per_exec, execs.rss()),
+        (f"{n} sequential `true` execs: kiln without networking (per exec)", offline_per_exec, offline.rss()),
+        ("networking's cost per exec (target < 3 ms)", kiln_per_exec - offline_per_exec, None),
         (f"{n} sequential `true` execs: raw crun run (per exec)", crun_per_exec, crun.rss()),
         ("ratio: exec overhead kiln / crun (target <= 1.3)", kiln_per_exec / crun_per_exec, None),
+        ("ratio: exec overhead kiln without networking / crun", offline_per_exec / crun_per_exec, None),
     ]
 
 

@@ -264,10 +264,11 @@ impl Runtime {
                 readonly: b.readonly,
             });
         }
-        let oci = spec::build(rootfs, &spec.process, &mounts, spec.network.as_deref()).map_err(|source| ExecError::Spec {
-            id: spec.id.clone(),
-            source,
-        })?;
+        let oci =
+            spec::build(rootfs, &spec.process, &mounts, spec.network.as_deref()).map_err(|source| ExecError::Spec {
+                id: spec.id.clone(),
+                source,
+            })?;
         oci.save(spec.bundle.join("config.json"))
             .map_err(|e| setup("writing config.json")(std::io::Error::other(e)))?;
 

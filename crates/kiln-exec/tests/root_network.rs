@@ -109,9 +109,25 @@ fn root_containers_reach_the_world_through_nat_and_leave_nothing_behind() {
         format!("kv{:08x}", u32::from(attached.address())),
     );
     assert!(link_exists(&host_side));
+    // A namespace nothing is left in serves the next container as it is;
+    // one that holds a TCP socket (here, a listener) does not.
     drop(attached);
-    assert!(!path.exists(), "the namespace is unmounted and removed");
+    network.quiesce();
+    let again = network.attach().unwrap();
+    assert_eq!(again.namespace(), path, "the quiet namespace is used again");
+    let listener = in_namespace(&path, move || TcpListener::bind("0.0.0.0:0").unwrap());
+    drop(again);
+    network.quiesce();
+    let fresh = network.attach().unwrap();
+    assert_ne!(
+        fresh.namespace(),
+        path,
+        "a namespace with a socket left is not used again"
+    );
+    drop(listener);
+    drop(fresh);
     network.settle();
+    assert!(!path.exists(), "the namespace is unmounted and removed");
     assert!(!link_exists(&host_side), "the veth pair is gone");
 
     // An engine that died left a container's namespace behind: the next

@@ -83,9 +83,9 @@ impl NetworkSettings {
             config.bridge = bridge.clone();
         }
         if let Some(subnet) = &self.subnet {
-            config.subnet = subnet
-                .parse()
-                .with_context(|| format!("[network] subnet {subnet:?}: expected an IPv4 network such as 10.87.0.0/16"))?;
+            config.subnet = subnet.parse().with_context(|| {
+                format!("[network] subnet {subnet:?}: expected an IPv4 network such as 10.87.0.0/16")
+            })?;
         }
         Ok(Some(config))
     }

@@ -26,7 +26,16 @@ impl Drop for Server {
 fn serve(internet: &NetNs, root: &std::path::Path) -> (Server, String) {
     std::fs::write(root.join("hello.txt"), "from the internet\n").unwrap();
     let child = std::process::Command::new("ip")
-        .args(["netns", "exec", &internet.name, "python3", "-m", "http.server", "--bind", &internet.inner])
+        .args([
+            "netns",
+            "exec",
+            &internet.name,
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            &internet.inner,
+        ])
         .arg("18080")
         .current_dir(root)
         .stdout(Stdio::null())
@@ -100,15 +109,27 @@ fn root_containers_reach_the_world_through_nat_unless_outbound_is_off() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let shown = text(&out.stdout);
     assert!(shown.contains("from the internet"), "{shown}");
-    assert!(shown.contains(&format!("10.235.{n}.")), "the container's own address in /etc/hosts: {shown}");
+    assert!(
+        shown.contains(&format!("10.235.{n}.")),
+        "the container's own address in /etc/hosts: {shown}"
+    );
     let stopped = run(env.kiln(&["engine", "stop"]));
     assert!(stopped.status.success(), "{}", text(&stopped.stderr));
     assert_eq!(leases(&net), Vec::<String>::new(), "every namespace and lease released");
 
     // Outbound off: the same request fails, with wget's own words.
     let closed = Env::new();
-    use_network(&closed, &NetConfig { outbound: false, ..net.clone() });
-    let fetch = closed.query("fetch.graphql", &exec_query(None, &format!("{nonce}wget -q -T 5 -O - {url}")));
+    use_network(
+        &closed,
+        &NetConfig {
+            outbound: false,
+            ..net.clone()
+        },
+    );
+    let fetch = closed.query(
+        "fetch.graphql",
+        &exec_query(None, &format!("{nonce}wget -q -T 5 -O - {url}")),
+    );
     let out = run(closed.kiln(&["query", fetch.to_str().unwrap()]));
     assert!(!out.status.success(), "outbound is off, yet: {}", text(&out.stdout));
     let said = text(&out.stdout) + &text(&out.stderr);

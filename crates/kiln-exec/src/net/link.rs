@@ -219,6 +219,30 @@ pub fn remove_link(name: &str) -> Result<(), NetError> {
     })
 }
 
+/// Whether the namespace mounted at `path` holds no TCP socket (none
+/// listening, connected or in TIME_WAIT), as its own `/proc/net/tcp*` say.
+pub fn quiet(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    std::thread::spawn(move || {
+        use std::os::fd::AsFd;
+        if rustix::thread::move_into_link_name_space(file.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+            .is_err()
+        {
+            return false;
+        }
+        ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
+            .iter()
+            .all(|table| {
+                // A header line, then a line per socket.
+                std::fs::read_to_string(table).is_ok_and(|t| t.lines().count() <= 1)
+            })
+    })
+    .join()
+    .unwrap_or(false)
+}
+
 /// Unmounts and removes the namespace mounted at `path` (the kernel frees
 /// it once no process is left in it). What is already gone is fine.
 pub fn unmount_namespace(path: &Path) -> Result<(), NetError> {

@@ -3,6 +3,12 @@
 //! subnet for each, and outbound traffic NATed through the host (or
 //! refused, when the config turns it off).
 //!
+//! A namespace whose container ended is kept for the next container when
+//! nothing of the last one is left in it (no TCP socket, not even one in
+//! TIME_WAIT that could keep a port busy): containers cannot change their
+//! namespace's configuration (no CAP_NET_ADMIN), so it is as new, and the
+//! next container pays nothing for its network.
+//!
 //! Addresses are leased machine-wide (several engines, for different state
 //! directories, may share a bridge): a lease is a file named after the
 //! address in `/run/kiln/net/<bridge>/`, created exclusively and holding
@@ -13,6 +19,7 @@ mod firewall;
 mod ipam;
 mod link;
 
+use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -79,7 +86,12 @@ pub struct Network {
     dir: PathBuf,
     /// Releases still running in the background.
     releasing: (Mutex<usize>, Condvar),
+    /// Namespaces ready for a container (their addresses), oldest first.
+    idle: Mutex<VecDeque<Ipv4Addr>>,
 }
+
+/// The most namespaces kept ready for containers.
+const MAX_IDLE: usize = 32;
 
 /// Where leases and namespaces of a bridge live.
 pub fn default_dir(bridge: &str) -> PathBuf {
@@ -120,6 +132,7 @@ impl Network {
             bridge_index,
             dir: dir.to_path_buf(),
             releasing: (Mutex::new(0), Condvar::new()),
+            idle: Mutex::new(VecDeque::new()),
         }))
     }
 
@@ -138,9 +151,19 @@ impl Network {
         link::remove_link(&config.bridge)
     }
 
-    /// Waits until the releases of attachments dropped so far are done
-    /// (an engine that stops leaves nothing behind).
+    /// Waits until the attachments dropped so far are released or kept,
+    /// then releases the namespaces kept for later containers (an engine
+    /// that stops leaves nothing behind).
     pub fn settle(&self) {
+        self.quiesce();
+        let idle: Vec<Ipv4Addr> = self.idle.lock().expect("idle lock").drain(..).collect();
+        for address in idle {
+            release(&self.dir, address);
+        }
+    }
+
+    /// Waits until the attachments dropped so far are released or kept.
+    pub fn quiesce(&self) {
         let (count, done) = &self.releasing;
         let mut count = count.lock().expect("releasing lock");
         while *count > 0 {
@@ -161,6 +184,13 @@ impl Network {
     /// A new network namespace joined to the bridge, with an address of its
     /// own; released (namespace, veth pair, address) when dropped.
     pub fn attach(self: &Arc<Self>) -> Result<Attachment, NetError> {
+        if let Some(address) = self.idle.lock().expect("idle lock").pop_front() {
+            return Ok(Attachment {
+                network: self.clone(),
+                address,
+                namespace: ipam::namespace_path(&self.dir, address),
+            });
+        }
         let address = ipam::lease(&self.dir, &self.config.subnet)?;
         let attachment = Attachment {
             network: self.clone(),
@@ -201,17 +231,25 @@ impl Attachment {
 }
 
 impl Drop for Attachment {
-    /// The namespace goes at once; deleting the veth pair waits for the
-    /// kernel (tens of milliseconds), so it and the lease go in the
-    /// background, off the container's critical path.
+    /// Kept for the next container when nothing of this one is left in it,
+    /// else released; in the background either way (deleting a veth pair
+    /// waits for the kernel, tens of milliseconds), off the container's
+    /// critical path.
     fn drop(&mut self) {
-        if let Err(e) = link::unmount_namespace(&self.namespace) {
-            tracing::warn!("network: removing the namespace {}: {e}", self.namespace.display());
-        }
-        let (network, address) = (self.network.clone(), self.address);
+        let (network, address, namespace) = (self.network.clone(), self.address, self.namespace.clone());
         *network.releasing.0.lock().expect("releasing lock") += 1;
         std::thread::spawn(move || {
-            release(&network.dir, address);
+            let kept = link::quiet(&namespace) && {
+                let mut idle = network.idle.lock().expect("idle lock");
+                let room = idle.len() < MAX_IDLE;
+                if room {
+                    idle.push_back(address);
+                }
+                room
+            };
+            if !kept {
+                release(&network.dir, address);
+            }
             let (count, done) = &network.releasing;
             *count.lock().expect("releasing lock") -= 1;
             done.notify_all();
