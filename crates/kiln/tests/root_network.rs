@@ -82,6 +82,17 @@ fn leases(net: &NetConfig) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A bridge and subnet of this test's own (`which` tells this process's
+/// tests apart).
+fn test_network(which: u32) -> NetConfig {
+    let n = (std::process::id() * 2 + which) % 200 + 20;
+    NetConfig {
+        bridge: format!("kn{n}"),
+        subnet: format!("10.235.{n}.0/24").parse().unwrap(),
+        outbound: true,
+    }
+}
+
 #[test]
 fn root_containers_reach_the_world_through_nat_unless_outbound_is_off() {
     if !kiln_testkit::require_root() {
@@ -90,12 +101,8 @@ fn root_containers_reach_the_world_through_nat_unless_outbound_is_off() {
     let internet = NetNs::new("10.234");
     let www = tempfile::tempdir().unwrap();
     let (_server, url) = serve(&internet, www.path());
-    let n = std::process::id() % 200 + 20;
-    let net = NetConfig {
-        bridge: format!("kn{n}"),
-        subnet: format!("10.235.{n}.0/24").parse().unwrap(),
-        outbound: true,
-    };
+    let net = test_network(0);
+    let prefix = net.subnet.to_string().rsplit_once(".0/").unwrap().0.to_string();
     let _bridge = TestBridge(net.clone());
 
     let env = Env::new();
@@ -110,7 +117,7 @@ fn root_containers_reach_the_world_through_nat_unless_outbound_is_off() {
     let shown = text(&out.stdout);
     assert!(shown.contains("from the internet"), "{shown}");
     assert!(
-        shown.contains(&format!("10.235.{n}.")),
+        shown.contains(&format!("{prefix}.")),
         "the container's own address in /etc/hosts: {shown}"
     );
     let stopped = run(env.kiln(&["engine", "stop"]));
@@ -137,4 +144,61 @@ fn root_containers_reach_the_world_through_nat_unless_outbound_is_off() {
     let stopped = run(closed.kiln(&["engine", "stop"]));
     assert!(stopped.status.success(), "{}", text(&stopped.stderr));
     assert_eq!(leases(&net), Vec::<String>::new());
+}
+
+#[test]
+fn root_a_killed_engine_leaves_no_namespace_lease_or_veth_after_the_next_start() {
+    if !kiln_testkit::require_root() {
+        return;
+    }
+    let net = test_network(1);
+    let _bridge = TestBridge(net.clone());
+    let env = Env::new();
+    use_network(&env, &net);
+    let state = env.dir().join("state");
+    let nonce = format!("echo {}; ", std::process::id());
+    let long = env.query(
+        "long.graphql",
+        &exec_query(None, &format!("{nonce}touch /tmp/x; sleep 600")),
+    );
+    let mut client = env
+        .kiln(&["--progress", "plain", "query", long.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    poll_until("the container is on the network", || {
+        leases(&net).iter().any(|l| l.ends_with(".ns"))
+    });
+    let held = leases(&net);
+    let veths = || {
+        let out = run({
+            let mut ip = std::process::Command::new("ip");
+            ip.args(["-o", "link", "show", "master", &net.bridge]);
+            ip
+        });
+        text(&out.stdout).lines().count()
+    };
+    assert_eq!(veths(), 1, "the container's veth is on the bridge");
+    let pid = std::fs::read_to_string(state.join("engine.lock")).unwrap();
+    // SAFETY: kill(2) of the engine this test started (through its client).
+    unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
+    let _ = client.kill();
+    let _ = client.wait();
+    poll_until("the engine is gone", || {
+        !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+    });
+    assert_eq!(leases(&net), held, "a killed engine cannot clean up");
+
+    // The next engine (started by the next client) releases them.
+    let step = env.query("step.graphql", &exec_query(None, &format!("{nonce}echo next")));
+    let out = run(env.kiln(&["query", step.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for old in &held {
+        assert!(!leases(&net).contains(old), "{old} of the killed engine is released");
+    }
+    let stopped = run(env.kiln(&["engine", "stop"]));
+    assert!(stopped.status.success(), "{}", text(&stopped.stderr));
+    assert_eq!(leases(&net), Vec::<String>::new());
+    assert_eq!(veths(), 0, "no veth left on the bridge");
 }
