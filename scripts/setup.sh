@@ -38,7 +38,7 @@ PACKAGES=(
   # loopback registry and its htpasswd files
   docker-registry apache2-utils
   # flock, unshare, mount, ip (netns/veth for services), NAT for containers
-  util-linux mount iproute2 iptables
+  util-linux mount iproute2 iptables nftables
   # a terminal for the test of the live progress display
   tmux
   # building the workspace (C parts of zstd-sys etc.) and git sources

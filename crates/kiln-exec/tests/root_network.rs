@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use kiln_exec::net::{NetConfig, Network};
+use kiln_exec::net::{Firewall, NetConfig, Network};
 
 /// Runs `f` on a thread that joined the network namespace at `path`.
 fn in_namespace<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -83,7 +83,7 @@ fn root_containers_reach_the_world_through_nat_and_leave_nothing_behind() {
         config: NetConfig {
             bridge: format!("kt{n}"),
             subnet: format!("10.233.{n}.0/24").parse().unwrap(),
-            outbound: true,
+            ..NetConfig::default()
         },
         dir: tempfile::tempdir().unwrap(),
     };
@@ -166,4 +166,54 @@ fn root_containers_reach_the_world_through_nat_and_leave_nothing_behind() {
     let attached = network.attach().unwrap();
     let refused = fetch(attached.namespace(), server);
     assert!(refused.is_err(), "outbound is off, yet it got {refused:?}");
+}
+
+#[test]
+fn root_nftables_masquerades_and_refuses_as_iptables_does() {
+    if !kiln_testkit::require_root() {
+        return;
+    }
+    let internet = kiln_testkit::NetNs::new("10.232");
+    let server = serve_peers(&internet);
+    let n = (std::process::id() + 100) % 200 + 20;
+    let test = TestNetwork {
+        config: NetConfig {
+            bridge: format!("kt{n}"),
+            subnet: format!("10.236.{n}.0/24").parse().unwrap(),
+            firewall: Firewall::Nftables,
+            ..NetConfig::default()
+        },
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let table = || {
+        let out = std::process::Command::new("nft")
+            .args(["list", "table", "ip", &format!("kiln_kt{n}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let network = Network::start(test.config.clone(), test.dir.path()).unwrap();
+    assert!(table().contains("masquerade"), "{}", table());
+    let attached = network.attach().unwrap();
+    assert_eq!(
+        fetch(attached.namespace(), server).unwrap(),
+        internet.outer,
+        "masqueraded"
+    );
+    drop(attached);
+    network.settle();
+
+    let closed = NetConfig {
+        outbound: false,
+        ..test.config.clone()
+    };
+    let network = Network::start(closed, test.dir.path()).unwrap();
+    assert!(table().contains("reject"), "{}", table());
+    let attached = network.attach().unwrap();
+    let refused = fetch(attached.namespace(), server);
+    assert!(refused.is_err(), "outbound is off, yet it got {refused:?}");
+    drop(attached);
+    network.settle();
+    Network::teardown(&test.config, test.dir.path()).unwrap();
+    assert!(table().is_empty(), "the table is gone: {}", table());
 }

@@ -22,6 +22,7 @@
 //! outbound = true               # false: nothing beyond the bridge answers
 //! bridge = "kiln0"              # the host's bridge (made when missing)
 //! subnet = "10.87.0.0/16"       # the containers' addresses
+//! firewall = "auto"             # or "iptables" or "nftables" (auto: iptables if installed)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -67,6 +68,9 @@ pub struct NetworkSettings {
     pub bridge: Option<String>,
     /// The containers' subnet (default: `10.87.0.0/16`).
     pub subnet: Option<String>,
+    /// Which tool sets the firewall rules (default: `iptables` if the host
+    /// has it, else `nft`).
+    pub firewall: Option<kiln_exec::net::Firewall>,
 }
 
 impl NetworkSettings {
@@ -78,6 +82,9 @@ impl NetworkSettings {
         let mut config = kiln_exec::net::NetConfig::default();
         if let Some(outbound) = self.outbound {
             config.outbound = outbound;
+        }
+        if let Some(firewall) = self.firewall {
+            config.firewall = firewall;
         }
         if let Some(bridge) = &self.bridge {
             config.bridge = bridge.clone();

@@ -89,7 +89,7 @@ fn test_network(which: u32) -> NetConfig {
     NetConfig {
         bridge: format!("kn{n}"),
         subnet: format!("10.235.{n}.0/24").parse().unwrap(),
-        outbound: true,
+        ..NetConfig::default()
     }
 }
 

@@ -24,6 +24,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
+pub use firewall::Firewall;
 pub use ipnet::Ipv4Net;
 
 /// How containers are networked.
@@ -35,6 +36,8 @@ pub struct NetConfig {
     pub subnet: Ipv4Net,
     /// Whether containers reach beyond the bridge (NATed through the host).
     pub outbound: bool,
+    /// Which tool sets the firewall rules.
+    pub firewall: Firewall,
 }
 
 impl Default for NetConfig {
@@ -43,6 +46,7 @@ impl Default for NetConfig {
             bridge: "kiln0".into(),
             subnet: "10.87.0.0/16".parse().expect("a valid subnet"),
             outbound: true,
+            firewall: Firewall::Auto,
         }
     }
 }

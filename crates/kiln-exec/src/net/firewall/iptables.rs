@@ -1,12 +1,20 @@
-//! The host's firewall rules for the bridge, through `iptables` (its
-//! nf_tables or legacy backend, whichever the host uses): forwarding
-//! between the bridge and the world, masquerading what leaves, or refusing
-//! it when outbound traffic is off. The rules live in chains of their own,
-//! named after the bridge, made anew at each engine start.
+//! The rules through `iptables` (its nf_tables or legacy backend,
+//! whichever the host uses), in chains of their own named after the
+//! bridge, jumped to from `FORWARD` and `POSTROUTING`: they work beside
+//! whatever else the host's `FORWARD` chain does (a DROP policy included).
 
 use std::process::Command;
 
-use super::{NetConfig, NetError};
+use super::marker;
+use crate::net::{NetConfig, NetError};
+
+/// Whether `iptables` can be run.
+pub fn available() -> bool {
+    Command::new("iptables")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
 
 /// Runs `iptables` with `args`; its error output on failure.
 fn iptables(args: &[&str]) -> Result<(), String> {
@@ -78,27 +86,22 @@ fn listed(table: &str, chain: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Whether the rules for `config` are in place already.
+pub fn current(config: &NetConfig) -> bool {
+    let (forward, nat) = chains(config);
+    listed("filter", &forward).contains(&marker(config))
+        && listed("filter", "FORWARD").contains(&format!("-j {forward}"))
+        && listed("nat", "POSTROUTING").contains(&format!("-j {nat}"))
+}
+
 /// Sets up forwarding and NAT for `config`'s bridge, replacing what an
-/// earlier engine set up for it unless it is what `config` asks for
-/// already (its chain carries a comment naming the config).
+/// earlier engine set up for it.
 pub fn install(config: &NetConfig) -> Result<(), NetError> {
     let bridge = config.bridge.as_str();
     let subnet = config.subnet.to_string();
     let (forward, nat) = chains(config);
+    let marker = marker(config);
     let fail = NetError::Firewall;
-    let marker = format!("kiln subnet={subnet} outbound={}", config.outbound);
-    let forwarding_on = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1");
-    if forwarding_on
-        && listed("filter", &forward).contains(&marker)
-        && listed("filter", "FORWARD").contains(&format!("-j {forward}"))
-        && listed("nat", "POSTROUTING").contains(&format!("-j {nat}"))
-    {
-        return Ok(());
-    }
-    // Forwarding is off on a fresh host; containers need it either way
-    // (between the bridge and the world, or to be refused politely).
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        .map_err(|e| fail(format!("turning on IPv4 forwarding: {e}")))?;
     remove_chains(&forward, &nat);
     for (table, chain) in [("filter", &forward), ("nat", &nat)] {
         iptables(&["-t", table, "-N", chain]).map_err(fail)?;
