@@ -167,10 +167,6 @@ fn root_a_killed_engine_leaves_no_namespace_lease_or_veth_after_the_next_start()
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    poll_until("the container is on the network", || {
-        leases(&net).iter().any(|l| l.ends_with(".ns"))
-    });
-    let held = leases(&net);
     let veths = || {
         let out = run({
             let mut ip = std::process::Command::new("ip");
@@ -179,7 +175,10 @@ fn root_a_killed_engine_leaves_no_namespace_lease_or_veth_after_the_next_start()
         });
         text(&out.stdout).lines().count()
     };
-    assert_eq!(veths(), 1, "the container's veth is on the bridge");
+    // Its namespace is mounted before its veth pair joins the bridge.
+    poll_until("the container's veth is on the bridge", || veths() == 1);
+    let held = leases(&net);
+    assert!(held.iter().any(|l| l.ends_with(".ns")), "{held:?}");
     let pid = std::fs::read_to_string(state.join("engine.lock")).unwrap();
     // SAFETY: kill(2) of the engine this test started (through its client).
     unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
