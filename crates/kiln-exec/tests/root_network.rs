@@ -50,6 +50,16 @@ fn fetch(path: &Path, server: SocketAddr) -> std::io::Result<String> {
     })
 }
 
+/// The TCP sockets of the namespace at `path`, as its own `/proc/net` says.
+fn tcp_sockets(path: &Path) -> usize {
+    in_namespace(path, || {
+        ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
+            .iter()
+            .map(|t| std::fs::read_to_string(t).unwrap().lines().count() - 1)
+            .sum()
+    })
+}
+
 fn link_exists(name: &str) -> bool {
     std::process::Command::new("ip")
         .args(["link", "show", name])
