@@ -32,8 +32,9 @@ fn marker(config: &NetConfig) -> String {
 fn chosen(config: &NetConfig) -> Result<Firewall, NetError> {
     let missing = |what: &str| {
         NetError::Firewall(format!(
-            "{what}, and containers need a firewall tool to reach beyond the bridge: apt-get install iptables (or \
-             nftables), or set network.outbound = false in kiln.toml"
+            "{what}, and the containers' network needs one (for NAT, or to refuse outbound traffic): apt-get \
+             install iptables (or nftables), or give containers only loopback with [network] enabled = false in \
+             kiln.toml"
         ))
     };
     match config.firewall {
