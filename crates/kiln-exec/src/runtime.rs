@@ -230,6 +230,54 @@ impl Runtime {
     /// Like [`Runtime::run`], and passes the process's output to `live` as
     /// it arrives, chunk by chunk (all of it, also beyond what is kept).
     pub async fn run_with_output(&self, spec: &RunSpec, live: &LiveOutput<'_>) -> Result<ExecOutput, ExecError> {
+        let mut spawned = self.spawn(spec)?;
+        let combined = Mutex::new(Vec::new());
+        let stdout = read_limited(
+            spawned.child.stdout.take().expect("piped"),
+            Stream::Stdout,
+            &combined,
+            live,
+        );
+        let stderr = read_limited(
+            spawned.child.stderr.take().expect("piped"),
+            Stream::Stderr,
+            &combined,
+            live,
+        );
+        let (status, stdout, stderr) = tokio::join!(spawned.child.wait(), stdout, stderr);
+        spawned.finish(status, stdout, stderr, combined.into_inner().expect("output lock"))
+    }
+
+    /// Starts a container that runs until it exits or is stopped (a
+    /// service): its output goes to `live` as it arrives, and what is kept
+    /// of it comes with [`Started::wait`]. Dropping the handle kills the
+    /// container.
+    pub fn start(&self, spec: &RunSpec, live: Arc<LiveOutput<'static>>) -> Result<Started, ExecError> {
+        let mut spawned = self.spawn(spec)?;
+        let combined = Arc::new(Mutex::new(Vec::new()));
+        let stdout = spawn_reader(
+            spawned.child.stdout.take().expect("piped"),
+            Stream::Stdout,
+            &combined,
+            &live,
+        );
+        let stderr = spawn_reader(
+            spawned.child.stderr.take().expect("piped"),
+            Stream::Stderr,
+            &combined,
+            &live,
+        );
+        Ok(Started {
+            spawned,
+            stdout,
+            stderr,
+            combined,
+        })
+    }
+
+    /// Writes the container's bundle and starts the runtime on it, with
+    /// its stdin fed and its stdout and stderr piped.
+    fn spawn(&self, spec: &RunSpec) -> Result<Spawned, ExecError> {
         let setup = |action| {
             let id = spec.id.clone();
             move |source| ExecError::Setup { id, action, source }
@@ -237,7 +285,7 @@ impl Runtime {
         let rootfs = spec.bundle.join("rootfs");
         fs::create_dir_all(&rootfs).map_err(setup("creating the bundle"))?;
         fs::create_dir_all(&self.state).map_err(setup("creating the runtime state dir"))?;
-        let _bundle = RemoveOnDrop(spec.bundle.clone());
+        let bundle = RemoveOnDrop(spec.bundle.clone());
 
         let mut plan = MountPlan::new(self.hide_cgroup_v2);
         plan.overlay(&spec.rootfs, &rootfs)
@@ -305,13 +353,37 @@ impl Runtime {
                 let _ = stdin.write_all(&data).await;
             });
         }
-        let combined = Mutex::new(Vec::new());
-        let stdout = read_limited(child.stdout.take().expect("piped"), Stream::Stdout, &combined, live);
-        let stderr = read_limited(child.stderr.take().expect("piped"), Stream::Stderr, &combined, live);
-        let (status, stdout, stderr) = tokio::join!(child.wait(), stdout, stderr);
-        let combined = combined.into_inner().expect("output lock");
-        let status = status.map_err(setup("waiting for the runtime"))?;
-        let mut guard = guard;
+        Ok(Spawned {
+            child,
+            guard,
+            _bundle: bundle,
+        })
+    }
+}
+
+/// A container's runtime process, with what removes the container and its
+/// bundle if it is abandoned.
+struct Spawned {
+    child: tokio::process::Child,
+    guard: KillOnDrop,
+    _bundle: RemoveOnDrop,
+}
+
+impl Spawned {
+    /// The result of a container that exited with `status`.
+    fn finish(
+        self,
+        status: std::io::Result<std::process::ExitStatus>,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+        combined: Vec<u8>,
+    ) -> Result<ExecOutput, ExecError> {
+        let Spawned { mut guard, .. } = self;
+        let status = status.map_err(|source| ExecError::Setup {
+            id: guard.id.clone(),
+            action: "waiting for the runtime",
+            source,
+        })?;
         guard.armed = false;
         use std::os::unix::process::ExitStatusExt;
         let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
@@ -322,6 +394,61 @@ impl Runtime {
             combined,
         })
     }
+}
+
+/// A container started with [`Runtime::start`].
+pub struct Started {
+    spawned: Spawned,
+    stdout: tokio::task::JoinHandle<Vec<u8>>,
+    stderr: tokio::task::JoinHandle<Vec<u8>>,
+    combined: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Started {
+    /// The container's id (the runtime's name for it).
+    pub fn id(&self) -> &str {
+        &self.spawned.guard.id
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`, ...) to the container's process.
+    pub fn signal(&self, signal: &str) -> std::io::Result<()> {
+        let status = self
+            .spawned
+            .guard
+            .runtime
+            .command()
+            .args(["kill", self.id(), signal])
+            .stderr(Stdio::null())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "the runtime could not signal {}",
+                self.id()
+            )))
+        }
+    }
+
+    /// Waits until the container exits: its exit code and kept output.
+    pub async fn wait(mut self) -> Result<ExecOutput, ExecError> {
+        let status = self.spawned.child.wait().await;
+        let stdout = self.stdout.await.unwrap_or_default();
+        let stderr = self.stderr.await.unwrap_or_default();
+        let combined = std::mem::take(&mut *self.combined.lock().expect("output lock"));
+        self.spawned.finish(status, stdout, stderr, combined)
+    }
+}
+
+/// [`read_limited`] in a task of its own.
+fn spawn_reader(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    kind: Stream,
+    combined: &Arc<Mutex<Vec<u8>>>,
+    live: &Arc<LiveOutput<'static>>,
+) -> tokio::task::JoinHandle<Vec<u8>> {
+    let (combined, live) = (combined.clone(), live.clone());
+    tokio::spawn(async move { read_limited(stream, kind, &combined, &*live).await })
 }
 
 /// Reads a stream to its end, passing every chunk to `live`, keeping at most

@@ -228,3 +228,48 @@ async fn root_exec_passes_all_output_on_as_it_arrives() {
     assert_eq!(live_err, b"two\n");
     assert_eq!((out.stdout, out.stderr), (live_out, live_err));
 }
+
+#[tokio::test]
+async fn root_a_started_container_runs_until_signalled_or_dropped() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    fs::create_dir_all(t.path().join("empty")).unwrap();
+    let base = busybox_layer(t.path());
+    for runtime in runtimes(t.path()) {
+        let name = format!("{:?}", runtime.kind()).to_lowercase();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let live: std::sync::Arc<kiln_exec::LiveOutput<'static>> = std::sync::Arc::new(move |_, bytes: &[u8]| {
+            let _ = tx.send(bytes.to_vec());
+        });
+        let s = spec(
+            t.path(),
+            &format!("svc-{name}"),
+            &base,
+            &["sh", "-c", "echo up; exec sleep 600"],
+        );
+        let started = runtime.start(&s, live.clone()).unwrap();
+        assert_eq!(rx.recv().await.unwrap(), b"up\n", "{name}: the service says it is up");
+        started.signal("KILL").unwrap();
+        let out = started.wait().await.unwrap();
+        assert_eq!(out.exit_code, 137, "{name}: killed");
+        assert_eq!(out.stdout, b"up\n");
+
+        // Dropped while it runs: the container is killed and deleted.
+        let s = spec(
+            t.path(),
+            &format!("gone-{name}"),
+            &base,
+            &["sh", "-c", "echo up; exec sleep 600"],
+        );
+        let started = runtime.start(&s, live.clone()).unwrap();
+        assert_eq!(rx.recv().await.unwrap(), b"up\n");
+        let id = started.id().to_string();
+        let state = t.path().join(format!("state-{name}")).join(&id);
+        assert!(state.exists(), "{name}: {id} is in the runtime's state while it runs");
+        drop(started);
+        assert!(!state.exists(), "{name}: {id} is gone from the runtime's state");
+        assert!(!s.bundle.exists(), "{name}: its bundle is removed");
+    }
+}
