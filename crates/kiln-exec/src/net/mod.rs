@@ -152,7 +152,11 @@ impl Network {
             }
         }
         firewall::uninstall(config);
-        link::remove_link(&config.bridge)
+        link::remove_link(&config.bridge)?;
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("removing", dir)(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Waits until the attachments dropped so far are released or kept,

@@ -217,7 +217,7 @@ pub async fn serve(
             _ = tick.tick() => {
                 if !root.exists() {
                     tracing::info!("the state directory was removed: stopping");
-                    return Ok(());
+                    break;
                 }
                 if let Some(deadline) = draining
                     && (served.sessions.load(Ordering::SeqCst) == 0 || Instant::now() >= deadline)
@@ -236,10 +236,13 @@ pub async fn serve(
         }
     }
     let _ = std::fs::remove_file(&socket);
-    engine.store().flush().context("making the cache durable")?;
-    // The last containers' namespaces and addresses are released.
+    // The last containers' namespaces and addresses are released (also
+    // when the state dir is gone: they live outside it).
     if let Some(network) = engine.network().cloned() {
         let _ = tokio::task::spawn_blocking(move || network.settle()).await;
+    }
+    if root.exists() {
+        engine.store().flush().context("making the cache durable")?;
     }
     Ok(())
 }
