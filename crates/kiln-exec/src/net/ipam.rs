@@ -77,22 +77,39 @@ pub fn unlease(dir: &Path, address: Ipv4Addr) {
     }
 }
 
-/// The addresses leased by processes that are gone, and those of
-/// namespaces left without a lease.
-pub fn stale_leases(dir: &Path) -> std::io::Result<Vec<Ipv4Addr>> {
-    let mut stale = Vec::new();
+/// The files of `dir` named after an address: the address, what follows
+/// it (`lease`, `ns`) and the path.
+fn entries(dir: &Path) -> std::io::Result<Vec<(Ipv4Addr, String, PathBuf)>> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (address, kind) = match name.rsplit_once('.') {
-            Some((address, kind)) => (address.parse::<Ipv4Addr>(), kind),
-            None => continue,
-        };
-        let Ok(address) = address else { continue };
-        let gone = match kind {
+        if let Some((address, kind)) = name.rsplit_once('.')
+            && let Ok(address) = address.parse::<Ipv4Addr>()
+        {
+            found.push((address, kind.to_string(), path));
+        }
+    }
+    Ok(found)
+}
+
+/// Every address with a lease or a namespace in `dir`, once each.
+pub fn addresses(dir: &Path) -> std::io::Result<Vec<Ipv4Addr>> {
+    let mut addresses: Vec<Ipv4Addr> = entries(dir)?.into_iter().map(|(address, ..)| address).collect();
+    addresses.sort();
+    addresses.dedup();
+    Ok(addresses)
+}
+
+/// The addresses leased by processes that are gone, and those of
+/// namespaces left without a lease.
+pub fn stale_leases(dir: &Path) -> std::io::Result<Vec<Ipv4Addr>> {
+    let mut stale = Vec::new();
+    for (address, kind, path) in entries(dir)? {
+        let gone = match kind.as_str() {
             "lease" => {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
                 let pid = text.split(' ').next().and_then(|p| p.parse::<u32>().ok());

@@ -60,9 +60,9 @@ fn failed(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     }
 }
 
-/// Whether a netlink error says the thing exists already.
-fn exists(e: &rtnetlink::Error) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
+/// Whether a netlink error is the kernel's `code` (`libc::EEXIST`, ...).
+fn is(e: &rtnetlink::Error, code: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -code)
 }
 
 /// The index of the link `name`, if there is one.
@@ -76,7 +76,7 @@ async fn index_of(handle: &Handle, name: &str) -> Result<Option<u32>, NetError> 
         .await;
     match found {
         Ok(link) => Ok(link.map(|l| l.header.index)),
-        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) if is(&e, libc::ENODEV) => Ok(None),
         Err(e) => Err(failed(format!("looking up {name}"))(e)),
     }
 }
@@ -89,7 +89,7 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<u32, N
         let handle = connect("setting up the bridge")?;
         if index_of(&handle, &name).await?.is_none() {
             match handle.link().add(LinkBridge::new(&name).build()).execute().await {
-                Err(e) if !exists(&e) => return Err(failed(format!("creating the bridge {name}"))(e)),
+                Err(e) if !is(&e, libc::EEXIST) => return Err(failed(format!("creating the bridge {name}"))(e)),
                 _ => {}
             }
         }
@@ -97,7 +97,9 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<u32, N
             .await?
             .ok_or_else(|| NetError::Config(format!("the bridge {name} vanished while kiln set it up")))?;
         match handle.address().add(index, IpAddr::V4(gateway), prefix).execute().await {
-            Err(e) if !exists(&e) => return Err(failed(format!("giving {name} the address {gateway}/{prefix}"))(e)),
+            Err(e) if !is(&e, libc::EEXIST) => {
+                return Err(failed(format!("giving {name} the address {gateway}/{prefix}"))(e));
+            }
             _ => {}
         }
         handle
@@ -211,7 +213,7 @@ pub fn remove_link(name: &str) -> Result<(), NetError> {
         let handle = connect("removing a link")?;
         if let Some(index) = index_of(&handle, &name).await? {
             match handle.link().del(index).execute().await {
-                Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => {}
+                Err(e) if is(&e, libc::ENODEV) => {}
                 other => other.map_err(failed(format!("deleting {name}")))?,
             }
         }

@@ -143,13 +143,8 @@ impl Network {
     /// Removes the bridge's firewall rules, its namespaces and leases, and
     /// the bridge (uninstalling; tests with bridges of their own).
     pub fn teardown(config: &NetConfig, dir: &Path) -> Result<(), NetError> {
-        if let Ok(leased) = std::fs::read_dir(dir) {
-            let addresses: Vec<Ipv4Addr> = leased
-                .filter_map(|e| e.ok()?.file_name().to_str()?.rsplit_once('.')?.0.parse().ok())
-                .collect();
-            for address in addresses {
-                release(dir, address);
-            }
+        for address in ipam::addresses(dir).unwrap_or_default() {
+            release(dir, address);
         }
         firewall::uninstall(config);
         link::remove_link(&config.bridge)?;
@@ -192,19 +187,16 @@ impl Network {
     /// A new network namespace joined to the bridge, with an address of its
     /// own; released (namespace, veth pair, address) when dropped.
     pub fn attach(self: &Arc<Self>) -> Result<Attachment, NetError> {
-        if let Some(address) = self.idle.lock().expect("idle lock").pop_front() {
-            return Ok(Attachment {
-                network: self.clone(),
-                address,
-                namespace: ipam::namespace_path(&self.dir, address),
-            });
-        }
-        let address = ipam::lease(&self.dir, &self.config.subnet)?;
-        let attachment = Attachment {
+        let attachment = |address| Attachment {
             network: self.clone(),
             address,
             namespace: ipam::namespace_path(&self.dir, address),
         };
+        if let Some(address) = self.idle.lock().expect("idle lock").pop_front() {
+            return Ok(attachment(address));
+        }
+        let attachment = attachment(ipam::lease(&self.dir, &self.config.subnet)?);
+        let address = attachment.address;
         link::create_namespace(&link::Endpoint {
             namespace: &attachment.namespace,
             host_side: &ipam::host_side_name(address),

@@ -16,7 +16,7 @@ use crate::error::Context as _;
 
 /// An exec's network, released (namespace, address, files) when dropped.
 pub(crate) struct Networked {
-    _attachment: Attachment,
+    attachment: Attachment,
     files: PathBuf,
 }
 
@@ -40,17 +40,14 @@ pub(crate) async fn attach(
         .blocking(move |_| {
             let attachment = network.attach()?;
             fs::create_dir_all(&files).context(|| format!("creating {}", files.display()))?;
-            let networked = Networked {
-                _attachment: attachment,
-                files,
-            };
-            let address = networked._attachment.address();
+            let networked = Networked { attachment, files };
+            let address = networked.attachment.address();
             write(&networked.files.join("resolv.conf"), &resolv_conf())?;
             write(&networked.files.join("hosts"), &hosts(address))?;
             Ok(networked)
         })
         .await?;
-    spec.network = Some(networked._attachment.namespace().to_path_buf());
+    spec.network = Some(networked.attachment.namespace().to_path_buf());
     for name in ["resolv.conf", "hosts"] {
         spec.binds.push(Bind {
             source: networked.files.join(name),

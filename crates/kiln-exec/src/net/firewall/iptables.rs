@@ -22,13 +22,7 @@ fn iptables(args: &[&str]) -> Result<(), String> {
         .arg("-w")
         .args(args)
         .output()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                "iptables is not installed, and containers need it to reach beyond the bridge: apt-get install iptables"
-                    .to_string()
-            }
-            _ => format!("running iptables: {e}"),
-        })?;
+        .map_err(|e| format!("running iptables: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -43,11 +37,7 @@ fn iptables(args: &[&str]) -> Result<(), String> {
 /// Removes the rules of `table`'s `chain` that jump to `target` (whatever
 /// else they match: an earlier engine may have had another subnet).
 fn delete_jumps(table: &str, chain: &str, target: &str) {
-    let Ok(out) = Command::new("iptables").args(["-w", "-t", table, "-S", chain]).output() else {
-        return;
-    };
-    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
-    for rule in listed.lines() {
+    for rule in listed(table, chain).lines() {
         let words: Vec<&str> = rule.split_whitespace().collect();
         if words.first() != Some(&"-A") || !words.windows(2).any(|w| w == ["-j", target]) {
             continue;
