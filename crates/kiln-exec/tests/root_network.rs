@@ -232,3 +232,56 @@ fn root_nftables_masquerades_and_refuses_as_iptables_does() {
     Network::teardown(&test.config, test.dir.path()).unwrap();
     assert!(table().is_empty(), "the table is gone: {}", table());
 }
+
+#[test]
+fn root_a_namespace_that_failed_halfway_is_released_not_kept() {
+    if !kiln_testkit::require_root() {
+        return;
+    }
+    // A /30 has one address for containers, so its veth's name is known:
+    // a link of that name already there makes the veth pair fail after the
+    // namespace was mounted.
+    let n = (std::process::id() + 50) % 200 + 20;
+    let test = TestNetwork {
+        config: NetConfig {
+            bridge: format!("kf{n}"),
+            subnet: format!("10.237.{n}.0/30").parse().unwrap(),
+            ..NetConfig::default()
+        },
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let network = Network::start(test.config.clone(), test.dir.path()).unwrap();
+    let only = Ipv4Addr::new(10, 237, n as u8, 2);
+    let squatter = format!("kv{:08x}", u32::from(only));
+    let ip = |args: &[&str]| assert!(std::process::Command::new("ip").args(args).status().unwrap().success());
+    ip(&[
+        "link",
+        "add",
+        &squatter,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("kq{n}"),
+    ]);
+    let failed = network.attach();
+    assert!(failed.is_err(), "the veth pair cannot be made");
+    network.quiesce();
+    // (The release deleted it already: names starting with kv are kiln's.)
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &squatter])
+        .status();
+    let files: Vec<_> = std::fs::read_dir(test.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".lease") || name.ends_with(".ns"))
+        .collect();
+    assert!(
+        files.is_empty(),
+        "the half-made namespace and its lease are released: {files:?}"
+    );
+    // The next container gets a whole one.
+    let attached = network.attach().unwrap();
+    assert_eq!(attached.address(), only);
+    assert!(link_exists(&squatter), "its veth is on the bridge");
+}

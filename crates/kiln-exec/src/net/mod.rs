@@ -187,15 +187,18 @@ impl Network {
     /// A new network namespace joined to the bridge, with an address of its
     /// own; released (namespace, veth pair, address) when dropped.
     pub fn attach(self: &Arc<Self>) -> Result<Attachment, NetError> {
-        let attachment = |address| Attachment {
+        let attachment = |address, ready| Attachment {
             network: self.clone(),
             address,
             namespace: ipam::namespace_path(&self.dir, address),
+            ready,
         };
         if let Some(address) = self.idle.lock().expect("idle lock").pop_front() {
-            return Ok(attachment(address));
+            return Ok(attachment(address, true));
         }
-        let attachment = attachment(ipam::lease(&self.dir, &self.config.subnet)?);
+        // Not ready until made whole: one that failed halfway is released
+        // when dropped, never kept for the next container.
+        let mut attachment = attachment(ipam::lease(&self.dir, &self.config.subnet)?, false);
         let address = attachment.address;
         link::create_namespace(&link::Endpoint {
             namespace: &attachment.namespace,
@@ -205,6 +208,7 @@ impl Network {
             gateway: self.gateway,
             bridge_index: self.bridge_index,
         })?;
+        attachment.ready = true;
         Ok(attachment)
     }
 }
@@ -216,6 +220,8 @@ pub struct Attachment {
     network: Arc<Network>,
     address: Ipv4Addr,
     namespace: PathBuf,
+    /// Whether the namespace was made whole (else it is never kept).
+    ready: bool,
 }
 
 impl Attachment {
@@ -236,10 +242,11 @@ impl Drop for Attachment {
     /// waits for the kernel, tens of milliseconds), off the container's
     /// critical path.
     fn drop(&mut self) {
-        let (network, address, namespace) = (self.network.clone(), self.address, self.namespace.clone());
+        let (network, address, namespace, ready) =
+            (self.network.clone(), self.address, self.namespace.clone(), self.ready);
         *network.releasing.0.lock().expect("releasing lock") += 1;
         std::thread::spawn(move || {
-            let kept = link::quiet(&namespace) && {
+            let kept = ready && link::quiet(&namespace) && {
                 let mut idle = network.idle.lock().expect("idle lock");
                 let room = idle.len() < MAX_IDLE;
                 if room {
