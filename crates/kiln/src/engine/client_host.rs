@@ -306,25 +306,21 @@ impl FileSource for ClientFiles<'_> {
                     root: self.root.to_path_buf(),
                     pieces: batch.iter().map(|(_, piece)| piece.clone()).collect(),
                 };
-                let failed = failed_on(&batch[0].1.rel);
-                in_flight.push_back((batch, self.host.send(request).map_err(failed)?));
+                let answer = self.host.send(request).map_err(failed_on(&batch[0].1.rel))?;
+                in_flight.push_back((batch, answer));
                 continue;
             }
             let (batch, answer) = in_flight.pop_front().expect("in flight");
-            let failed = failed_on(&batch[0].1.rel);
-            let data = match ClientHost::wait(answer).map_err(failed)? {
-                HostReply::ReadFiles { result: Ok(()), data } => data,
-                HostReply::ReadFiles {
-                    result: Err(message), ..
-                } => {
-                    return Err(failed_on(&batch[0].1.rel)(io::Error::other(message)));
-                }
-                _ => return Err(failed_on(&batch[0].1.rel)(unexpected())),
-            };
             let expected: u64 = batch.iter().map(|(_, piece)| piece.len).sum();
-            if data.len() as u64 != expected {
-                return Err(failed_on(&batch[0].1.rel)(unexpected()));
-            }
+            let data = ClientHost::wait(answer)
+                .and_then(|reply| match reply {
+                    HostReply::ReadFiles { result: Ok(()), data } if data.len() as u64 == expected => Ok(data),
+                    HostReply::ReadFiles {
+                        result: Err(message), ..
+                    } => Err(io::Error::other(message)),
+                    _ => Err(unexpected()),
+                })
+                .map_err(failed_on(&batch[0].1.rel))?;
             let mut at = 0;
             for (i, piece) in &batch {
                 let e = wanted[*i];

@@ -10,10 +10,7 @@ use crate::net::{NetConfig, NetError};
 
 /// Whether `iptables` can be run.
 pub fn available() -> bool {
-    Command::new("iptables")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    super::runs("iptables")
 }
 
 /// Runs `iptables` with `args`; its error output on failure.

@@ -23,6 +23,14 @@ pub enum Firewall {
     Nftables,
 }
 
+/// Whether `program --version` runs (the tool is installed and works).
+fn runs(program: &str) -> bool {
+    std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// What the rules' comment says of `config`.
 fn marker(config: &NetConfig) -> String {
     format!("kiln subnet={} outbound={}", config.subnet, config.outbound)

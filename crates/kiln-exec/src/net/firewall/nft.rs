@@ -12,10 +12,7 @@ use crate::net::{NetConfig, NetError};
 
 /// Whether `nft` can be run.
 pub fn available() -> bool {
-    Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    super::runs("nft")
 }
 
 /// The table of `config`'s bridge (nft names take letters, digits and `_`).
