@@ -244,6 +244,12 @@ _kiln_sdk_push() {
   if [[ -f "$f/debian/index.json" ]]; then
     _kiln_sdk_copy "$f/debian" library/debian:bookworm || return 1
     _kiln_sdk_copy "$f/debian" library/debian:latest || return 1
+    if [[ -f "$f/postgres/index.json" ]]; then
+      _kiln_sdk_copy "$f/postgres" library/postgres:15 || return 1
+      _kiln_sdk_copy "$f/postgres" library/postgres:latest || return 1
+    else
+      _kiln_sdk_say "no postgres fixture (scripts/setup.sh --debian): postgres is not served"
+    fi
   else
     _kiln_sdk_say "no debian fixture (scripts/setup.sh --debian): only busybox is served"
   fi

@@ -47,6 +47,8 @@ pub struct Api {
     pub nodes: Nodes,
     /// The client's working directory (for relative host paths).
     pub cwd: PathBuf,
+    /// The services the session started, running until it ends.
+    pub(crate) held: crate::resolvers::service::Held,
     resolvers: HashMap<(&'static str, &'static str), Resolver>,
 }
 
@@ -97,6 +99,7 @@ impl Api {
             nodes: Nodes::new(engine.clone()),
             engine,
             cwd,
+            held: Default::default(),
             resolvers: registry().0,
         })
     }

@@ -52,6 +52,20 @@ impl Args {
         }
     }
 
+    /// A list of input objects (empty when absent), each as arguments.
+    pub fn list(&self, name: &str) -> Vec<Args> {
+        let object = |v: &Value| match v {
+            Value::Object(map) => Some(Args(map.clone())),
+            _ => None,
+        };
+        match self.get(name) {
+            Some(Value::List(items)) => items.iter().filter_map(object).collect(),
+            // GraphQL coerces a single value to a list of one.
+            Some(v) => object(v).into_iter().collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// The `owner` argument (`user[:group]`), if given.
     pub fn owner(&self) -> Option<Owner> {
         self.opt_string("owner").as_deref().map(Owner::parse)

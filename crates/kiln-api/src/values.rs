@@ -4,6 +4,7 @@
 //! serialized into an ID and loaded back in a later session.
 
 use kiln_graph::{CacheSharing, Key};
+use kiln_solver::services::{ExposedPort, PortForward};
 use serde::{Deserialize, Serialize};
 
 /// One output tree of a graph node.
@@ -118,6 +119,49 @@ pub struct Container {
     /// Environment variables set from secrets.
     #[serde(default)]
     pub secret_env: Vec<(String, Secret)>,
+    /// The ports it listens on as a service.
+    #[serde(default)]
+    pub exposed_ports: Vec<ExposedPort>,
+    /// The services its execs reach, by alias.
+    #[serde(default)]
+    pub services: Vec<(String, Service)>,
+}
+
+/// What a service runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceSource {
+    /// A container's process (`args` as it will run them).
+    Container {
+        /// The container.
+        container: Box<Container>,
+        /// The command line.
+        args: Vec<String>,
+    },
+    /// Ports of the client's host.
+    Host {
+        /// Host name or address they are reached at on the host.
+        host: String,
+        /// The ports.
+        ports: Vec<PortForward>,
+    },
+    /// A service reached from the client's host on loopback ports.
+    Tunnel {
+        /// The service.
+        service: Box<Service>,
+        /// Its ports to open (empty: all of them).
+        ports: Vec<PortForward>,
+        /// Open each on the same port number (else a random one).
+        native: bool,
+    },
+}
+
+/// A service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// What it runs.
+    pub source: ServiceSource,
+    /// A host name the pipeline chose.
+    pub hostname: Option<String>,
 }
 
 /// Every kind of object the API returns.
@@ -154,6 +198,10 @@ pub enum Object {
         /// The volume's key.
         key: String,
     },
+    /// A service.
+    Service(Box<Service>),
+    /// A port a service exposes.
+    Port(ExposedPort),
 }
 
 impl Object {
@@ -169,6 +217,8 @@ impl Object {
             Object::Label { .. } => "Label",
             Object::CacheVolume { .. } => "CacheVolume",
             Object::Secret(_) => "Secret",
+            Object::Service(_) => "Service",
+            Object::Port(_) => "Port",
         }
     }
 
@@ -176,20 +226,34 @@ impl Object {
     pub fn nodes(&self) -> Vec<Key> {
         let trees = |t: &Option<TreeRef>| t.map(|t| t.node);
         match self {
-            Object::Container(c) => c
-                .rootfs
-                .map(|t| t.node)
-                .into_iter()
-                .chain(c.mounts.iter().filter_map(|m| match &m.source {
-                    MountSource::Tree { tree, .. } => trees(tree),
-                    MountSource::Cache { source: Some(d), .. } => trees(&d.tree),
-                    _ => None,
-                }))
-                .chain(c.last_exec)
-                .collect(),
+            Object::Container(c) => container_nodes(c),
             Object::Directory(d) => trees(&d.tree).into_iter().collect(),
             Object::File(f) => trees(&f.tree).into_iter().collect(),
+            Object::Service(s) => service_nodes(s),
             _ => Vec::new(),
         }
+    }
+}
+
+fn container_nodes(c: &Container) -> Vec<Key> {
+    let trees = |t: &Option<TreeRef>| t.map(|t| t.node);
+    c.rootfs
+        .map(|t| t.node)
+        .into_iter()
+        .chain(c.mounts.iter().filter_map(|m| match &m.source {
+            MountSource::Tree { tree, .. } => trees(tree),
+            MountSource::Cache { source: Some(d), .. } => trees(&d.tree),
+            _ => None,
+        }))
+        .chain(c.last_exec)
+        .chain(c.services.iter().flat_map(|(_, s)| service_nodes(s)))
+        .collect()
+}
+
+fn service_nodes(s: &Service) -> Vec<Key> {
+    match &s.source {
+        ServiceSource::Container { container, .. } => container_nodes(container),
+        ServiceSource::Host { .. } => Vec::new(),
+        ServiceSource::Tunnel { service, .. } => service_nodes(service),
     }
 }

@@ -12,6 +12,8 @@ pub mod user;
 
 pub use cgroups::remove_leaked_cgroups;
 pub use mounts::Overlay;
-pub use runtime::{Bind, ExecError, ExecOutput, LiveOutput, RunSpec, Runtime, RuntimeKind, Started, Stream, TreeMount};
+pub use runtime::{
+    Bind, ExecError, ExecOutput, LiveOutput, RunSpec, Runtime, RuntimeKind, Signaller, Started, Stream, TreeMount,
+};
 pub use spec::ProcessSpec;
 pub use user::{Identity, UserError};

@@ -412,21 +412,14 @@ impl Started {
 
     /// Sends `signal` (`TERM`, `KILL`, ...) to the container's process.
     pub fn signal(&self, signal: &str) -> std::io::Result<()> {
-        let status = self
-            .spawned
-            .guard
-            .runtime
-            .command()
-            .args(["kill", self.id(), signal])
-            .stderr(Stdio::null())
-            .status()?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(std::io::Error::other(format!(
-                "the runtime could not signal {}",
-                self.id()
-            )))
+        self.signaller().signal(signal)
+    }
+
+    /// What signals the container while [`Started::wait`] owns it.
+    pub fn signaller(&self) -> Signaller {
+        Signaller {
+            runtime: self.spawned.guard.runtime.clone(),
+            id: self.spawned.guard.id.clone(),
         }
     }
 
@@ -437,6 +430,60 @@ impl Started {
         let stderr = self.stderr.await.unwrap_or_default();
         let combined = std::mem::take(&mut *self.combined.lock().expect("output lock"));
         self.spawned.finish(status, stdout, stderr, combined)
+    }
+}
+
+/// Signals a started container (see [`Started::signaller`]).
+#[derive(Debug, Clone)]
+pub struct Signaller {
+    runtime: Runtime,
+    id: String,
+}
+
+impl Signaller {
+    /// Sends `signal` (`TERM`, `KILL`, ...) to the container's process.
+    pub fn signal(&self, signal: &str) -> std::io::Result<()> {
+        let status = self
+            .runtime
+            .command()
+            .args(["kill", &self.id, signal])
+            .stderr(Stdio::null())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "the runtime could not signal {}",
+                self.id
+            )))
+        }
+    }
+
+    /// Asks the process to stop as `SIGTERM` would outside a container:
+    /// `SIGTERM` if it handles it, else `SIGKILL` (a namespace's init, as a
+    /// container's process is, ignores signals it does not handle, where
+    /// any other process would end).
+    pub fn terminate(&self) -> std::io::Result<()> {
+        let handles_term = self.pid().and_then(|pid| {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            let mask = u64::from_str_radix(caught.trim(), 16).ok()?;
+            Some(mask & (1 << (libc::SIGTERM - 1)) != 0)
+        });
+        self.signal(if handles_term == Some(false) { "KILL" } else { "TERM" })
+    }
+
+    /// The host's pid of the container's process, as the runtime reports it.
+    fn pid(&self) -> Option<u32> {
+        let out = self
+            .runtime
+            .command()
+            .args(["state", &self.id])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let state: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        state.get("pid")?.as_u64().and_then(|p| u32::try_from(p).ok())
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 
 use crate::events::{EventKind, Events, Subject};
 use crate::explain::{self, Explanation, Footprint};
-use crate::graph::{Node, cache_key};
+use crate::graph::{Input, Node, cache_key};
 use crate::host_access::{HostAccess, LocalHost};
 use crate::once_map::{OnceMap, Waiter};
 use crate::ops::{self, CacheMap, Context, OpOutput, Prepared, Resources};
@@ -24,6 +24,7 @@ use crate::report::{Audience, Audiences, Report, SessionOptions, Stats};
 use crate::result::ExecMeta;
 use crate::running::Running;
 use crate::secrets::Secrets;
+use crate::services::{ServiceDef, ServiceLease, Services};
 use crate::volumes::VolumeLeases;
 use crate::{Cause, SolveError, Solved};
 
@@ -104,6 +105,7 @@ impl Engine {
                 exec_slots: Semaphore::new(config.parallelism.max(1)),
                 layer_limits: config.layer_limits,
                 network,
+                services: Services::default(),
             },
             inflight: OnceMap::in_flight(lost_job),
             audiences: Audiences::default(),
@@ -423,11 +425,16 @@ impl Session {
 
     /// Refuses a node that uses a secret this session did not set.
     fn check_secrets(&self, node: &Node) -> Result<(), SolveError> {
+        self.check_secrets_of(&node.op().describe(), node.op().secrets())
+    }
+
+    /// Refuses `what`, which uses `secrets`, if this session did not set them.
+    fn check_secrets_of(&self, what: &str, secrets: Vec<&SecretRef>) -> Result<(), SolveError> {
         let granted = self.secrets.lock().expect("session secrets");
-        match node.op().secrets().into_iter().find(|s| !granted.contains(&s.digest)) {
+        match secrets.into_iter().find(|s| !granted.contains(&s.digest)) {
             None => Ok(()),
             Some(s) => Err(SolveError::op(
-                self.engine.resources.secrets.scrub(&node.op().describe()),
+                self.engine.resources.secrets.scrub(what),
                 format!(
                     "secret {:?} was not set in this session (an ID from another session or client \
                      does not carry its value): set it with setSecret or secret(uri) here",
@@ -435,6 +442,23 @@ impl Session {
                 ),
             )),
         }
+    }
+
+    /// Starts the service `def` over `inputs` (or joins it, if it runs):
+    /// it runs until the lease is dropped.
+    pub async fn start_service(&self, def: &ServiceDef, inputs: &[Input]) -> Result<ServiceLease, SolveError> {
+        let description = self.engine.resources.secrets.scrub(&def.describe());
+        self.check_secrets_of(&description, def.secrets())?;
+        let solved = try_join_all(inputs.iter().map(|i| self.solve(&i.node))).await?;
+        let trees: Vec<Option<SnapshotId>> = solved.iter().zip(inputs).map(|(s, i)| s.output(i.output)).collect();
+        let cx = Context::new(&self.engine.resources, &self.host, &description);
+        let reports = [self.report.clone()];
+        self.engine
+            .resources
+            .services
+            .acquire(&cx, def, &trees, &reports)
+            .await
+            .map_err(|cause| SolveError::op(format!("start {}", def.hostname), cause))
     }
 
     /// Solves `node` and everything it depends on.

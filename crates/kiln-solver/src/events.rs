@@ -119,6 +119,8 @@ pub(crate) struct Subject {
     description: String,
     inputs: Vec<Key>,
     image: Option<String>,
+    /// A service, not an operation: its events are not counted in stats.
+    service: bool,
 }
 
 impl Subject {
@@ -130,6 +132,20 @@ impl Subject {
             description,
             inputs,
             image,
+            service: false,
         }
+    }
+
+    /// The service known by `id`, described as `description`.
+    pub(crate) fn service(id: Key, description: String) -> Self {
+        Self {
+            service: true,
+            ..Self::new(id, description, Vec::new(), None)
+        }
+    }
+
+    /// Whether it is a service (whose events stats do not count).
+    pub(crate) fn is_service(&self) -> bool {
+        self.service
     }
 }

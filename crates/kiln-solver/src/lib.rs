@@ -21,6 +21,7 @@ mod report;
 mod result;
 mod running;
 pub mod secrets;
+pub mod services;
 pub mod volumes;
 
 pub use engine::{Engine, EngineConfig, Session, remove_leftovers};

@@ -83,6 +83,7 @@ impl Report {
     pub(crate) fn emit(&self, subject: &Subject, kind: EventKind, exec: Option<ExecMeta>) {
         let c = &self.counters;
         match &kind {
+            _ if subject.is_service() => {}
             EventKind::Cached { duration } => {
                 c.cached.fetch_add(1, Ordering::Relaxed);
                 c.saved_ms.fetch_add(duration.as_millis() as u64, Ordering::Relaxed);
@@ -165,6 +166,12 @@ impl Audience {
         for (_, report, subject) in &state.members {
             report.emit(subject, kind.clone(), exec.clone());
         }
+    }
+
+    /// The reports of the sessions waiting now.
+    pub(crate) fn reports(&self) -> Vec<Arc<Report>> {
+        let state = self.state.lock().expect("audience lock");
+        state.members.iter().map(|(_, report, _)| report.clone()).collect()
     }
 
     /// Counts a container started for every member.

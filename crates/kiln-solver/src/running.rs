@@ -54,6 +54,11 @@ impl Running {
         *self.queued.lock().expect("queued lock")
     }
 
+    /// The reports of the sessions waiting for the operation.
+    pub(crate) fn reports(&self) -> Vec<Arc<crate::report::Report>> {
+        self.audience.reports()
+    }
+
     /// Counts a container started, for every session waiting.
     pub(crate) fn started_exec(&self) {
         self.audience.count_exec();
@@ -70,7 +75,8 @@ impl Running {
         result
     }
 
-    fn output(&self, stream: Stream, bytes: &[u8], end: bool) {
+    /// Passes output on (`end`: the stream ended, hold nothing back).
+    pub(crate) fn output(&self, stream: Stream, bytes: &[u8], end: bool) {
         let ready = {
             let mut pending = self.pending.lock().expect("output lock");
             let pending = &mut pending[stream as usize];

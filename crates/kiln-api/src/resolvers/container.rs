@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use async_graphql::Value;
 use kiln_graph::{CacheSharing, ExitExpectation, Mount, Owner, SecretEnv};
+use kiln_solver::Input;
 use kiln_solver::ops::{self, Exec};
+use kiln_solver::services::Binding;
 
 use super::file::read_blob;
 use crate::api::{Api, Output, Registry, container, expand, join_path};
@@ -142,6 +144,8 @@ async fn from(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError
         last_exec: None,
         image_ref: Some(format!("{reference}@{}", image.manifest_digest)),
         secret_env: Vec::new(),
+        exposed_ports: Vec::new(),
+        services: Vec::new(),
     })
 }
 
@@ -162,6 +166,38 @@ async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
         Some("ANY") => ExitExpectation::Any,
         _ => ExitExpectation::Success,
     };
+    let (mut exec, inputs) = exec_of(&api, &c, argv)?;
+    exec.stdin = args.opt_string("stdin");
+    exec.expect = expect;
+    exec.stdin_path = args.opt_string("redirectStdin");
+    exec.redirect_stdout = args.opt_string("redirectStdout");
+    exec.redirect_stderr = args.opt_string("redirectStderr");
+    let node = api.nodes.add(exec, inputs);
+    let digest = node.digest();
+    c.rootfs = Some(TreeRef {
+        node: digest,
+        output: 0,
+    });
+    let mut next_output = 1;
+    for m in &mut c.mounts {
+        if let MountSource::Tree {
+            tree, readonly: false, ..
+        } = &mut m.source
+        {
+            *tree = Some(TreeRef {
+                node: digest,
+                output: next_output,
+            });
+            next_output += 1;
+        }
+    }
+    c.last_exec = Some(digest);
+    out(c)
+}
+
+/// The exec of `argv` in container `c` (its mounts, secrets and service
+/// bindings) and the node inputs it reads.
+pub(super) fn exec_of(api: &Api, c: &Container, argv: Vec<String>) -> Result<(Exec, Vec<Input>), ApiError> {
     let mut inputs = vec![api.nodes.input(c.rootfs)?];
     let mut mounts = Vec::new();
     for m in &c.mounts {
@@ -217,40 +253,28 @@ async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
+    let mut services = Vec::new();
+    for (alias, service) in &c.services {
+        let (def, own) = super::service::definition(api, service)?;
+        services.push(Binding {
+            alias: alias.clone(),
+            first_input: inputs.len(),
+            inputs: own.len(),
+            service: def,
+        });
+        inputs.extend(own);
+    }
     let exec = Exec {
         args: argv,
         env: c.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         cwd: c.workdir.clone(),
         user: c.user.clone(),
         mounts,
-        stdin: args.opt_string("stdin"),
-        expect,
         secret_env,
-        stdin_path: args.opt_string("redirectStdin"),
-        redirect_stdout: args.opt_string("redirectStdout"),
-        redirect_stderr: args.opt_string("redirectStderr"),
+        services,
+        ..Exec::default()
     };
-    let node = api.nodes.add(exec, inputs);
-    let digest = node.digest();
-    c.rootfs = Some(TreeRef {
-        node: digest,
-        output: 0,
-    });
-    let mut next_output = 1;
-    for m in &mut c.mounts {
-        if let MountSource::Tree {
-            tree, readonly: false, ..
-        } = &mut m.source
-        {
-            *tree = Some(TreeRef {
-                node: digest,
-                output: next_output,
-            });
-            next_output += 1;
-        }
-    }
-    c.last_exec = Some(digest);
-    out(c)
+    Ok((exec, inputs))
 }
 
 /// The exec metadata of the container's last command.

@@ -6,6 +6,7 @@ mod file;
 mod host;
 mod query;
 pub mod secret;
+pub mod service;
 
 use crate::api::Registry;
 
@@ -17,6 +18,7 @@ pub fn register(r: &mut Registry) {
     file::register(r);
     host::register(r);
     secret::register(r);
+    service::register(r);
 }
 
 /// The Dagger API version kiln serves.

@@ -52,6 +52,8 @@ async fn container(_: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiErro
         last_exec: None,
         image_ref: None,
         secret_env: Vec::new(),
+        exposed_ports: Vec::new(),
+        services: Vec::new(),
     }))))
 }
 

@@ -221,28 +221,45 @@ pub fn remove_link(name: &str) -> Result<(), NetError> {
     })
 }
 
+/// Runs `work` on a thread of its own that has entered the network
+/// namespace mounted at `path` (the caller's thread stays where it is).
+fn in_namespace<T: Send + 'static>(
+    path: &Path,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let file = std::fs::File::open(path)?;
+    std::thread::spawn(move || {
+        use std::os::fd::AsFd;
+        rustix::thread::move_into_link_name_space(file.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))?;
+        work()
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("a namespace thread panicked")))
+}
+
 /// Whether the namespace mounted at `path` holds no TCP socket (none
 /// listening, connected or in TIME_WAIT), as its own `/proc/net/tcp*` say.
 pub fn quiet(path: &Path) -> bool {
-    let Ok(file) = std::fs::File::open(path) else {
-        return false;
-    };
-    std::thread::spawn(move || {
-        use std::os::fd::AsFd;
-        if rustix::thread::move_into_link_name_space(file.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
-            .is_err()
-        {
-            return false;
-        }
-        ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
+    in_namespace(path, || {
+        Ok(["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
             .iter()
             .all(|table| {
                 // A header line, then a line per socket.
                 std::fs::read_to_string(table).is_ok_and(|t| t.lines().count() <= 1)
-            })
+            }))
     })
-    .join()
     .unwrap_or(false)
+}
+
+/// A TCP listener on `address` made in the namespace mounted at `path`: a
+/// socket stays in the namespace it was made in, so the engine can accept
+/// connections there from any thread.
+pub fn listen_in(path: &Path, address: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    in_namespace(path, move || {
+        let listener = std::net::TcpListener::bind(address)?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    })
 }
 
 /// Unmounts and removes the namespace mounted at `path` (the kernel frees

@@ -234,6 +234,12 @@ impl Attachment {
     pub fn address(&self) -> Ipv4Addr {
         self.address
     }
+
+    /// A TCP listener on `port` of this address, in this namespace (for a
+    /// proxy that stands in for a host port on the network).
+    pub fn listen(&self, port: u16) -> std::io::Result<std::net::TcpListener> {
+        link::listen_in(&self.namespace, (self.address, port).into())
+    }
 }
 
 impl Drop for Attachment {

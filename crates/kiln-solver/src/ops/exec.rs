@@ -15,10 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use super::network;
 use super::tree::{is_part, read_text, resolve_owner};
-use super::{Context, Definition, OpOutput, Operation, Prepared};
+use super::{CacheMap, Context, Definition, OpOutput, Operation, Prepared};
 use crate::error::Context as _;
 use crate::result::ExecMeta;
 use crate::secrets::Secrets;
+use crate::services::{self, Binding};
 use crate::volumes::Lease;
 use crate::{Cause, SolveError};
 
@@ -51,6 +52,9 @@ pub struct Exec {
     /// A file of the container that receives the process's stderr.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_stderr: Option<String>,
+    /// Services started for the process, which reaches them by alias.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Binding>,
 }
 
 impl Definition for Exec {
@@ -63,6 +67,21 @@ impl Exec {
         self.mounts
             .iter()
             .filter(|m| matches!(m, Mount::Tree { readonly: false, .. }))
+    }
+
+    /// The exec as its cache key sees it (see [`ServiceDef::keyed`]).
+    pub(crate) fn keyed(&self) -> Exec {
+        Exec {
+            services: self
+                .services
+                .iter()
+                .map(|b| Binding {
+                    service: b.service.keyed(),
+                    ..b.clone()
+                })
+                .collect(),
+            ..self.clone()
+        }
     }
 }
 
@@ -100,7 +119,17 @@ impl Operation for Exec {
             Mount::Secret { secret, .. } => Some(secret),
             _ => None,
         });
-        self.secret_env.iter().map(|e| &e.secret).chain(mounted).collect()
+        let bound = self.services.iter().flat_map(|b| b.service.secrets());
+        self.secret_env
+            .iter()
+            .map(|e| &e.secret)
+            .chain(mounted)
+            .chain(bound)
+            .collect()
+    }
+
+    async fn cache_map(&self, _cx: &Context<'_>) -> Result<CacheMap, SolveError> {
+        Ok(CacheMap::definition(&self.keyed()))
     }
 
     async fn run(&self, cx: &Context<'_>, inputs: &[Option<SnapshotId>], _: Prepared) -> Result<OpOutput, SolveError> {
@@ -109,7 +138,7 @@ impl Operation for Exec {
 }
 
 /// `args` as a shell would need them written (quoted where needed).
-fn shell_words(args: &[String]) -> String {
+pub(crate) fn shell_words(args: &[String]) -> String {
     // Only a NUL byte fails to quote, and no process argument holds one.
     shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "))
 }
@@ -119,9 +148,10 @@ const RUNTIME_MOUNTS: [&str; 6] = ["/proc", "/dev/pts", "/dev/shm", "/dev/mqueue
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-struct Setup {
-    spec: RunSpec,
-    root: Staged,
+/// A container ready to start: its spec and the snapshots it writes.
+pub(crate) struct Setup {
+    pub spec: RunSpec,
+    pub root: Staged,
     writable: Vec<Staged>,
     lower: MergedView,
     /// In-memory directory with this exec's secret files (removed after).
@@ -129,7 +159,7 @@ struct Setup {
 }
 
 /// A directory of secret files in the in-memory run dir, removed on drop.
-struct SecretDir(PathBuf);
+pub(crate) struct SecretDir(PathBuf);
 
 impl Drop for SecretDir {
     fn drop(&mut self) {
@@ -138,7 +168,7 @@ impl Drop for SecretDir {
 }
 
 /// Host directories of the cache volumes an exec mounts, in mount order.
-type VolumePaths = Vec<PathBuf>;
+pub(crate) type VolumePaths = Vec<PathBuf>;
 
 fn overlay(store: &Store, top: Option<SnapshotId>, upper: Option<&Staged>) -> Result<Overlay, Cause> {
     let lowers = store.mount_layers(top)?;
@@ -157,7 +187,8 @@ fn secret(secrets: &Secrets, r: &SecretRef) -> Result<Arc<String>, Cause> {
     })
 }
 
-fn prepare(
+/// Stages the snapshots of `exec` over `inputs` and writes its spec.
+pub(crate) fn prepare(
     store: &Store,
     runtime: &kiln_exec::Runtime,
     secrets: &Secrets,
@@ -337,7 +368,7 @@ fn prune_mount_points(lower: &MergedView, upper: &Path, targets: &[String]) {
 }
 
 /// Leases the cache volumes an exec mounts and seeds new ones.
-async fn lease_volumes(
+pub(crate) async fn lease_volumes(
     cx: &Context<'_>,
     exec: &Exec,
     inputs: &[Option<SnapshotId>],
@@ -392,6 +423,7 @@ async fn run(cx: &Context<'_>, exec: &Exec, inputs: &[Option<SnapshotId>]) -> Re
     if exec.args.is_empty() {
         return Err(cx.error("no command to run (empty args and no default args)"));
     }
+    let bound = services::bind(cx, &exec.services, inputs, &cx.reports()).await?;
     let (_leases, volumes) = lease_volumes(cx, exec, inputs).await?;
     let (exec_c, inputs_c) = (exec.clone(), inputs.to_vec());
     let (runtime, secrets) = (cx.runtime().clone(), cx.secrets().clone());
@@ -400,9 +432,10 @@ async fn run(cx: &Context<'_>, exec: &Exec, inputs: &[Option<SnapshotId>]) -> Re
         .await?;
     let output = {
         let _slot = cx.exec_slot().await?;
-        let _network = network::attach(cx, &mut prepared.spec, prepared.root.id()).await?;
+        let _network = network::attach(cx, &mut prepared.spec, prepared.root.id(), bound.hosts(), None).await?;
         cx.exec(&prepared.spec).await.map_err(|e| cx.error(e))?
     };
+    bound.release().await;
     // Secret values never leave the container unmasked.
     let secrets = cx.secrets();
     let stdout = secrets.scrub_bytes(&output.stdout);
@@ -417,7 +450,8 @@ async fn run(cx: &Context<'_>, exec: &Exec, inputs: &[Option<SnapshotId>]) -> Re
         });
     }
     let exec_c = exec.clone();
-    cx.blocking(move |store| {        let mut targets: Vec<String> = RUNTIME_MOUNTS.iter().map(|s| s.to_string()).collect();
+    cx.blocking(move |store| {
+        let mut targets: Vec<String> = RUNTIME_MOUNTS.iter().map(|s| s.to_string()).collect();
         targets.extend(prepared.spec.trees.iter().map(|t| t.target.clone()));
         targets.extend(prepared.spec.tmpfs.iter().cloned());
         targets.extend(prepared.spec.binds.iter().map(|b| b.target.clone()));

@@ -21,12 +21,14 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::host_access::HostAccess;
+use crate::report::Report;
 use crate::running::Running;
 use crate::secrets::Secrets;
+use crate::services::Services;
 use crate::volumes::VolumeLeases;
 use crate::{Cause, SolveError};
 
-mod network;
+pub(crate) mod network;
 mod tree;
 
 /// Declares the operations: their modules, their re-exports, and how a
@@ -271,6 +273,7 @@ pub(crate) struct Resources {
     pub exec_slots: Semaphore,
     pub layer_limits: ExtractLimits,
     pub network: Option<Arc<kiln_exec::net::Network>>,
+    pub services: Services,
 }
 
 /// What an operation may use: the engine's resources, the client's host,
@@ -318,6 +321,16 @@ impl<'a> Context<'a> {
     /// The containers' network, if they have one.
     pub fn network(&self) -> Option<&Arc<kiln_exec::net::Network>> {
         self.resources.network.as_ref()
+    }
+
+    /// The services running on the engine.
+    pub(crate) fn services(&self) -> &Services {
+        &self.resources.services
+    }
+
+    /// The reports of the sessions waiting for the running operation.
+    pub(crate) fn reports(&self) -> Vec<Arc<Report>> {
+        self.running.map(Running::reports).unwrap_or_default()
     }
 
     /// The cache volumes.

@@ -20,22 +20,34 @@ pub(crate) struct Networked {
     files: PathBuf,
 }
 
+impl Networked {
+    /// The container's address.
+    pub(crate) fn address(&self) -> Ipv4Addr {
+        self.attachment.address()
+    }
+}
+
 impl Drop for Networked {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.files);
     }
 }
 
-/// Joins the container of `spec` to the engine's network, if it has one.
+/// Joins the container of `spec` to the engine's network, if it has one;
+/// `names` are more `/etc/hosts` lines (the services it is bound to), and
+/// `own_name` another name of its own (a service's host name).
 pub(crate) async fn attach(
     cx: &Context<'_>,
     spec: &mut RunSpec,
     id: SnapshotId,
+    names: String,
+    own_name: Option<&str>,
 ) -> Result<Option<Networked>, SolveError> {
     let Some(network) = cx.network().cloned() else {
         return Ok(None);
     };
     let files = cx.store().run_dir().join(format!("net-{id}"));
+    let own_name = own_name.map(str::to_string);
     let networked = cx
         .blocking(move |_| {
             let attachment = network.attach()?;
@@ -43,7 +55,9 @@ pub(crate) async fn attach(
             let networked = Networked { attachment, files };
             let address = networked.attachment.address();
             write(&networked.files.join("resolv.conf"), &resolv_conf())?;
-            write(&networked.files.join("hosts"), &hosts(address))?;
+            let mut hosts = hosts(address, own_name.as_deref());
+            hosts.push_str(&names);
+            write(&networked.files.join("hosts"), &hosts)?;
             Ok(networked)
         })
         .await?;
@@ -62,11 +76,12 @@ fn write(path: &Path, text: &str) -> Result<(), crate::Cause> {
     fs::write(path, text).context(|| format!("writing {}", path.display()))
 }
 
-/// The container's `/etc/hosts`: loopback and its own name.
-fn hosts(address: Ipv4Addr) -> String {
+/// The container's `/etc/hosts`: loopback and its own names.
+fn hosts(address: Ipv4Addr, own_name: Option<&str>) -> String {
+    let names = [Some(kiln_exec::spec::HOSTNAME), own_name].into_iter().flatten();
     format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{address}\t{}\n",
-        kiln_exec::spec::HOSTNAME
+        names.collect::<Vec<_>>().join(" ")
     )
 }
 

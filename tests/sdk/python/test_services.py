@@ -1,0 +1,181 @@
+"""Services: containers bound under an alias, health checks, sharing,
+failures with the service's output, and the host's side (Service.up,
+Host.service, Host.tunnel). Needs the engine's container network (root)."""
+
+import asyncio
+import http.server
+import threading
+import urllib.request
+
+import dagger
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+
+def http_service(dag, text: str, port: int = 8080) -> dagger.Service:
+    """busybox httpd serving `text` at /index.html on `port`."""
+    return (
+        dag.container()
+        .from_("busybox")
+        .with_new_file("/srv/index.html", text)
+        .with_exposed_port(port, description="web")
+        .as_service(args=["httpd", "-f", "-v", "-p", str(port), "-h", "/srv"])
+    )
+
+
+def client(dag) -> dagger.Container:
+    return dag.container().from_("busybox")
+
+
+async def test_a_bound_service_answers_under_its_alias_and_its_hostname(dag):
+    web = http_service(dag, "hello from web")
+    hostname = await web.hostname()
+    out = await (
+        client(dag)
+        .with_service_binding("web", web)
+        .with_env_variable("HOST", hostname)
+        .with_exec(["sh", "-c", "wget -q -O- http://web:8080/ && wget -q -O- http://$HOST:8080/"])
+        .stdout()
+    )
+    assert out == "hello from webhello from web"
+    assert len(hostname) == 13
+    assert await web.endpoint() == f"{hostname}:8080"
+    assert await web.endpoint(port=8080, scheme="http") == f"http://{hostname}:8080"
+    ports = await web.ports()
+    assert [(await p.port(), await p.protocol(), await p.description()) for p in ports] == [
+        (8080, dagger.NetworkProtocol.TCP, "web")
+    ]
+
+
+async def test_two_services_bound_at_once(dag):
+    out = await (
+        client(dag)
+        .with_service_binding("a", http_service(dag, "from a", 8001))
+        .with_service_binding("b", http_service(dag, "from b", 8002))
+        .with_exec(["sh", "-c", "wget -q -O- http://a:8001/; echo; wget -q -O- http://b:8002/"])
+        .stdout()
+    )
+    assert out == "from a\nfrom b"
+
+
+async def test_an_alias_resolves_only_where_it_is_bound(dag):
+    web = http_service(dag, "bound only")
+    out = await (
+        client(dag)
+        .with_exec(["sh", "-c", "wget -q -T 2 -O- http://web:8080/ || echo unresolved"])
+        .stdout()
+    )
+    assert "unresolved" in out
+    bound = await client(dag).with_service_binding("web", web).with_exec(["cat", "/etc/hosts"]).stdout()
+    assert " web\n" in bound
+
+
+async def test_one_service_used_by_parallel_clients_starts_once(dag):
+    # The service counts its starts in a cache volume; both clients see 1.
+    counter = dag.cache_volume("service-starts-counter")
+    svc = (
+        dag.container()
+        .from_("busybox")
+        .with_mounted_cache("/count", counter)
+        .with_exposed_port(8080)
+        .as_service(
+            args=[
+                "sh",
+                "-c",
+                "n=$(cat /count/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /count/n; "
+                "mkdir -p /srv; echo started $n > /srv/index.html; exec httpd -f -p 8080 -h /srv",
+            ]
+        )
+    )
+
+    async def fetch(tag: str) -> str:
+        return await (
+            client(dag)
+            .with_service_binding("svc", svc)
+            .with_env_variable("TAG", tag)
+            .with_exec(["sh", "-c", "sleep 1; wget -q -O- http://svc:8080/"])
+            .stdout()
+        )
+
+    first, second = await asyncio.gather(fetch("one"), fetch("two"))
+    assert first == second, (first, second)
+    assert first.startswith("started ")
+
+
+async def test_a_service_that_exits_fails_its_client_with_its_output(dag):
+    broken = (
+        dag.container()
+        .from_("busybox")
+        .with_exposed_port(5432)
+        .as_service(args=["sh", "-c", "echo 'FATAL: data directory is missing' >&2; exit 3"])
+    )
+    with pytest.raises(dagger.QueryError) as e:
+        await client(dag).with_service_binding("db", broken).with_exec(["true"]).sync()
+    message = str(e.value)
+    assert "aliased as db" in message, message
+    assert "exit code: 3" in message, message
+    assert "FATAL: data directory is missing" in message, message
+
+
+async def test_service_up_opens_its_port_on_the_host(dag):
+    web = http_service(dag, "up and running", 8080)
+    task = asyncio.create_task(web.up(ports=[dagger.PortForward(backend=8080, frontend=18780)]))
+    try:
+        body = await asyncio.to_thread(fetch_retrying, "http://127.0.0.1:18780/")
+        assert body == "up and running"
+    finally:
+        task.cancel()
+
+
+async def test_host_tunnel_reaches_a_service_from_the_host(dag):
+    web = http_service(dag, "through the tunnel", 8080)
+    tunnel = await dag.host().tunnel(web).start()
+    endpoint = await tunnel.endpoint()
+    assert endpoint.startswith("localhost:")
+    body = await asyncio.to_thread(fetch_retrying, f"http://{endpoint}/")
+    assert body == "through the tunnel"
+    await tunnel.stop()
+
+
+async def test_host_service_lets_a_container_reach_a_server_on_the_hosts_loopback(dag):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"hello from the host"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host_svc = dag.host().service([dagger.PortForward(backend=port, frontend=80)])
+        out = await (
+            client(dag)
+            .with_service_binding("hostweb", host_svc)
+            .with_exec(["wget", "-q", "-O-", "http://hostweb/"])
+            .stdout()
+        )
+        assert out == "hello from the host"
+    finally:
+        server.shutdown()
+
+
+def fetch_retrying(url: str) -> str:
+    """GET `url`, retrying while the port is not open yet (up starts it)."""
+    last = None
+    for _ in range(100):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.read().decode()
+        except OSError as e:
+            last = e
+            import time
+
+            time.sleep(0.2)
+    raise AssertionError(f"{url} never answered: {last}")
