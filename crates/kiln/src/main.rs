@@ -532,7 +532,27 @@ enum EngineAction {
         /// How long running sessions may take to finish
         #[arg(long, default_value = "1m", value_parser = parse_idle)]
         timeout: Duration,
+        /// Then also remove the containers' network of the config: its
+        /// bridge, firewall rules and namespaces (refused while containers
+        /// of other engines use it); the next engine sets it up again
+        #[arg(long)]
+        remove_network: bool,
     },
+}
+
+/// Removes the config's container network (`kiln engine stop --remove-network`).
+fn remove_containers_network(config: &Config) -> anyhow::Result<()> {
+    let Some(net) = config.network.config()? else {
+        println!("the config gives containers no network: nothing to remove");
+        return Ok(());
+    };
+    let dir = kiln_exec::net::default_dir(&net.bridge);
+    kiln_exec::net::Network::remove(&net, &dir)?;
+    println!(
+        "removed the containers' network (bridge {}, {})",
+        net.bridge, net.subnet
+    );
+    Ok(())
 }
 
 /// Runs `kiln engine status` or `kiln engine stop`.
@@ -543,12 +563,20 @@ async fn engine_action(cli: &Cli, action: &EngineAction) -> anyhow::Result<ExitC
     let endpoint = endpoint(cli, &state_dir)?;
     let message = match action {
         EngineAction::Status => ToEngine::Status,
-        EngineAction::Stop { timeout } => ToEngine::Stop {
+        EngineAction::Stop { timeout, .. } => ToEngine::Stop {
             timeout_secs: timeout.as_secs(),
         },
     };
+    let remove_network = match action {
+        EngineAction::Stop { remove_network, .. } => *remove_network,
+        EngineAction::Status => false,
+    };
     let Some(answer) = engine::client::ask(&endpoint, message).await? else {
         println!("no engine serves {}", state_dir.display());
+        if remove_network {
+            remove_containers_network(&config)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         return Ok(ExitCode::from(3));
     };
     match (action, answer) {
@@ -567,7 +595,7 @@ async fn engine_action(cli: &Cli, action: &EngineAction) -> anyhow::Result<ExitC
             println!("  running    {} operations", s.running);
             println!("  cache      {}", kiln_store::format_size(s.cache_bytes));
         }
-        (EngineAction::Stop { timeout }, ToClient::Stopping { sessions }) => {
+        (EngineAction::Stop { timeout, .. }, ToClient::Stopping { sessions }) => {
             if sessions > 0 {
                 eprintln!(
                     "kiln: waiting up to {} for {sessions} sessions",
@@ -596,6 +624,9 @@ async fn engine_action(cli: &Cli, action: &EngineAction) -> anyhow::Result<ExitC
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             println!("stopped the engine of {}", state_dir.display());
+            if remove_network {
+                remove_containers_network(&config)?;
+            }
         }
         (_, other) => bail!("the engine answered something else: {other:?}"),
     }

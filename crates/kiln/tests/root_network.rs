@@ -201,3 +201,104 @@ fn root_a_killed_engine_leaves_no_namespace_lease_or_veth_after_the_next_start()
     assert_eq!(leases(&net), Vec::<String>::new());
     assert_eq!(veths(), 0, "no veth left on the bridge");
 }
+
+/// Lines of the host's firewall rules that carry `net`'s marker.
+fn firewall_rules(net: &NetConfig) -> usize {
+    let marker = format!("kiln subnet={}", net.subnet);
+    ["iptables-save", "nft list ruleset"]
+        .iter()
+        .map(|cmd| {
+            let mut words = cmd.split(' ');
+            let mut c = std::process::Command::new(words.next().unwrap());
+            c.args(words);
+            text(&run(c).stdout).lines().filter(|l| l.contains(&marker)).count()
+        })
+        .sum()
+}
+
+/// Processes whose command line contains `needle`.
+fn processes(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| text(c).replace('\0', " ").contains(needle))
+        .count()
+}
+
+#[test]
+fn root_a_killed_engine_leaves_no_service_behind_after_the_next_start() {
+    if !kiln_testkit::require_root() {
+        return;
+    }
+    let net = test_network(2);
+    let _bridge = TestBridge(net.clone());
+    let env = Env::new();
+    use_network(&env, &net);
+    let state = env.dir().join("state");
+    // A port number of this test's own names the service's process.
+    let port = 20000 + std::process::id() % 20000;
+    let service = format!(
+        "{{ container {{ from(address: \"busybox\") {{ withExposedPort(port: {port}) {{ \
+         asService(args: [\"httpd\", \"-f\", \"-p\", \"{port}\"]) {{ id }} }} }} }} }}"
+    );
+    let service = env.query("service.graphql", &service);
+    let out = run(env.kiln(&["query", service.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = reply["data"]["container"]["from"]["withExposedPort"]["asService"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no service ID in {reply}"))
+        .to_string();
+    let rules = firewall_rules(&net);
+    assert!(rules > 0, "the bridge's rules are installed");
+
+    let client_query = format!(
+        "{{ container {{ from(address: \"busybox\") {{ withServiceBinding(alias: \"web\", service: \"{id}\") {{ \
+         withExec(args: [\"sh\", \"-c\", \"wget -q -O /dev/null http://web:{port}/ ; sleep 600\"]) {{ stdout }} }} }} }} }}"
+    );
+    let client_query = env.query("client.graphql", &client_query);
+    let mut client = env
+        .kiln(&["--progress", "plain", "query", client_query.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let httpd = format!("httpd -f -p {port}");
+    poll_until("the service and its client run", || {
+        processes(&httpd) == 1 && leases(&net).iter().filter(|l| l.ends_with(".ns")).count() == 2
+    });
+    let held = leases(&net);
+    let pid = std::fs::read_to_string(state.join("engine.lock")).unwrap();
+    // SAFETY: kill(2) of the engine this test started (through its client).
+    unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
+    let _ = client.kill();
+    let _ = client.wait();
+    poll_until("the engine is gone", || {
+        !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+    });
+
+    // The next engine removes the service's container and releases its
+    // namespace; its rules are not installed twice.
+    let step = env.query("step.graphql", &exec_query(None, "echo next"));
+    let out = run(env.kiln(&["query", step.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    poll_until("the service's process is gone", || processes(&httpd) == 0);
+    for old in &held {
+        assert!(!leases(&net).contains(old), "{old} of the killed engine is released");
+    }
+    assert_eq!(
+        firewall_rules(&net),
+        rules,
+        "no rule of the killed engine is left twice"
+    );
+    let stopped = run(env.kiln(&["engine", "stop"]));
+    assert!(stopped.status.success(), "{}", text(&stopped.stderr));
+    assert_eq!(leases(&net), Vec::<String>::new());
+    let addresses = {
+        let mut ip = std::process::Command::new("ip");
+        ip.args(["-o", "-4", "addr", "show", "dev", &net.bridge]);
+        text(&run(ip).stdout).lines().count()
+    };
+    assert_eq!(addresses, 1, "the bridge keeps its one address");
+}

@@ -28,6 +28,59 @@ def client(dag) -> dagger.Container:
     return dag.container().from_("busybox")
 
 
+# The PostgreSQL fixture is Debian's server (no official-image entrypoint):
+# this script does what that entrypoint does with POSTGRES_USER, _PASSWORD
+# and _DB, then runs the server in the foreground as the postgres user.
+START_POSTGRES = """#!/bin/sh
+set -eu
+export PGDATA=/tmp/pgdata
+mkdir -p "$PGDATA" && chown postgres:postgres "$PGDATA"
+echo "$POSTGRES_PASSWORD" > /tmp/pwfile && chown postgres /tmp/pwfile
+as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
+as_postgres initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile=/tmp/pwfile --auth-host=md5 --auth-local=trust >/dev/null
+echo "host all all 0.0.0.0/0 md5" >> "$PGDATA/pg_hba.conf"
+echo "CREATE DATABASE $POSTGRES_DB OWNER $POSTGRES_USER;" | as_postgres postgres --single -D "$PGDATA" postgres >/dev/null
+exec setpriv --reuid=postgres --regid=postgres --init-groups postgres -D "$PGDATA" -c listen_addresses='*' -k /tmp
+"""
+
+
+def postgres_service(dag) -> dagger.Service:
+    return (
+        dag.container()
+        .from_("postgres:15")
+        .with_env_variable("POSTGRES_USER", "test")
+        .with_env_variable("POSTGRES_PASSWORD", "test")
+        .with_env_variable("POSTGRES_DB", "testdb")
+        .with_new_file("/usr/local/bin/start-postgres", START_POSTGRES, permissions=0o755)
+        .with_exposed_port(5432)
+        .as_service(args=["start-postgres"])
+    )
+
+
+async def test_the_articles_shape_a_postgres_service_bound_as_db(dag):
+    postgres = postgres_service(dag)
+    out = await (
+        dag.container()
+        .from_("postgres:15")
+        .with_service_binding("db", postgres)
+        .with_env_variable("DATABASE_URL", "postgresql://test:test@db:5432/testdb")
+        .with_exec(
+            [
+                "psql",
+                "$DATABASE_URL",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-tA",
+                "-c",
+                "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('round trip'); SELECT body FROM notes;",
+            ],
+            expand=True,
+        )
+        .stdout()
+    )
+    assert out.strip().splitlines()[-1] == "round trip", out
+
+
 async def test_a_bound_service_answers_under_its_alias_and_its_hostname(dag):
     web = http_service(dag, "hello from web")
     hostname = await web.hostname()

@@ -73,6 +73,9 @@ pub enum NetError {
     /// The config cannot work.
     #[error("network: {0}")]
     Config(String),
+    /// Containers of running engines still use the bridge.
+    #[error("network: {containers} containers of running engines still use bridge {bridge}: stop those engines first")]
+    InUse { bridge: String, containers: usize },
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetError + use<> {
@@ -138,6 +141,21 @@ impl Network {
             releasing: (Mutex::new(0), Condvar::new()),
             idle: Mutex::new(VecDeque::new()),
         }))
+    }
+
+    /// [`Network::teardown`], unless a container of a running engine still
+    /// uses the bridge.
+    pub fn remove(config: &NetConfig, dir: &Path) -> Result<(), NetError> {
+        let leased = ipam::addresses(dir).unwrap_or_default();
+        let stale = ipam::stale_leases(dir).unwrap_or_default();
+        let live = leased.iter().filter(|a| !stale.contains(a)).count();
+        if live > 0 {
+            return Err(NetError::InUse {
+                bridge: config.bridge.clone(),
+                containers: live,
+            });
+        }
+        Self::teardown(config, dir)
     }
 
     /// Removes the bridge's firewall rules, its namespaces and leases, and
