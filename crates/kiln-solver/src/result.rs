@@ -55,24 +55,35 @@ impl ExecMeta {
         else {
             return None;
         };
-        let (store, exit_code, out, err) = (store.clone(), *exit_code, stdout.clone(), stderr.clone());
+        Self::keep(store, *exit_code, [stdout.clone().into_bytes(), stderr.clone().into_bytes()], None).await
+    }
+
+    /// Keeps a process's output (scrubbed already: `[stdout, stderr]`, and
+    /// both interleaved) as blobs. `None` when they cannot be written.
+    pub(crate) async fn keep(
+        store: &Arc<Store>,
+        exit_code: i32,
+        [out, err]: [Vec<u8>; 2],
+        combined: Option<Vec<u8>>,
+    ) -> Option<Self> {
+        let store = store.clone();
         let kept = tokio::task::spawn_blocking(move || -> Result<Self, kiln_store::BlobError> {
             Ok(Self {
                 exit_code,
-                stdout: store.blobs().put(out.as_bytes())?,
-                stderr: store.blobs().put(err.as_bytes())?,
-                combined: None,
+                stdout: store.blobs().put(&out)?,
+                stderr: store.blobs().put(&err)?,
+                combined: combined.map(|c| store.blobs().put(&c)).transpose()?,
             })
         })
         .await;
         match kept {
             Ok(Ok(meta)) => Some(meta),
             Ok(Err(e)) => {
-                tracing::warn!("could not keep the output of a failed command: {e}");
+                tracing::warn!("could not keep the output of a process: {e}");
                 None
             }
             Err(e) => {
-                tracing::warn!("could not keep the output of a failed command: {e}");
+                tracing::warn!("could not keep the output of a process: {e}");
                 None
             }
         }

@@ -4,11 +4,14 @@ Host.service, Host.tunnel). Needs the engine's container network (root)."""
 
 import asyncio
 import http.server
+import subprocess
 import threading
 import urllib.request
 
 import dagger
 import pytest
+
+from conftest import KILN_BIN, write_script
 
 pytestmark = pytest.mark.anyio
 
@@ -232,3 +235,48 @@ def fetch_retrying(url: str) -> str:
 
             time.sleep(0.2)
     raise AssertionError(f"{url} never answered: {last}")
+
+
+SERVICE_PIPELINE = """
+import sys, anyio, dagger
+async def main():
+    async with dagger.connection(dagger.Config(log_output=sys.stderr)):
+        dag = dagger.dag
+        web = (
+            dag.container().from_("busybox")
+            .with_new_file("/srv/index.html", sys.argv[1])
+            .with_exposed_port(8080)
+            .as_service(args=["httpd", "-f", "-v", "-p", "8080", "-h", "/srv"])
+        )
+        out = await (
+            dag.container().from_("busybox").with_service_binding("web", web)
+            .with_exec(["wget", "-q", "-O-", "http://web:8080/"]).stdout()
+        )
+        print("got", out)
+anyio.run(main)
+"""
+
+
+def test_an_exec_bound_to_a_service_is_cached_by_the_services_definition(kiln, tmp_path):
+    script = write_script(tmp_path / "pipeline.py", SERVICE_PIPELINE)
+    first = kiln.run_python(script, "version one").check()
+    assert "got version one" in first.stdout
+    # Progress shows the service as an entry of its own, started and stopped.
+    service_lines = [line for line in first.stderr.splitlines() if "service " in line]
+    assert any(" RUN " in line for line in service_lines), first.stderr
+    assert any("ready" in line for line in service_lines), first.stderr
+    assert any(" DONE " in line for line in service_lines), first.stderr
+    # Its output (httpd's request log) is kept for `kiln logs`.
+    logs = subprocess.run([KILN_BIN, "logs"], env=kiln.env, capture_output=True, text=True, check=True)
+    assert "response:200" in logs.stdout, logs.stdout
+
+    # Unchanged: the exec is cached and the service is not even started.
+    again = kiln.run_python(script, "version one").check()
+    assert "got version one" in again.stdout
+    assert "service " not in again.stderr, again.stderr
+    assert again.summary()[0] == 0, again.stderr
+
+    # The service's definition changed: the bound exec runs again.
+    changed = kiln.run_python(script, "version two").check()
+    assert "got version two" in changed.stdout
+    assert any("service " in line and " RUN " in line for line in changed.stderr.splitlines()), changed.stderr

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_exec::{ExecOutput, Signaller, Started, Stream};
+use kiln_exec::{Signaller, Started, Stream};
 use kiln_store::SnapshotId;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
@@ -18,6 +18,7 @@ use crate::events::EventKind;
 use crate::ops::exec::{Exec, lease_volumes, prepare};
 use crate::ops::{Context, network};
 use crate::report::Report;
+use crate::result::ExecMeta;
 use crate::running::Running;
 use crate::volumes::Lease;
 use crate::{Cause, SolveError};
@@ -39,6 +40,63 @@ pub(super) async fn start(
     reports: &[Arc<Report>],
     how: Supervision,
 ) -> Result<Instance, Cause> {
+    let output = Arc::new(Running::new(&how.audience, cx.secrets()));
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let live = {
+        let (output, tail) = (output.clone(), tail.clone());
+        Arc::new(move |stream: Stream, bytes: &[u8]| {
+            output.output(stream, bytes, false);
+            let mut tail = tail.lock().expect("tail lock");
+            tail.extend(bytes);
+            let extra = tail.len().saturating_sub(TAIL_BYTES);
+            tail.drain(..extra);
+        })
+    };
+    let (started, kept, address) = match launch(cx, hostname, exec, inputs, reports, live).await {
+        Ok(launched) => launched,
+        Err(e) => return Err(how.failed(e)),
+    };
+    let (stop, stopped) = oneshot::channel();
+    let (exit, exited) = watch::channel(None);
+    let store = cx.store().clone();
+    tokio::spawn(supervise(started, kept, stopped, exit, output, store, how));
+    let instance = Instance {
+        address,
+        stop: Some(stop),
+        exited,
+    };
+    let mut exited = instance.exited.clone();
+    tokio::select! {
+        result = tokio::time::timeout(READY_TIMEOUT, ready(address, ports)) => match result {
+            Ok(()) => Ok(instance),
+            Err(_) => {
+                let reason = format!(
+                    "the service did not answer on {} within {}s",
+                    waited_ports(ports),
+                    READY_TIMEOUT.as_secs()
+                );
+                let cause = Cause::Invalid(format!("{reason}{}", shown(&tail)));
+                instance.fail(reason);
+                Err(cause)
+            }
+        },
+        code = exited.wait_for(Option::is_some) => {
+            let code = code.map(|c| c.unwrap_or(-1)).unwrap_or(-1);
+            Err(Cause::Invalid(format!("exit code: {code}{}", shown(&tail))))
+        }
+    }
+}
+
+/// Starts the container: its bound services first, its volumes, its
+/// snapshots and its place on the network.
+async fn launch(
+    cx: &Context<'_>,
+    hostname: &str,
+    exec: &Exec,
+    inputs: &[Option<SnapshotId>],
+    reports: &[Arc<Report>],
+    live: Arc<kiln_exec::LiveOutput<'static>>,
+) -> Result<(Started, Kept, Ipv4Addr), Cause> {
     let failed = |e: SolveError| Cause::Invalid(e.report());
     let bound = bind(cx, &exec.services, inputs, reports).await.map_err(failed)?;
     let (leases, volumes) = lease_volumes(cx, exec, inputs).await.map_err(failed)?;
@@ -53,52 +111,14 @@ pub(super) async fn start(
         .map_err(failed)?
         .ok_or("services need the engine's container network")?;
     let address = networked.address();
-
-    let output = Arc::new(Running::new(&how.audience, cx.secrets()));
-    let tail = Arc::new(Mutex::new(VecDeque::new()));
-    let live = {
-        let (output, tail) = (output.clone(), tail.clone());
-        Arc::new(move |stream: Stream, bytes: &[u8]| {
-            output.output(stream, bytes, false);
-            let mut tail = tail.lock().expect("tail lock");
-            tail.extend(bytes);
-            let extra = tail.len().saturating_sub(TAIL_BYTES);
-            tail.drain(..extra);
-        })
-    };
     let started = cx.runtime().start(&setup.spec, live)?;
-    let (stop, stopped) = oneshot::channel();
-    let (exit, exited) = watch::channel(None);
     let kept = Kept {
         _setup: setup,
         _networked: networked,
         _leases: leases,
         _bound: bound,
     };
-    tokio::spawn(supervise(started, kept, stopped, exit, output, how));
-    let instance = Instance {
-        address,
-        _stop: stop,
-        exited,
-    };
-    // Dropping the instance on failure stops the container.
-    let mut exited = instance.exited.clone();
-    let ready = ready(address, ports);
-    tokio::select! {
-        result = tokio::time::timeout(READY_TIMEOUT, ready) => match result {
-            Ok(()) => Ok(instance),
-            Err(_) => Err(Cause::Invalid(format!(
-                "the service did not answer on {} within {}s{}",
-                waited_ports(ports),
-                READY_TIMEOUT.as_secs(),
-                shown(&tail)
-            ))),
-        },
-        code = exited.wait_for(Option::is_some) => {
-            let code = code.map(|c| c.unwrap_or(-1)).unwrap_or(-1);
-            Err(Cause::Invalid(format!("exit code: {code}{}", shown(&tail))))
-        }
-    }
+    Ok((started, kept, address))
 }
 
 /// What a running service holds, released once its container is gone.
@@ -148,28 +168,32 @@ async fn ready(address: Ipv4Addr, ports: &[ExposedPort]) {
     }
 }
 
-/// Watches the container until it exits, or stops it when its instance is
-/// dropped (asked to stop, then killed after [`STOP_GRACE`]); then releases
-/// what it held and tells how it ended.
+/// Watches the container until it exits, or stops it when asked (asked
+/// to stop, then killed after [`STOP_GRACE`]); then releases what it held
+/// and tells how it ended, with its output kept for `kiln logs`.
 async fn supervise(
     started: Started,
     kept: Kept,
-    stop: oneshot::Receiver<()>,
+    stop: oneshot::Receiver<String>,
     exit: watch::Sender<Option<i32>>,
     output: Arc<Running>,
+    store: Arc<kiln_store::Store>,
     how: Supervision,
 ) {
     let since = Instant::now();
     let signaller = started.signaller();
     let wait = started.wait();
     tokio::pin!(wait);
-    let asked = tokio::select! {
-        ended = &mut wait => Err(ended),
-        _ = stop => Ok(()),
-    };
-    let ended = match asked {
-        Err(ended) => ended,
-        Ok(()) => {
+    let (ended, failure) = tokio::select! {
+        ended = &mut wait => {
+            let failure = match &ended {
+                Ok(out) if out.exit_code == 0 => None,
+                Ok(out) => Some(format!("the service exited: exit code: {}", out.exit_code)),
+                Err(e) => Some(e.to_string()),
+            };
+            (ended, failure)
+        }
+        asked = stop => {
             let kill = |s: Signaller| s.signal("KILL");
             let send = |how: fn(Signaller) -> std::io::Result<()>| {
                 let s = signaller.clone();
@@ -181,14 +205,14 @@ async fn supervise(
                 |s: Signaller| s.terminate()
             })
             .await;
-            match tokio::time::timeout(STOP_GRACE, &mut wait).await {
+            let ended = match tokio::time::timeout(STOP_GRACE, &mut wait).await {
                 Ok(ended) => ended,
                 Err(_) => {
                     let _ = send(kill).await;
                     wait.await
                 }
-            }
-            .map(|out| ExecOutput { exit_code: 0, ..out })
+            };
+            (ended, asked.ok())
         }
     };
     for stream in [Stream::Stdout, Stream::Stderr] {
@@ -196,16 +220,21 @@ async fn supervise(
     }
     let code = ended.as_ref().map_or(-1, |out| out.exit_code);
     drop(kept);
-    let kind = match ended {
-        Ok(out) if out.exit_code == 0 => EventKind::Done {
+    let meta = match ended {
+        Ok(out) => {
+            let scrub = |b: &[u8]| how.secrets.scrub_bytes(b);
+            let streams = [scrub(&out.stdout), scrub(&out.stderr)];
+            ExecMeta::keep(&store, out.exit_code, streams, Some(scrub(&out.combined))).await
+        }
+        Err(_) => None,
+    };
+    let kind = match failure {
+        None => EventKind::Done {
             duration: since.elapsed(),
         },
-        Ok(out) => EventKind::Failed {
-            message: format!("the service exited with code {}", out.exit_code),
-        },
-        Err(e) => EventKind::Failed { message: e.to_string() },
+        Some(message) => EventKind::Failed { message },
     };
-    how.audience.emit(kind, None);
+    how.audience.emit(kind, meta);
     // Last: whoever waits for the end finds everything released and told.
     let _ = exit.send(Some(code));
 }

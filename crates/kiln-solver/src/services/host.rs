@@ -21,10 +21,10 @@ pub(super) async fn start(
     how: Supervision,
 ) -> Result<Instance, Cause> {
     if let Some(p) = ports.iter().find(|p| p.protocol == Protocol::Udp) {
-        return Err(Cause::Invalid(format!(
+        return Err(how.failed(Cause::Invalid(format!(
             "port {}/udp: kiln forwards only TCP ports to the host for now",
             p.backend
-        )));
+        ))));
     }
     let (network, wanted) = (network.clone(), ports.to_vec());
     let (attachment, listeners) = tokio::task::spawn_blocking(move || {
@@ -40,13 +40,17 @@ pub(super) async fn start(
         Ok::<_, Cause>((attachment, listeners))
     })
     .await
-    .map_err(|e| Cause::Internal(e.to_string()))??;
+    .map_err(|e| Cause::Internal(e.to_string()))
+    .and_then(|made| made)
+    .map_err(|e| how.failed(e))?;
     let mut forwards = JoinSet::new();
     for (listener, port) in listeners.into_iter().zip(ports) {
-        let listener = tokio::net::TcpListener::from_std(listener).context(|| "listening".to_string())?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .context(|| "listening".to_string())
+            .map_err(|e| how.failed(e))?;
         forwards.spawn(forward(listener, host.to_string(), port.backend));
     }
-    let (stop, stopped) = oneshot::channel::<()>();
+    let (stop, stopped) = oneshot::channel::<String>();
     let (exit, exited) = watch::channel(None);
     let address = attachment.address();
     tokio::spawn(async move {
@@ -64,7 +68,7 @@ pub(super) async fn start(
     });
     Ok(Instance {
         address,
-        _stop: stop,
+        stop: Some(stop),
         exited,
     })
 }

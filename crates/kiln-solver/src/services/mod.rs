@@ -182,10 +182,20 @@ struct Entry {
 /// A running service; stopped when dropped (by the last holder).
 pub(crate) struct Instance {
     address: Ipv4Addr,
-    /// Dropping it tells the supervisor to stop the service.
-    _stop: oneshot::Sender<()>,
+    /// Tells the supervisor to stop the service: with the reason it failed,
+    /// or (dropped) because nobody needs it any more.
+    stop: Option<oneshot::Sender<String>>,
     /// The exit code once the service has exited.
     exited: watch::Receiver<Option<i32>>,
+}
+
+impl Instance {
+    /// Stops the service, which failed for `reason`.
+    fn fail(mut self, reason: String) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(reason);
+        }
+    }
 }
 
 /// A hold on a running service: it runs while any hold lives.
@@ -308,6 +318,7 @@ async fn start(
     let how = Supervision {
         audience: entry.audience.clone(),
         kill: entry.kill.clone(),
+        secrets: cx.secrets().clone(),
     };
     let started = match &def.kind {
         ServiceKind::Container { exec, ports } => {
@@ -315,19 +326,11 @@ async fn start(
         }
         ServiceKind::Host { host, ports } => host::start(&network, host, ports, how).await,
     };
-    match &started {
-        Ok(_) => entry.audience.emit(
-            EventKind::Notice {
-                message: "ready".into(),
-            },
-            None,
-        ),
-        Err(e) => entry.audience.emit(
-            EventKind::Failed {
-                message: cx.secrets().scrub(&e.to_string()),
-            },
-            None,
-        ),
+    if started.is_ok() {
+        let ready = EventKind::Notice {
+            message: "ready".into(),
+        };
+        entry.audience.emit(ready, None);
     }
     started
 }
@@ -336,6 +339,17 @@ async fn start(
 struct Supervision {
     audience: Arc<Audience>,
     kill: Arc<AtomicBool>,
+    secrets: Arc<crate::secrets::Secrets>,
+}
+
+impl Supervision {
+    /// Tells that the service failed before it ran (its supervisor tells
+    /// how it ended once it runs).
+    fn failed(&self, cause: Cause) -> Cause {
+        let message = self.secrets.scrub(&cause.to_string());
+        self.audience.emit(EventKind::Failed { message }, None);
+        cause
+    }
 }
 
 /// The services an exec is bound to, held while it runs.
