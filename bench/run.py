@@ -9,8 +9,10 @@ largest resident set of the measured process tree over those runs.
 
 Benchmarks (--only NAME[,NAME] to run some):
   exec-overhead  N sequential `true` execs through kiln (one GraphQL query,
-                 cold: a fresh nonce makes every exec miss the cache) vs the
-                 same N through raw `crun run` on an unpacked busybox rootfs.
+                 cold: a fresh nonce makes every exec miss the cache), with
+                 and without container networking, vs the same N through raw
+                 `crun run` on an unpacked busybox rootfs, without a network
+                 and joining a namespace with a veth pair.
   cached-ops     a fully cached 100-step pipeline (two chains of 50 execs: kiln's
                  GraphQL parser takes 64 levels of nesting): engine ms per op.
   pipeline       a Dockerfile-equivalent pipeline (FROM busybox; RUN; COPY a
@@ -29,6 +31,11 @@ Benchmarks (--only NAME[,NAME] to run some):
                  loopback TLS (`kiln engine --listen`, the client with
                  KILN_HOST): first upload (fresh engine, empty client stat
                  cache) and unchanged re-upload, vs `tar -cf - | cat`.
+  service        time for a service to become reachable: an exec bound to a
+                 busybox httpd service (started, health-checked on its port,
+                 stopped) minus the same exec unbound, vs raw `crun run -d`
+                 of the same httpd on the host's network polled until its
+                 port answers, then killed (the floor without networking).
   host-tree      a host tree of 100k files / 1 GB (generated once, the same
                  bytes every time, under the cache dir): first upload vs
                  `tar -cf - | cat >/dev/null`, unchanged re-upload vs
@@ -43,6 +50,7 @@ import platform
 import random
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -51,7 +59,7 @@ import time
 import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCHMARKS = ["exec-overhead", "cached-ops", "clients", "pipeline", "host-tree", "remote-upload"]
+BENCHMARKS = ["exec-overhead", "cached-ops", "clients", "service", "pipeline", "host-tree", "remote-upload"]
 
 
 class Measured:
@@ -175,24 +183,22 @@ def without_network(env):
     return dict(env, KILN_CONFIG=config, KILN_STATE_DIR=os.path.join(work, "state")), work
 
 
-def kiln_exec_cost(kiln, env, n, runs, image="busybox"):
-    """kiln's time per exec of a chain of `n` (the chain minus an empty one),
-    and the measured chains."""
-    kiln_query(kiln, env, chain_query(image, 0, "warm"))  # pull the image once
-    execs = repeat(lambda: kiln_query(kiln, env, chain_query(image, n, uuid.uuid4().hex)), runs)
-    base = repeat(lambda: kiln_query(kiln, env, chain_query(image, 0, uuid.uuid4().hex)), runs)
-    return (execs.ms() - base.ms()) / n, execs
+def kiln_exec_costs(kiln, envs, n, runs, image="busybox"):
+    """kiln's time per exec of a chain of `n` (the chain minus an empty one)
+    for each of `envs`, and the measured chains. The envs take turns, run
+    after run, so that the machine's drift weighs on all alike."""
+    for env in envs:
+        kiln_query(kiln, env, chain_query(image, 0, "warm"))  # pull the image once
+    execs, bases = [Series() for _ in envs], [Series() for _ in envs]
+    for _ in range(runs):
+        for env, chains, base in zip(envs, execs, bases):
+            chains.add(kiln_query(kiln, env, chain_query(image, n, uuid.uuid4().hex)))
+            base.add(kiln_query(kiln, env, chain_query(image, 0, uuid.uuid4().hex)))
+    return [((chains.ms() - base.ms()) / n, chains) for chains, base in zip(execs, bases)]
 
 
-def bench_exec_overhead(kiln, env, n, runs):
-    kiln_per_exec, execs = kiln_exec_cost(kiln, env, n, runs)
-    offline_env, offline_dir = without_network(env)
-    offline_per_exec, offline = kiln_exec_cost(kiln, offline_env, n, runs)
-    subprocess.run(kiln_cmd(kiln, "engine", "stop"), env=offline_env, check=False, stdout=subprocess.DEVNULL)
-    shutil.rmtree(offline_dir, ignore_errors=True)
-
-    # Raw crun on the same busybox rootfs, in a private mount namespace with
-    # the cgroup v2 mount hidden (as kiln does on hybrid hosts).
+def busybox_bundle(env, args):
+    """A crun bundle of the busybox fixture running `args`: (bundle, spec)."""
     bundle = tempfile.mkdtemp(prefix="kiln-bench-crun-")
     rootfs = os.path.join(bundle, "rootfs")
     os.makedirs(rootfs)
@@ -200,7 +206,19 @@ def bench_exec_overhead(kiln, env, n, runs):
     subprocess.run(["crun", "spec"], cwd=bundle, check=True)
     spec = json.load(open(os.path.join(bundle, "config.json")))
     spec["process"]["terminal"] = False
-    spec["process"]["args"] = ["true"]
+    spec["process"]["args"] = args
+    return bundle, spec
+
+
+def bench_exec_overhead(kiln, env, n, runs):
+    offline_env, offline_dir = without_network(env)
+    (kiln_per_exec, execs), (offline_per_exec, offline) = kiln_exec_costs(kiln, [env, offline_env], n, runs)
+    subprocess.run(kiln_cmd(kiln, "engine", "stop"), env=offline_env, check=False, stdout=subprocess.DEVNULL)
+    shutil.rmtree(offline_dir, ignore_errors=True)
+
+    # Raw crun on the same busybox rootfs, in a private mount namespace with
+    # the cgroup v2 mount hidden (as kiln does on hybrid hosts).
+    bundle, spec = busybox_bundle(env, ["true"])
     json.dump(spec, open(os.path.join(bundle, "config.json"), "w"))
     state = os.path.join(bundle, "state")
     script = (
@@ -208,15 +226,104 @@ def bench_exec_overhead(kiln, env, n, runs):
         f"for i in $(seq {n}); do crun --root {state} run --bundle {bundle} bench-$$-$i || exit 1; done"
     )
     crun = repeat(lambda: run_measured(["unshare", "-m", "sh", "-c", script]), runs)
-    shutil.rmtree(bundle, ignore_errors=True)
     crun_per_exec = crun.ms() / n
+
+    # The same, each container joining a network namespace with a veth
+    # pair (made once, as kiln's kept namespaces are): the runtime's floor
+    # with the same network setup.
+    ns = f"kiln-bench-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(
+            ["ip", "link", "add", f"kb{os.getpid() % 100000}", "type", "veth", "peer", "name", "eth0", "netns", ns],
+            check=True,
+        )
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+        for namespace in spec["linux"]["namespaces"]:
+            if namespace["type"] == "network":
+                namespace["path"] = f"/run/netns/{ns}"
+        json.dump(spec, open(os.path.join(bundle, "config.json"), "w"))
+        crun_net = repeat(lambda: run_measured(["unshare", "-m", "sh", "-c", script]), runs)
+    finally:
+        subprocess.run(["ip", "link", "del", f"kb{os.getpid() % 100000}"], check=False, stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    shutil.rmtree(bundle, ignore_errors=True)
+    crun_net_per_exec = crun_net.ms() / n
     return [
         (f"{n} sequential `true` execs: kiln (per exec)", kiln_per_exec, execs.rss()),
         (f"{n} sequential `true` execs: kiln without networking (per exec)", offline_per_exec, offline.rss()),
         ("networking's cost per exec (target < 3 ms)", kiln_per_exec - offline_per_exec, None),
         (f"{n} sequential `true` execs: raw crun run (per exec)", crun_per_exec, crun.rss()),
+        (f"{n} sequential `true` execs: raw crun run in a namespace with a veth (per exec)", crun_net_per_exec,
+         crun_net.rss()),
         ("ratio: exec overhead kiln / crun (target <= 1.3)", kiln_per_exec / crun_per_exec, None),
+        ("ratio: exec overhead kiln / crun, both with a network", kiln_per_exec / crun_net_per_exec, None),
         ("ratio: exec overhead kiln without networking / crun", offline_per_exec / crun_per_exec, None),
+    ]
+
+
+# --- service: time to reachable -------------------------------------------------
+
+def wait_for_port(port, deadline_s=30):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.001)
+    sys.exit(f"nothing answered on 127.0.0.1:{port}")
+
+
+def bench_service(kiln, env, runs, port=18099):
+    made = kiln_query(
+        kiln,
+        env,
+        '{ container { from(address: "busybox") { withExposedPort(port: %d) { '
+        'asService(args: ["httpd", "-f", "-p", "%d"]) { id } } } } }' % (port, port),
+    )
+    service = json.loads(made.stdout)["data"]["container"]["from"]["withExposedPort"]["asService"]["id"]
+
+    def client(bound):
+        step = 'withExec(args: ["true"]) { exitCode }'
+        if bound:
+            step = f'withServiceBinding(alias: "web", service: "{service}") {{ {step} }}'
+        nonce = uuid.uuid4().hex
+        return f'{{ container {{ from(address: "busybox") {{ withEnvVariable(name: "N", value: "{nonce}") {{ {step} }} }} }} }}'
+
+    kiln_query(kiln, env, client(True))  # warm: the image, the engine
+    bound = repeat(lambda: kiln_query(kiln, env, client(True)), runs)
+    unbound = repeat(lambda: kiln_query(kiln, env, client(False)), runs)
+
+    # The floor: the same httpd through raw crun on the host's network.
+    bundle, spec = busybox_bundle(env, ["httpd", "-f", "-p", str(port)])
+    spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "network"]
+    json.dump(spec, open(os.path.join(bundle, "config.json"), "w"))
+    state = os.path.join(bundle, "state")
+
+    def crun(*args):
+        # In a private mount namespace with the cgroup v2 mount hidden (as
+        # kiln does on hybrid hosts).
+        script = "umount /sys/fs/cgroup/unified 2>/dev/null; exec crun --root \"$0\" \"$@\""
+        subprocess.run(["unshare", "-m", "sh", "-c", script, state, *args], check=True, stdout=subprocess.DEVNULL)
+
+    def crun_service():
+        name = f"bench-svc-{uuid.uuid4().hex[:8]}"
+        start = time.perf_counter()
+        crun("run", "--detach", "--bundle", bundle, name)
+        wait_for_port(port)
+        crun("delete", "--force", name)
+        return Measured(time.perf_counter() - start, "", 0)
+
+    raw = repeat(crun_service, runs)
+    shutil.rmtree(bundle, ignore_errors=True)
+    kiln_ms = bound.ms() - unbound.ms()
+    return [
+        ("an exec bound to a service: kiln (total)", bound.ms(), bound.rss()),
+        ("the same exec unbound: kiln (total)", unbound.ms(), unbound.rss()),
+        ("a service's start, health check and stop: kiln", kiln_ms, None),
+        ("httpd through raw crun on the host network, until its port answers, then deleted", raw.ms(), None),
+        ("ratio: service start to reachable, kiln / raw crun", kiln_ms / raw.ms(), None),
     ]
 
 
@@ -657,6 +764,8 @@ def main():
         rows += bench_cached_ops(kiln, env, args.steps, args.runs)
     if "clients" in only:
         rows += bench_clients(kiln, env, args.runs)
+    if "service" in only:
+        rows += bench_service(kiln, env, args.runs)
     # The pipeline before the host tree: uploading 1 GB five times leaves the
     # disk busy writing back for a while, which slows every fsync (BuildKit's).
     if "pipeline" in only:

@@ -108,6 +108,11 @@ pub struct Container {
     pub entrypoint: Vec<String>,
     /// Default arguments (the image's CMD).
     pub default_args: Vec<String>,
+    /// Whether the pipeline set the default arguments (`withDefaultArgs`),
+    /// rather than the image: then a service runs them without the
+    /// entrypoint, as Dagger does.
+    #[serde(default)]
+    pub default_args_set: bool,
     /// Labels, in order.
     pub labels: Vec<(String, String)>,
     /// Mounts, in order.

@@ -453,12 +453,15 @@ impl Session {
         let trees: Vec<Option<SnapshotId>> = solved.iter().zip(inputs).map(|(s, i)| s.output(i.output)).collect();
         let cx = Context::new(&self.engine.resources, &self.host, &description);
         let reports = [self.report.clone()];
-        self.engine
+        let mut lease = self
+            .engine
             .resources
             .services
             .acquire(&cx, def, &trees, &reports)
             .await
-            .map_err(|cause| SolveError::op(format!("start {}", def.hostname), cause))
+            .map_err(|cause| SolveError::op(format!("start {}", def.hostname), cause))?;
+        lease.name_in(&self.report);
+        Ok(lease)
     }
 
     /// Solves `node` and everything it depends on.

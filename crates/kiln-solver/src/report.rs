@@ -10,6 +10,7 @@
 //! another session's.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -64,7 +65,24 @@ pub(crate) struct Report {
     events: Events,
     counters: Counters,
     explanations: Mutex<Vec<Explanation>>,
+    /// The services the session started, by host name, with a number per
+    /// registration: every container of the session can reach them.
+    names: Mutex<Vec<(u64, String, Ipv4Addr)>>,
+    next_name: AtomicU64,
     pub options: SessionOptions,
+}
+
+/// A service's name in a session, until dropped.
+pub(crate) struct Named {
+    report: Arc<Report>,
+    id: u64,
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        let mut names = self.report.names.lock().expect("names lock");
+        names.retain(|(id, ..)| *id != self.id);
+    }
 }
 
 impl Report {
@@ -77,6 +95,26 @@ impl Report {
 
     pub(crate) fn events(&self) -> &Events {
         &self.events
+    }
+
+    /// Names a service the session started, until the guard is dropped.
+    pub(crate) fn name(self: &Arc<Self>, hostname: &str, address: Ipv4Addr) -> Named {
+        let id = self.next_name.fetch_add(1, Ordering::Relaxed);
+        let entry = (id, hostname.to_string(), address);
+        self.names.lock().expect("names lock").push(entry);
+        Named {
+            report: self.clone(),
+            id,
+        }
+    }
+
+    /// `/etc/hosts` lines for the services the session started.
+    pub(crate) fn hosts(&self) -> Vec<String> {
+        let names = self.names.lock().expect("names lock");
+        names
+            .iter()
+            .map(|(_, name, address)| format!("{address}\t{name}\n"))
+            .collect()
     }
 
     /// Emits an event and counts what it tells.

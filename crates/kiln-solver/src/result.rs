@@ -55,7 +55,13 @@ impl ExecMeta {
         else {
             return None;
         };
-        Self::keep(store, *exit_code, [stdout.clone().into_bytes(), stderr.clone().into_bytes()], None).await
+        Self::keep(
+            store,
+            *exit_code,
+            [stdout.clone().into_bytes(), stderr.clone().into_bytes()],
+            None,
+        )
+        .await
     }
 
     /// Keeps a process's output (scrubbed already: `[stdout, stderr]`, and

@@ -4,8 +4,10 @@ Host.service, Host.tunnel). Needs the engine's container network (root)."""
 
 import asyncio
 import http.server
+import os
 import subprocess
 import threading
+import time
 import urllib.request
 
 import dagger
@@ -104,6 +106,14 @@ async def test_a_bound_service_answers_under_its_alias_and_its_hostname(dag):
     ]
 
 
+async def test_a_started_service_is_reachable_by_hostname_from_any_container_of_the_session(dag):
+    web = await http_service(dag, "started explicitly", 8090).start()
+    url = await web.endpoint(scheme="http")
+    out = await client(dag).with_env_variable("URL", url).with_exec(["sh", "-c", "wget -q -O- $URL/"]).stdout()
+    assert out == "started explicitly"
+    await web.stop()
+
+
 async def test_two_services_bound_at_once(dag):
     out = await (
         client(dag)
@@ -188,7 +198,7 @@ async def test_host_tunnel_reaches_a_service_from_the_host(dag):
     web = http_service(dag, "through the tunnel", 8080)
     tunnel = await dag.host().tunnel(web).start()
     endpoint = await tunnel.endpoint()
-    assert endpoint.startswith("localhost:")
+    assert endpoint.startswith("127.0.0.1:")
     body = await asyncio.to_thread(fetch_retrying, f"http://{endpoint}/")
     assert body == "through the tunnel"
     await tunnel.stop()
@@ -231,8 +241,6 @@ def fetch_retrying(url: str) -> str:
                 return r.read().decode()
         except OSError as e:
             last = e
-            import time
-
             time.sleep(0.2)
     raise AssertionError(f"{url} never answered: {last}")
 
@@ -280,3 +288,62 @@ def test_an_exec_bound_to_a_service_is_cached_by_the_services_definition(kiln, t
     changed = kiln.run_python(script, "version two").check()
     assert "got version two" in changed.stdout
     assert any("service " in line and " RUN " in line for line in changed.stderr.splitlines()), changed.stderr
+
+
+async def test_ports_skipped_by_the_health_check_and_expanded_args(dag):
+    # Port 9 never listens: skipped, it does not hold the client back. The
+    # command's port comes from the container's env (expand).
+    svc = (
+        dag.container()
+        .from_("busybox")
+        .with_env_variable("PORT", "8095")
+        .with_new_file("/srv/index.html", "expanded")
+        .with_exposed_port(8095)
+        .with_exposed_port(9, experimental_skip_healthcheck=True)
+        .with_exposed_port(9999)
+        .without_exposed_port(9999)
+        .as_service(args=["httpd", "-f", "-p", "$PORT", "-h", "/srv"], expand=True)
+    )
+    ports = [(await p.port(), await p.experimental_skip_healthcheck()) for p in await svc.ports()]
+    assert ports == [(8095, False), (9, True)]
+    out = await client(dag).with_service_binding("svc", svc).with_exec(["wget", "-q", "-O-", "http://svc:8095/"]).stdout()
+    assert out == "expanded"
+
+
+def test_a_started_service_stops_when_its_session_ends(kiln, tmp_path):
+    port = 20000 + os.getpid() % 20000
+    script = write_script(
+        tmp_path / "start.py",
+        f"""
+import sys, anyio, dagger
+async def main():
+    async with dagger.connection(dagger.Config(log_output=sys.stderr)):
+        svc = (
+            dagger.dag.container().from_("busybox").with_exposed_port({port})
+            .as_service(args=["httpd", "-f", "-p", "{port}"])
+        )
+        await svc.start()
+        print("started", await svc.hostname())
+anyio.run(main)
+""",
+    )
+    run = kiln.run_python(script).check()
+    assert "started " in run.stdout
+    needle = f"httpd -f -p {port}"
+    for _ in range(100):
+        if not any(needle in cmdline for cmdline in processes()):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the service ({needle}) still runs after its session ended")
+
+
+def processes() -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                found.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return found

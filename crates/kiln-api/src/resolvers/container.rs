@@ -139,6 +139,7 @@ async fn from(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError
         user: config.user().clone().unwrap_or_default(),
         entrypoint: config.entrypoint().clone().unwrap_or_default(),
         default_args: config.cmd().clone().unwrap_or_default(),
+        default_args_set: false,
         labels: config.labels().clone().unwrap_or_default().into_iter().collect(),
         mounts: Vec::new(),
         last_exec: None,
@@ -368,6 +369,7 @@ async fn with_entrypoint(_: Arc<Api>, obj: Object, args: Args) -> Result<Output,
     c.entrypoint = args.strings("args");
     if !args.bool("keepDefaultArgs") {
         c.default_args.clear();
+        c.default_args_set = false;
     }
     out(c)
 }
@@ -379,12 +381,14 @@ async fn entrypoint(_: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiErro
 async fn with_default_args(_: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let mut c = container(obj)?;
     c.default_args = args.strings("args");
+    c.default_args_set = true;
     out(c)
 }
 
 async fn without_default_args(_: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
     let mut c = container(obj)?;
     c.default_args.clear();
+    c.default_args_set = false;
     out(c)
 }
 

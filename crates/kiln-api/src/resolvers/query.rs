@@ -47,6 +47,7 @@ async fn container(_: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiErro
         user: String::new(),
         entrypoint: Vec::new(),
         default_args: Vec::new(),
+        default_args_set: false,
         labels: Vec::new(),
         mounts: Vec::new(),
         last_exec: None,

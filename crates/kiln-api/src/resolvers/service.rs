@@ -154,7 +154,7 @@ fn name_of(s: &Service) -> String {
         return name.clone();
     }
     if let ServiceSource::Tunnel { .. } = s.source {
-        return "localhost".into();
+        return "127.0.0.1".into();
     }
     let json = serde_json::to_vec(&s.source).expect("services serialize");
     let key = KeyBuilder::new("kiln/api/hostname/v1").bytes(&json).finish();
@@ -171,15 +171,21 @@ fn service_of(c: Container, args: &Args) -> Result<Service, ApiError> {
     if args.bool("expand") {
         argv = argv.iter().map(|a| expand(a, &c.env)).collect();
     }
-    // No args: the image's command, after its entrypoint, as Docker runs it.
-    if argv.is_empty() {
-        argv = c.entrypoint.iter().chain(&c.default_args).cloned().collect();
-    } else if args.bool("useEntrypoint") {
+    // No args: the default command, after the image's entrypoint unless
+    // the pipeline set the default command itself (as Dagger does).
+    let entrypoint = if argv.is_empty() {
+        argv = c.default_args.clone();
+        args.bool("useEntrypoint") || !c.default_args_set
+    } else {
+        args.bool("useEntrypoint")
+    };
+    if entrypoint {
         argv = c.entrypoint.iter().cloned().chain(argv).collect();
     }
     if argv.is_empty() {
         return Err(ApiError::invalid(
-            "asService needs a command: pass args, or give the container a default command (withDefaultArgs)",
+            "no service command has been set: pass args to asService, or give the container a default \
+             command (withDefaultArgs) or an entrypoint",
         ));
     }
     Ok(Service {
@@ -253,7 +259,9 @@ async fn with_service_binding(api: Arc<Api>, obj: Object, args: Args) -> Result<
 async fn host_service(_: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
     let ports = forwards(&args)?;
     if ports.is_empty() {
-        return Err(ApiError::invalid("Host.service needs at least one port"));
+        return Err(ApiError::invalid(
+            "no ports specified: Host.service needs at least one port",
+        ));
     }
     out(Service {
         source: ServiceSource::Host {
@@ -331,7 +339,7 @@ async fn endpoint(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiE
             .await?
             .first()
             .map(|p| p.port)
-            .ok_or_else(|| ApiError::invalid("the service exposes no port: pass one, or use withExposedPort"))?,
+            .ok_or_else(|| ApiError::invalid("no ports exposed: pass a port, or use withExposedPort"))?,
     };
     let address = format!("{}:{port}", name_of(&s));
     Ok(Output::string(match args.opt_string("scheme") {

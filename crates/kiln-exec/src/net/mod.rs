@@ -93,6 +93,8 @@ pub struct Network {
     dir: PathBuf,
     /// Releases still running in the background.
     releasing: (Mutex<usize>, Condvar),
+    /// Of those, the ones still deciding whether to keep their namespace.
+    checking: (Mutex<usize>, Condvar),
     /// Namespaces ready for a container (their addresses), oldest first.
     idle: Mutex<VecDeque<Ipv4Addr>>,
 }
@@ -139,6 +141,7 @@ impl Network {
             bridge_index,
             dir: dir.to_path_buf(),
             releasing: (Mutex::new(0), Condvar::new()),
+            checking: (Mutex::new(0), Condvar::new()),
             idle: Mutex::new(VecDeque::new()),
         }))
     }
@@ -202,6 +205,25 @@ impl Network {
         self.gateway
     }
 
+    /// A namespace kept from an earlier container: one ready now, else one
+    /// whose check (well under a millisecond) is under way, for which it
+    /// waits a little, since making a new one costs a few milliseconds.
+    fn kept(&self) -> Option<Ipv4Addr> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(3);
+        let (count, checked) = &self.checking;
+        let mut count = count.lock().expect("checking lock");
+        loop {
+            if let Some(address) = self.idle.lock().expect("idle lock").pop_front() {
+                return Some(address);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if *count == 0 || left.is_zero() {
+                return None;
+            }
+            count = checked.wait_timeout(count, left).expect("checking lock").0;
+        }
+    }
+
     /// A new network namespace joined to the bridge, with an address of its
     /// own; released (namespace, veth pair, address) when dropped.
     pub fn attach(self: &Arc<Self>) -> Result<Attachment, NetError> {
@@ -211,7 +233,7 @@ impl Network {
             namespace: ipam::namespace_path(&self.dir, address),
             ready,
         };
-        if let Some(address) = self.idle.lock().expect("idle lock").pop_front() {
+        if let Some(address) = self.kept() {
             return Ok(attachment(address, true));
         }
         // Not ready until made whole: one that failed halfway is released
@@ -269,6 +291,7 @@ impl Drop for Attachment {
         let (network, address, namespace, ready) =
             (self.network.clone(), self.address, self.namespace.clone(), self.ready);
         *network.releasing.0.lock().expect("releasing lock") += 1;
+        *network.checking.0.lock().expect("checking lock") += 1;
         std::thread::spawn(move || {
             let kept = ready && link::quiet(&namespace) && {
                 let mut idle = network.idle.lock().expect("idle lock");
@@ -278,6 +301,9 @@ impl Drop for Attachment {
                 }
                 room
             };
+            let (count, checked) = &network.checking;
+            *count.lock().expect("checking lock") -= 1;
+            checked.notify_all();
             if !kept {
                 release(&network.dir, address);
             }

@@ -423,7 +423,8 @@ async fn run(cx: &Context<'_>, exec: &Exec, inputs: &[Option<SnapshotId>]) -> Re
     if exec.args.is_empty() {
         return Err(cx.error("no command to run (empty args and no default args)"));
     }
-    let bound = services::bind(cx, &exec.services, inputs, &cx.reports()).await?;
+    let reports = cx.reports();
+    let bound = services::bind(cx, &exec.services, inputs, &reports).await?;
     let (_leases, volumes) = lease_volumes(cx, exec, inputs).await?;
     let (exec_c, inputs_c) = (exec.clone(), inputs.to_vec());
     let (runtime, secrets) = (cx.runtime().clone(), cx.secrets().clone());
@@ -432,7 +433,7 @@ async fn run(cx: &Context<'_>, exec: &Exec, inputs: &[Option<SnapshotId>]) -> Re
         .await?;
     let output = {
         let _slot = cx.exec_slot().await?;
-        let _network = network::attach(cx, &mut prepared.spec, prepared.root.id(), bound.hosts(), None).await?;
+        let _network = network::attach(cx, &mut prepared.spec, prepared.root.id(), bound.hosts_with(&reports), None).await?;
         cx.exec(&prepared.spec).await.map_err(|e| cx.error(e))?
     };
     bound.release().await;

@@ -23,8 +23,8 @@ use crate::running::Running;
 use crate::volumes::Lease;
 use crate::{Cause, SolveError};
 
-/// How long a service may take to answer on its ports.
-const READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a service may take to answer on its ports (Dagger's 15 minutes).
+const READY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How long a service may take to stop when asked before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Bytes of a service's latest output kept for its error.
@@ -81,8 +81,11 @@ pub(super) async fn start(
             }
         },
         code = exited.wait_for(Option::is_some) => {
-            let code = code.map(|c| c.unwrap_or(-1)).unwrap_or(-1);
-            Err(Cause::Invalid(format!("exit code: {code}{}", shown(&tail))))
+            let message = match code.map(|c| c.unwrap_or(-1)).unwrap_or(-1) {
+                0 => "service exited before healthcheck".to_string(),
+                code => format!("exit code: {code}"),
+            };
+            Err(Cause::Invalid(format!("{message}{}", shown(&tail))))
         }
     }
 }

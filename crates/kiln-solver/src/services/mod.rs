@@ -27,7 +27,7 @@ use tokio::sync::{OnceCell, oneshot, watch};
 
 use crate::events::{EventKind, Subject};
 use crate::ops::{Context, Exec};
-use crate::report::{Audience, Membership, Report};
+use crate::report::{Audience, Membership, Named, Report};
 use crate::{Cause, SolveError};
 
 pub use proxy::forward;
@@ -202,6 +202,8 @@ impl Instance {
 pub struct ServiceLease {
     entry: Arc<Entry>,
     _members: Vec<Membership>,
+    /// Its name in the session that started it.
+    named: Option<Named>,
 }
 
 impl ServiceLease {
@@ -224,10 +226,16 @@ impl ServiceLease {
         self.entry.kill.store(true, Ordering::SeqCst);
     }
 
+    /// Names it in `report`'s session, for every container of the session.
+    pub(crate) fn name_in(&mut self, report: &Arc<Report>) {
+        self.named = Some(report.name(self.hostname(), self.address()));
+    }
+
     /// Lets go of the service; the last holder waits until it has stopped,
     /// so that its sessions are told and its address is free.
     pub async fn release(self) {
-        let ServiceLease { entry, _members } = self;
+        let ServiceLease { entry, _members, named } = self;
+        drop(named);
         let exited = entry
             .started
             .get()
@@ -277,6 +285,7 @@ impl Services {
             }
         };
         let lease = ServiceLease {
+            named: None,
             _members: reports
                 .iter()
                 .map(|r| entry.audience.join(r, entry.subject.clone()))
@@ -357,6 +366,18 @@ impl Supervision {
 pub(crate) struct Bound(Vec<(String, ServiceLease)>);
 
 impl Bound {
+    /// `/etc/hosts` lines naming each service by its host name and alias,
+    /// and the services the sessions in `reports` started (by host name).
+    pub(crate) fn hosts_with(&self, reports: &[Arc<Report>]) -> String {
+        let mut lines = vec![self.hosts()];
+        for line in reports.iter().flat_map(|r| r.hosts()) {
+            if !lines.contains(&line) {
+                lines.push(line);
+            }
+        }
+        lines.concat()
+    }
+
     /// Lets go of the services (see [`ServiceLease::release`]).
     pub(crate) async fn release(self) {
         futures::future::join_all(self.0.into_iter().map(|(_, lease)| lease.release())).await;
