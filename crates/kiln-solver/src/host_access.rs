@@ -85,6 +85,12 @@ pub trait HostAccess: Send + Sync {
     /// Tells the client something it should know that is not an error (an
     /// export withheld files).
     fn warn(&self, message: &str);
+
+    /// Whether the client's network is the engine's (a local client): then
+    /// the engine's loopback is the client's, for `Host.service` and tunnels.
+    fn shares_network(&self) -> bool {
+        true
+    }
 }
 
 /// The host kiln runs on.

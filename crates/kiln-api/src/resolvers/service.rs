@@ -256,7 +256,20 @@ async fn with_service_binding(api: Arc<Api>, obj: Object, args: Args) -> Result<
     Ok(Output::Object(Object::Container(Box::new(c))))
 }
 
-async fn host_service(_: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
+/// Refuses what reaches the client's loopback through the engine's, when
+/// they are not the same.
+fn local_only(api: &Api, what: &str) -> Result<(), ApiError> {
+    if api.session.host().shares_network() {
+        return Ok(());
+    }
+    Err(ApiError::NotImplemented(format!(
+        "{what} with a remote engine (kiln engine --listen): the engine's loopback is not the client's, and \
+         forwarding through the client's connection is not built yet"
+    )))
+}
+
+async fn host_service(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
+    local_only(&api, "Host.service")?;
     let ports = forwards(&args)?;
     if ports.is_empty() {
         return Err(ApiError::invalid(
@@ -412,6 +425,7 @@ async fn hold(api: &Arc<Api>, obj: &Object, s: &Service) -> Result<Arc<Running>,
 
 /// Starts `inner` and opens loopback ports of the host that lead to it.
 async fn open_tunnel(api: &Api, inner: &Service, ports: &[PortForward], native: bool) -> Result<Running, ApiError> {
+    local_only(api, "a tunnel to the client's host (Service.up, Host.tunnel)")?;
     let (def, inputs) = definition(api, inner)?;
     let wanted: Vec<PortForward> = if ports.is_empty() {
         let listened: Vec<u16> = match &def.kind {

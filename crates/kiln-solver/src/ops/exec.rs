@@ -345,21 +345,27 @@ fn write_redirect(lower: &MergedView, upper: &Path, cwd: &str, path: &str, bytes
 }
 
 /// Removes the empty mount points the runtime had to create in the rootfs,
-/// so that they do not become part of the exec's output.
+/// and the directories copied up only to hold them (unchanged but for
+/// their times), so that none of it becomes part of the exec's output: a
+/// `true` leaves an empty layer, even where `/etc/hosts` had to be made.
 fn prune_mount_points(lower: &MergedView, upper: &Path, targets: &[String]) {
+    use std::os::unix::fs::MetadataExt;
+    let empty_dir = |p: &Path| fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(false);
     for target in targets {
         let mut rel: PathBuf = clean(target);
         while !rel.as_os_str().is_empty() {
-            if lower.lookup(&rel).ok().flatten().is_some() {
-                break;
-            }
             let p = upper.join(&rel);
-            let empty = match fs::symlink_metadata(&p) {
-                Ok(m) if m.is_dir() => fs::read_dir(&p).map(|mut d| d.next().is_none()).unwrap_or(false),
-                Ok(m) => m.is_file() && m.len() == 0,
-                Err(_) => false,
+            let removable = match (fs::symlink_metadata(&p), lower.lookup(&rel).ok().flatten()) {
+                (Ok(m), None) => (m.is_dir() && empty_dir(&p)) || (m.is_file() && m.len() == 0),
+                (Ok(m), Some(below)) => {
+                    let same = |a: &fs::Metadata, b: &fs::Metadata| {
+                        (a.mode(), a.uid(), a.gid()) == (b.mode(), b.uid(), b.gid())
+                    };
+                    m.is_dir() && same(&m, &below.meta) && empty_dir(&p) && !kiln_store::merged::is_opaque(&p)
+                }
+                (Err(_), _) => false,
             };
-            if !empty || fs::remove_dir(&p).or_else(|_| fs::remove_file(&p)).is_err() {
+            if !removable || fs::remove_dir(&p).or_else(|_| fs::remove_file(&p)).is_err() {
                 break;
             }
             rel.pop();
@@ -490,6 +496,32 @@ async fn run(cx: &Context<'_>, exec: &Exec, inputs: &[Option<SnapshotId>]) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_and_directories_copied_up_for_them_leave_no_trace() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (lower_dir, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        for d in [&lower_dir, &upper] {
+            fs::create_dir_all(d.join("etc")).unwrap();
+            fs::create_dir_all(d.join("opt")).unwrap();
+            fs::create_dir_all(d.join("var")).unwrap();
+        }
+        // /etc was copied up for the runtime's /etc/hosts and /etc/resolv.conf.
+        fs::write(upper.join("etc/hosts"), "").unwrap();
+        fs::write(upper.join("etc/resolv.conf"), "").unwrap();
+        // /opt holds what the process wrote; /var changed its mode.
+        fs::write(upper.join("opt/made"), "by the process").unwrap();
+        fs::write(upper.join("opt/hosts"), "").unwrap();
+        fs::set_permissions(upper.join("var"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(upper.join("var/hosts"), "").unwrap();
+        let lower = MergedView::new(vec![lower_dir]);
+        let targets = ["/etc/hosts", "/etc/resolv.conf", "/opt/hosts", "/var/hosts"].map(String::from);
+        prune_mount_points(&lower, &upper, &targets);
+        assert!(!upper.join("etc").exists(), "an unchanged copy-up is dropped");
+        assert!(upper.join("opt/made").exists() && !upper.join("opt/hosts").exists());
+        assert!(upper.join("var").exists(), "a directory whose mode changed stays");
+    }
 
     #[test]
     fn describes_exec_with_quoting() {

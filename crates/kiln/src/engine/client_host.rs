@@ -411,6 +411,10 @@ impl HostAccess for ClientHost {
         }
     }
 
+    fn shares_network(&self) -> bool {
+        !self.remote
+    }
+
     fn export(&self, view: &MergedView, export: &Export) -> Result<CopyStats, ExportError> {
         if self.remote {
             return self.export_remote(view, export);
