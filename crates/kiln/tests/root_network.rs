@@ -93,6 +93,37 @@ fn test_network(which: u32) -> NetConfig {
     }
 }
 
+/// An env whose engine uses test network `which`, and that network
+/// (removed when the bridge guard is dropped).
+fn env_on_test_network(which: u32) -> (Env, NetConfig, TestBridge) {
+    let net = test_network(which);
+    let bridge = TestBridge(net.clone());
+    let env = Env::new();
+    use_network(&env, &net);
+    (env, net, bridge)
+}
+
+/// Starts `kiln query` of `query` in the background.
+fn spawn_query(env: &Env, query: &std::path::Path) -> Child {
+    env.kiln(&["--progress", "plain", "query", query.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Kills the env's engine (and `client`) with SIGKILL and waits until it is gone.
+fn kill_engine(env: &Env, mut client: Child) {
+    let pid = std::fs::read_to_string(env.dir().join("state").join("engine.lock")).unwrap();
+    // SAFETY: kill(2) of the engine this test started (through its client).
+    unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
+    let _ = client.kill();
+    let _ = client.wait();
+    poll_until("the engine is gone", || {
+        !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+    });
+}
+
 #[test]
 fn root_containers_reach_the_world_through_nat_unless_outbound_is_off() {
     if !kiln_testkit::require_root() {
@@ -101,12 +132,8 @@ fn root_containers_reach_the_world_through_nat_unless_outbound_is_off() {
     let internet = NetNs::new("10.234");
     let www = tempfile::tempdir().unwrap();
     let (_server, url) = serve(&internet, www.path());
-    let net = test_network(0);
+    let (env, net, _bridge) = env_on_test_network(0);
     let prefix = net.subnet.to_string().rsplit_once(".0/").unwrap().0.to_string();
-    let _bridge = TestBridge(net.clone());
-
-    let env = Env::new();
-    use_network(&env, &net);
     let nonce = format!("echo {}; ", std::process::id());
     let fetch = env.query(
         "fetch.graphql",
@@ -151,22 +178,13 @@ fn root_a_killed_engine_leaves_no_namespace_lease_or_veth_after_the_next_start()
     if !kiln_testkit::require_root() {
         return;
     }
-    let net = test_network(1);
-    let _bridge = TestBridge(net.clone());
-    let env = Env::new();
-    use_network(&env, &net);
-    let state = env.dir().join("state");
+    let (env, net, _bridge) = env_on_test_network(1);
     let nonce = format!("echo {}; ", std::process::id());
     let long = env.query(
         "long.graphql",
         &exec_query(None, &format!("{nonce}touch /tmp/x; sleep 600")),
     );
-    let mut client = env
-        .kiln(&["--progress", "plain", "query", long.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let client = spawn_query(&env, &long);
     let veths = || {
         let out = run({
             let mut ip = std::process::Command::new("ip");
@@ -179,14 +197,7 @@ fn root_a_killed_engine_leaves_no_namespace_lease_or_veth_after_the_next_start()
     poll_until("the container's veth is on the bridge", || veths() == 1);
     let held = leases(&net);
     assert!(held.iter().any(|l| l.ends_with(".ns")), "{held:?}");
-    let pid = std::fs::read_to_string(state.join("engine.lock")).unwrap();
-    // SAFETY: kill(2) of the engine this test started (through its client).
-    unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
-    let _ = client.kill();
-    let _ = client.wait();
-    poll_until("the engine is gone", || {
-        !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
-    });
+    kill_engine(&env, client);
     assert_eq!(leases(&net), held, "a killed engine cannot clean up");
 
     // The next engine (started by the next client) releases them.
@@ -231,11 +242,7 @@ fn root_a_killed_engine_leaves_no_service_behind_after_the_next_start() {
     if !kiln_testkit::require_root() {
         return;
     }
-    let net = test_network(2);
-    let _bridge = TestBridge(net.clone());
-    let env = Env::new();
-    use_network(&env, &net);
-    let state = env.dir().join("state");
+    let (env, net, _bridge) = env_on_test_network(2);
     // A port number of this test's own names the service's process.
     let port = 20000 + std::process::id() % 20000;
     let service = format!(
@@ -258,25 +265,13 @@ fn root_a_killed_engine_leaves_no_service_behind_after_the_next_start() {
          withExec(args: [\"sh\", \"-c\", \"wget -q -O /dev/null http://web:{port}/ ; sleep 600\"]) {{ stdout }} }} }} }} }}"
     );
     let client_query = env.query("client.graphql", &client_query);
-    let mut client = env
-        .kiln(&["--progress", "plain", "query", client_query.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let client = spawn_query(&env, &client_query);
     let httpd = format!("httpd -f -p {port}");
     poll_until("the service and its client run", || {
         processes(&httpd) == 1 && leases(&net).iter().filter(|l| l.ends_with(".ns")).count() == 2
     });
     let held = leases(&net);
-    let pid = std::fs::read_to_string(state.join("engine.lock")).unwrap();
-    // SAFETY: kill(2) of the engine this test started (through its client).
-    unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
-    let _ = client.kill();
-    let _ = client.wait();
-    poll_until("the engine is gone", || {
-        !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
-    });
+    kill_engine(&env, client);
 
     // The next engine removes the service's container and releases its
     // namespace; its rules are not installed twice.

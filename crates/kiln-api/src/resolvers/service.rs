@@ -74,6 +74,17 @@ fn service(obj: Object) -> Result<Service, ApiError> {
     }
 }
 
+/// The `service` argument.
+fn arg_service(api: &Api, args: &Args) -> Result<Service, ApiError> {
+    match api.arg_object(args, "service")? {
+        Object::Service(s) => Ok(*s),
+        other => Err(ApiError::invalid(format!(
+            "argument service must be a Service ID, got a {}",
+            other.type_name()
+        ))),
+    }
+}
+
 fn protocol(args: &Args) -> Protocol {
     match args.opt_string("protocol").as_deref() {
         Some("UDP") => Protocol::Udp,
@@ -240,15 +251,7 @@ async fn with_service_binding(api: Arc<Api>, obj: Object, args: Args) -> Result<
             "service alias {alias:?} is not a host name (letters, digits, '-', '.', '_'; at most 63)"
         )));
     }
-    let bound = match api.arg_object(&args, "service")? {
-        Object::Service(s) => *s,
-        other => {
-            return Err(ApiError::invalid(format!(
-                "argument service must be a Service ID, got a {}",
-                other.type_name()
-            )));
-        }
-    };
+    let bound = arg_service(&api, &args)?;
     // Fails now, not when an exec runs, for what cannot be bound.
     definition(&api, &bound)?;
     c.services.retain(|(a, _)| *a != alias);
@@ -286,18 +289,10 @@ async fn host_service(api: Arc<Api>, _: Object, args: Args) -> Result<Output, Ap
 }
 
 async fn host_tunnel(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
-    let inner = match api.arg_object(&args, "service")? {
-        Object::Service(s) => s,
-        other => {
-            return Err(ApiError::invalid(format!(
-                "argument service must be a Service ID, got a {}",
-                other.type_name()
-            )));
-        }
-    };
+    let inner = arg_service(&api, &args)?;
     out(Service {
         source: ServiceSource::Tunnel {
-            service: inner,
+            service: Box::new(inner),
             ports: forwards(&args)?,
             native: args.bool("native"),
         },
