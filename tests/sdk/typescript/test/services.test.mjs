@@ -5,12 +5,13 @@
 // network namespace of the test's own). Needs root, as kiln does.
 
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { test } from "node:test";
 
 import { connection, dag, ReturnType } from "@dagger.io/dagger";
@@ -211,6 +212,44 @@ test("services and networking through the TypeScript SDK", async (t) => {
       } finally {
         server.close();
       }
+    });
+
+    await t.test("with outbound off, an engine's container cannot reach it", async () => {
+      const internet = await standInInternet();
+      const work = mkdtempSync(join(tmpdir(), "kiln-ts-outbound-"));
+      // Next to the suite, so that the script finds the SDK in node_modules.
+      const script = join(dirname(fileURLToPath(import.meta.url)), `.outbound-${process.pid}.mjs`);
+      const config = join(work, "kiln.toml");
+      const env = { ...process.env, KILN_CONFIG: config, KILN_STATE_DIR: join(work, "state") };
+      for (const k of ["DAGGER_SESSION_PORT", "DAGGER_SESSION_TOKEN", "_EXPERIMENTAL_DAGGER_CLI_BIN"]) delete env[k];
+      try {
+        writeFileSync(
+          config,
+          readFileSync(process.env.KILN_CONFIG, "utf8") +
+            `[network]\nbridge = "kto${N}"\nsubnet = "10.243.${N}.0/24"\noutbound = false\n`,
+        );
+        writeFileSync(
+          script,
+          `import { connection, dag, ReturnType } from "@dagger.io/dagger";
+await connection(async () => {
+  const ctr = dag.container().from("busybox")
+    .withExec(["wget", "-q", "-T", "3", "-O-", "${internet.url}"], { expect: ReturnType.Any });
+  console.log("exit", await ctr.exitCode());
+});
+`,
+        );
+        const run = spawnSync(process.env.KILN_BIN, ["run", "--", "node", script], { env, encoding: "utf8" });
+        assert.equal(run.status, 0, run.stderr);
+        const exit = run.stdout.split("\n").find((l) => l.startsWith("exit "));
+        assert.ok(exit && exit !== "exit 0", `the request got through: ${run.stdout}`);
+      } finally {
+        const stop = spawnSync(process.env.KILN_BIN, ["engine", "stop", "--remove-network"], { env, encoding: "utf8" });
+        rmSync(script, { force: true });
+        rmSync(work, { recursive: true, force: true });
+        internet.close();
+        assert.equal(stop.status, 0, stop.stderr);
+      }
+      assert.ok(!execFileSync("ip", ["-br", "link"], { encoding: "utf8" }).includes(`kto${N} `));
     });
 
     await t.test("a container reaches the stand-in internet through NAT", async () => {
