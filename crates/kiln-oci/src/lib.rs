@@ -7,6 +7,7 @@
 //! This crate never runs processes: credential helpers configured in
 //! `~/.docker/config.json` are ignored (only inline credentials are used).
 
+pub mod archive;
 pub mod config;
 pub mod credentials;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod platform;
 pub mod pull;
 pub mod reference;
 
+pub use archive::{BuiltImage, LayerBlob, MediaTypes, RunConfig, build_image, build_index, write_archive};
 pub use config::RegistryConfig;
 pub use credentials::Credentials;
 pub use error::{Error, Failure, Result};

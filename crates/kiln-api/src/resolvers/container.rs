@@ -113,6 +113,16 @@ async fn from(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError
         },
         vec![],
     );
+    let image_ref = format!("{reference}@{}", image.manifest_digest);
+    out(image_container(node.digest(), &image, Some(image_ref)))
+}
+
+/// The container an image's root filesystem (the tree of `node`) and config make.
+pub(super) fn image_container(
+    node: kiln_graph::Key,
+    image: &kiln_oci::ResolvedImage,
+    image_ref: Option<String>,
+) -> Container {
     let config = image.config.config().clone().unwrap_or_default();
     let env = config
         .env()
@@ -124,11 +134,8 @@ async fn from(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError
             None => (kv, String::new()),
         })
         .collect();
-    out(Container {
-        rootfs: Some(TreeRef {
-            node: node.digest(),
-            output: 0,
-        }),
+    Container {
+        rootfs: Some(TreeRef { node, output: 0 }),
         platform: image.platform().to_string(),
         env,
         workdir: config
@@ -143,11 +150,11 @@ async fn from(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError
         labels: config.labels().clone().unwrap_or_default().into_iter().collect(),
         mounts: Vec::new(),
         last_exec: None,
-        image_ref: Some(format!("{reference}@{}", image.manifest_digest)),
+        image_ref,
         secret_env: Vec::new(),
         exposed_ports: Vec::new(),
         services: Vec::new(),
-    })
+    }
 }
 
 async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {

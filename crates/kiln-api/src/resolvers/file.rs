@@ -93,7 +93,18 @@ async fn name(_: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
 async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let f = file(obj)?;
     let target = api.host_path(&args.string("path")?);
-    let allow_parent = args.bool("allowParentDirPath");
+    let dest = export_file(&api, f, target, args.bool("allowParentDirPath")).await?;
+    Ok(Output::string(dest.display().to_string()))
+}
+
+/// Exports a file to `target` on the client's host (into it, if it is a
+/// directory and `allow_parent` is set); the path written.
+pub(super) async fn export_file(
+    api: &Arc<Api>,
+    f: File,
+    target: std::path::PathBuf,
+    allow_parent: bool,
+) -> Result<std::path::PathBuf, ApiError> {
     let target_is_dir = api.session.host().kind(&target) == kiln_solver::HostPathKind::Directory;
     if target_is_dir && !allow_parent {
         return Err(ApiError::invalid(format!(
@@ -108,8 +119,8 @@ async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
     };
     let view = api.view(f.tree).await?;
     let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| dest.clone());
-    super::directory::export_to_host(&api, view, f.path, dest.clone(), dir, false).await?;
-    Ok(Output::string(dest.display().to_string()))
+    super::directory::export_to_host(api, view, f.path, dest.clone(), dir, false).await?;
+    Ok(dest)
 }
 
 async fn digest(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {

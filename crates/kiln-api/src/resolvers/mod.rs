@@ -4,6 +4,7 @@ mod container;
 mod directory;
 mod file;
 mod host;
+mod image;
 mod query;
 pub mod secret;
 pub mod service;
@@ -17,6 +18,7 @@ pub fn register(r: &mut Registry) {
     directory::register(r);
     file::register(r);
     host::register(r);
+    image::register(r);
     secret::register(r);
     service::register(r);
 }

@@ -69,8 +69,10 @@ operations! {
     mk_dir::MkDir,
     rm::Rm,
     diff::Diff,
+    image_archive::ImageArchive,
 }
 
+pub use image_archive::{ARCHIVE_NAME, ImageSpec};
 pub use tree::resolve_owner;
 
 /// A stored operation that cannot be read back.

@@ -1,0 +1,148 @@
+//! Images in and out: `Container.asTarball`, `Container.export` (one
+//! tarball that is both an OCI layout and a Docker archive, several
+//! platforms at once) and `Container.import`.
+
+use std::sync::Arc;
+
+use kiln_oci::{Compression, MediaTypes, RunConfig};
+use kiln_solver::ops::{self, ARCHIVE_NAME, ImageArchive, ImageSpec};
+
+use super::container::image_container;
+use crate::api::{Api, Output, Registry, container, expand};
+use crate::args::Args;
+use crate::error::ApiError;
+use crate::resolver;
+use crate::values::{Container, File, Object, TreeRef};
+
+pub fn register(r: &mut Registry) {
+    r.add("Container", "asTarball", resolver!(as_tarball));
+    r.add("Container", "export", resolver!(export));
+    r.add("Container", "import", resolver!(import));
+}
+
+/// What an image's config says of how to run a container.
+fn run_config(c: &Container) -> RunConfig {
+    RunConfig {
+        env: c.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        entrypoint: c.entrypoint.clone(),
+        cmd: c.default_args.clone(),
+        user: c.user.clone(),
+        workdir: c.workdir.clone(),
+        labels: c.labels.clone(),
+        exposed_ports: c
+            .exposed_ports
+            .iter()
+            .map(|p| format!("{}/{}", p.port, p.protocol))
+            .collect(),
+    }
+}
+
+/// The image tarball of `c` and its `platformVariants`, as a file.
+fn tarball(api: &Api, c: Container, args: &Args) -> Result<File, ApiError> {
+    let compression = match args.opt_string("forcedCompression").as_deref() {
+        None | Some("Gzip" | "GZIP") => Compression::Gzip,
+        Some("Zstd" | "ZSTD") => Compression::Zstd,
+        Some("Uncompressed" | "UNCOMPRESSED") => Compression::None,
+        Some(other) => return Err(ApiError::NotImplemented(format!("{other} layer compression"))),
+    };
+    let media_types = match args.opt_string("mediaTypes").as_deref() {
+        Some("DockerMediaTypes" | "DOCKER") => MediaTypes::Docker,
+        _ => MediaTypes::Oci,
+    };
+    if (media_types, compression) == (MediaTypes::Docker, Compression::Zstd) {
+        return Err(ApiError::invalid(
+            "Docker media types have no zstd layers: use OCI media types, or gzip",
+        ));
+    }
+    let mut containers = vec![c];
+    for id in args.strings("platformVariants") {
+        match api.nodes.load(&id)? {
+            Object::Container(variant) => containers.push(*variant),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "platformVariants must be Container IDs, got a {}",
+                    other.type_name()
+                )));
+            }
+        }
+    }
+    let mut platforms: Vec<&str> = containers.iter().map(|c| c.platform.as_str()).collect();
+    platforms.sort();
+    if let Some(twice) = platforms.windows(2).find(|w| w[0] == w[1]) {
+        return Err(ApiError::invalid(format!(
+            "platform {} is given twice: one container per platform",
+            twice[0]
+        )));
+    }
+    let images = containers
+        .iter()
+        .map(|c| ImageSpec {
+            platform: c.platform.clone(),
+            run: run_config(c),
+        })
+        .collect();
+    let inputs = containers
+        .iter()
+        .map(|c| api.nodes.input(c.rootfs))
+        .collect::<Result<Vec<_>, _>>()?;
+    let op = ImageArchive {
+        images,
+        compression,
+        media_types,
+        name: None,
+    };
+    let node = api.nodes.add(op, inputs);
+    Ok(File {
+        tree: Some(TreeRef {
+            node: node.digest(),
+            output: 0,
+        }),
+        path: format!("/{ARCHIVE_NAME}"),
+    })
+}
+
+async fn as_tarball(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let file = tarball(&api, container(obj)?, &args)?;
+    Ok(Output::Object(Object::File(file)))
+}
+
+async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let c = container(obj)?;
+    let mut path = args.string("path")?;
+    if args.bool("expand") {
+        path = expand(&path, &c.env);
+    }
+    let file = tarball(&api, c, &args)?;
+    let dest = super::file::export_file(&api, file, api.host_path(&path), false).await?;
+    Ok(Output::string(dest.display().to_string()))
+}
+
+async fn import(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let c = container(obj)?;
+    let source = api.arg_file(&args, "source")?;
+    let tag = args.opt_string("tag");
+    let view = api.view(source.tree).await?;
+    let rel = view.resolve(&source.path, true).map_err(ApiError::internal)?;
+    let entry = view
+        .lookup(&rel)
+        .map_err(ApiError::internal)?
+        .filter(|e| e.meta.is_file())
+        .ok_or_else(|| ApiError::invalid(format!("import: {} is not a file", source.path)))?;
+    // The file's own path in the store: its snapshot is pinned by the session.
+    let path = entry.real.display().to_string();
+    let image = api.engine.load_image(&path, tag.as_deref(), Some(&c.platform)).await?;
+    let node = api.nodes.add(
+        ops::ImageImport {
+            path,
+            tag,
+            manifest_digest: image.manifest_digest.to_string(),
+            platform: image.platform().to_string(),
+        },
+        vec![],
+    );
+    Ok(Output::Object(Object::Container(Box::new(image_container(
+        node.digest(),
+        &image,
+        None,
+    )))))
+}

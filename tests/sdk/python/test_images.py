@@ -1,0 +1,97 @@
+"""Images out and back in: Container.export and asTarball write one tarball
+that skopeo reads both as an OCI archive and as a Docker archive, with the
+container's config; Container.import reads it back; several platforms make
+an index."""
+
+import json
+import subprocess
+import tarfile
+
+import dagger
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+
+def skopeo(*args: str) -> dict:
+    out = subprocess.run(["skopeo", *args], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def built(dag) -> dagger.Container:
+    return (
+        dag.container()
+        .from_("busybox")
+        .with_exec(["sh", "-c", "mkdir -p /app && echo built > /app/artifact"])
+        .with_env_variable("GREETING", "hello")
+        .with_workdir("/app")
+        .with_user("1000")
+        .with_label("org.example.team", "ci")
+        .with_entrypoint(["/bin/sh", "-c"])
+        .with_default_args(["cat /app/artifact"])
+        .with_exposed_port(8080)
+    )
+
+
+async def test_an_exported_image_is_read_by_skopeo_with_its_config(dag, tmp_path):
+    path = tmp_path / "image.tar"
+    written = await built(dag).export(str(path))
+    assert written == str(path)
+    with tarfile.open(path) as tar:
+        names = tar.getnames()
+    assert {"oci-layout", "index.json", "manifest.json"} <= set(names)
+
+    for transport in ("oci-archive", "docker-archive"):
+        config = skopeo("inspect", "--config", f"{transport}:{path}")["config"]
+        assert "GREETING=hello" in config["Env"], (transport, config)
+        assert config["Entrypoint"] == ["/bin/sh", "-c"]
+        assert config["Cmd"] == ["cat /app/artifact"]
+        assert config["WorkingDir"] == "/app"
+        assert config["User"] == "1000"
+        assert config["Labels"] == {"org.example.team": "ci"}
+        assert "8080/tcp" in config["ExposedPorts"]
+
+
+async def test_an_image_tarball_imports_back_and_runs(dag):
+    tarball = built(dag).as_tarball(forced_compression=dagger.ImageLayerCompression.Zstd)
+    imported = dag.container().import_(tarball)
+    assert await imported.with_exec(["cat", "/app/artifact"], use_entrypoint=False).stdout() == "built\n"
+    assert await imported.env_variable("GREETING") == "hello"
+    assert await imported.workdir() == "/app"
+    assert await imported.entrypoint() == ["/bin/sh", "-c"]
+
+
+async def test_exporting_twice_compresses_nothing_again(dag, tmp_path):
+    ctr = built(dag).with_new_file("/app/once", "x")
+    first, second = tmp_path / "a.tar", tmp_path / "b.tar"
+    await ctr.export(str(first))
+    # Another archive of the same layers (other media types): its layer
+    # blobs are the ones made for the first.
+    await ctr.export(str(second), media_types=dagger.ImageMediaTypes.DockerMediaTypes)
+    layers = lambda p: skopeo("inspect", f"docker-archive:{p}")["Layers"]  # noqa: E731
+    assert layers(first) == layers(second)
+
+
+async def test_two_platforms_make_an_index(dag, tmp_path):
+    variants = [
+        dag.container(platform=dagger.Platform(p)).with_new_file("/platform", p)
+        for p in ("linux/amd64", "linux/arm64")
+    ]
+    path = tmp_path / "multi.tar"
+    await variants[0].export(str(path), platform_variants=[variants[1]])
+    with tarfile.open(path) as tar:
+        index = json.load(tar.extractfile("index.json"))
+    platforms = sorted(m["platform"]["architecture"] for m in index["manifests"])
+    assert platforms == ["amd64", "arm64"]
+
+
+async def test_bad_export_arguments_are_refused_with_a_reason(dag, tmp_path):
+    with pytest.raises(dagger.QueryError, match="no zstd layers"):
+        await built(dag).export(
+            str(tmp_path / "x.tar"),
+            media_types=dagger.ImageMediaTypes.DockerMediaTypes,
+            forced_compression=dagger.ImageLayerCompression.Zstd,
+        )
+    same = dag.container().from_("busybox")
+    with pytest.raises(dagger.QueryError, match="given twice"):
+        await same.export(str(tmp_path / "y.tar"), platform_variants=[same])
