@@ -34,6 +34,14 @@ pub enum Error {
         earlier: Vec<String>,
     },
 
+    /// Pushing an image to a registry failed.
+    #[error("push {reference} to {host}: {failure}")]
+    Push {
+        reference: String,
+        host: String,
+        failure: Box<Failure>,
+    },
+
     /// Importing an image from an OCI layout or an archive failed.
     #[error("import {} from {}: {failure}", .what, .path.display())]
     Import {
@@ -246,10 +254,10 @@ impl Failure {
 }
 
 impl Error {
-    /// The [`Failure`] of a pull or import error, if it is one.
+    /// The [`Failure`] of a pull, push or import error, if it is one.
     pub fn failure(&self) -> Option<&Failure> {
         match self {
-            Error::Pull { failure, .. } | Error::Import { failure, .. } => Some(failure),
+            Error::Pull { failure, .. } | Error::Push { failure, .. } | Error::Import { failure, .. } => Some(failure),
             _ => None,
         }
     }

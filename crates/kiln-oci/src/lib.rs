@@ -16,6 +16,7 @@ pub mod import;
 pub mod layer;
 pub mod platform;
 pub mod pull;
+mod push;
 pub mod reference;
 
 pub use archive::{BuiltImage, LayerBlob, MediaTypes, RunConfig, build_image, build_index, write_archive};

@@ -196,7 +196,7 @@ impl Registry {
     }
 
     /// The registry `host` as a source to pull from.
-    fn source<'a>(&'a self, host: &'a str) -> Result<Source<'a>, Fault> {
+    pub(crate) fn source<'a>(&'a self, host: &'a str) -> Result<Source<'a>, Fault> {
         check_port(host).map_err(|reason| Failure::BadAddress {
             host: host.to_string(),
             reason,
@@ -331,11 +331,11 @@ impl Registry {
 
 /// One registry host (the registry or a mirror) pulled from: its HTTP
 /// client, credentials, and the settings that bound its requests.
-struct Source<'a> {
+pub(crate) struct Source<'a> {
     registry: &'a Registry,
-    host: &'a str,
-    client: Client,
-    auth: RegistryAuth,
+    pub(crate) host: &'a str,
+    pub(crate) client: Client,
+    pub(crate) auth: RegistryAuth,
 }
 
 enum Chunk {
@@ -572,7 +572,7 @@ impl Source<'_> {
     /// Runs `request` until it succeeds, fails for good, or has been tried
     /// `retries + 1` times, waiting with exponential backoff between tries
     /// (and telling the observer).
-    async fn retrying<T, F, Fut>(&self, what: &str, mut request: F) -> Result<T, Fault>
+    pub(crate) async fn retrying<T, F, Fut>(&self, what: &str, mut request: F) -> Result<T, Fault>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Fault>>,
@@ -604,7 +604,7 @@ impl Source<'_> {
 
     /// Awaits `request`, telling the observer if it has not completed after
     /// `waiting_notice_after`.
-    async fn patiently<T>(&self, what: &str, request: impl Future<Output = T>) -> T {
+    pub(crate) async fn patiently<T>(&self, what: &str, request: impl Future<Output = T>) -> T {
         if self.registry.observer.is_none() {
             return request.await;
         }
@@ -630,7 +630,7 @@ impl Source<'_> {
     }
 
     /// Maps an oci-client error to a failure with an actionable message.
-    fn failure(&self, e: OciDistributionError) -> Fault {
+    pub(crate) fn failure(&self, e: OciDistributionError) -> Fault {
         let f = match e {
             OciDistributionError::RegistryError { envelope, .. } => {
                 let first = envelope.errors.first();

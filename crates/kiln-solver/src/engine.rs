@@ -444,6 +444,33 @@ impl Session {
         }
     }
 
+    /// Publishes the images of `specs` (their root filesystems are
+    /// `inputs`, one each) to `address`; `address@digest`.
+    pub async fn publish(
+        &self,
+        address: &str,
+        specs: Vec<ops::ImageSpec>,
+        inputs: &[Input],
+        compression: kiln_oci::Compression,
+        media_types: kiln_oci::MediaTypes,
+    ) -> Result<String, SolveError> {
+        let op = format!("publish {address}");
+        let reference = Reference::parse(address).map_err(|e| SolveError::op(&op, e))?;
+        let solved = try_join_all(inputs.iter().map(|i| self.solve(&i.node))).await?;
+        let tops: Vec<Option<SnapshotId>> = solved.iter().zip(inputs).map(|(s, i)| s.output(i.output)).collect();
+        let images = ops::blocking(self.engine.store(), &op, move |store| {
+            ops::image_archive::build_images(store, &specs, &tops, compression, media_types)
+        })
+        .await?;
+        let registry = ops::registry_for(&self.engine.resources.registry, &self.host)
+            .with_observer(|notice| tracing::warn!("{notice}"));
+        let digest = registry
+            .push(&reference, &images, self.engine.store().blobs())
+            .await
+            .map_err(|e| SolveError::op(&op, e))?;
+        Ok(format!("{reference}@{digest}"))
+    }
+
     /// Starts the service `def` over `inputs` (or joins it, if it runs):
     /// it runs until the lease is dropped.
     pub async fn start_service(&self, def: &ServiceDef, inputs: &[Input]) -> Result<ServiceLease, SolveError> {

@@ -3,9 +3,11 @@ that skopeo reads both as an OCI archive and as a Docker archive, with the
 container's config; Container.import reads it back; several platforms make
 an index."""
 
+import hashlib
 import json
 import subprocess
 import tarfile
+import uuid
 
 import dagger
 import pytest
@@ -95,3 +97,38 @@ async def test_bad_export_arguments_are_refused_with_a_reason(dag, tmp_path):
     same = dag.container().from_("busybox")
     with pytest.raises(dagger.QueryError, match="given twice"):
         await same.export(str(tmp_path / "y.tar"), platform_variants=[same])
+
+
+async def test_a_published_image_is_read_by_skopeo_and_pulled_back(dag, registry):
+    nonce = uuid.uuid4().hex[:12]
+    address = f"{registry}/kiln-tests/published:{nonce}"
+    published = await built(dag).with_new_file("/app/nonce", nonce).publish(address)
+    name, digest = published.split("@")
+    assert name == address and digest.startswith("sha256:"), published
+    config = skopeo("inspect", "--tls-verify=false", "--config", f"docker://{address}")["config"]
+    assert config["Entrypoint"] == ["/bin/sh", "-c"] and "GREETING=hello" in config["Env"]
+    pulled = dag.container().from_(published)
+    assert await pulled.with_exec(["cat", "/app/nonce"], use_entrypoint=False).stdout() == nonce
+    # Published again: the same digest, every blob already there.
+    assert await built(dag).with_new_file("/app/nonce", nonce).publish(address) == published
+
+
+async def test_two_platforms_publish_an_index(dag, registry):
+    address = f"{registry}/kiln-tests/multi:{uuid.uuid4().hex[:12]}"
+    variants = [
+        dag.container(platform=dagger.Platform(p)).with_new_file("/platform", p)
+        for p in ("linux/amd64", "linux/arm64")
+    ]
+    published = await variants[0].publish(address, platform_variants=[variants[1]])
+    raw = skopeo("inspect", "--tls-verify=false", "--raw", f"docker://{address}")
+    assert raw["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert sorted(m["platform"]["architecture"] for m in raw["manifests"]) == ["amd64", "arm64"]
+    assert published.endswith("@" + skopeo_digest(f"docker://{address}"))
+
+
+def skopeo_digest(image: str) -> str:
+    """The digest of the manifest (or index) `image` names, as served."""
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", "--raw", image], check=True, capture_output=True
+    ).stdout
+    return "sha256:" + hashlib.sha256(raw).hexdigest()

@@ -18,6 +18,7 @@ pub fn register(r: &mut Registry) {
     r.add("Container", "asTarball", resolver!(as_tarball));
     r.add("Container", "export", resolver!(export));
     r.add("Container", "import", resolver!(import));
+    r.add("Container", "publish", resolver!(publish));
 }
 
 /// What an image's config says of how to run a container.
@@ -37,8 +38,16 @@ fn run_config(c: &Container) -> RunConfig {
     }
 }
 
-/// The image tarball of `c` and its `platformVariants`, as a file.
-fn tarball(api: &Api, c: Container, args: &Args) -> Result<File, ApiError> {
+/// The images of `c` and its `platformVariants` as the arguments ask for
+/// them: one per platform, with the inputs of their root filesystems.
+struct Images {
+    specs: Vec<ImageSpec>,
+    inputs: Vec<kiln_solver::Input>,
+    compression: Compression,
+    media_types: MediaTypes,
+}
+
+fn images(api: &Api, c: Container, args: &Args) -> Result<Images, ApiError> {
     let compression = match args.opt_string("forcedCompression").as_deref() {
         None | Some("Gzip" | "GZIP") => Compression::Gzip,
         Some("Zstd" | "ZSTD") => Compression::Zstd,
@@ -74,7 +83,7 @@ fn tarball(api: &Api, c: Container, args: &Args) -> Result<File, ApiError> {
             twice[0]
         )));
     }
-    let images = containers
+    let specs = containers
         .iter()
         .map(|c| ImageSpec {
             platform: c.platform.clone(),
@@ -85,13 +94,24 @@ fn tarball(api: &Api, c: Container, args: &Args) -> Result<File, ApiError> {
         .iter()
         .map(|c| api.nodes.input(c.rootfs))
         .collect::<Result<Vec<_>, _>>()?;
-    let op = ImageArchive {
-        images,
+    Ok(Images {
+        specs,
+        inputs,
         compression,
         media_types,
+    })
+}
+
+/// The image tarball of `c` and its `platformVariants`, as a file.
+fn tarball(api: &Api, c: Container, args: &Args) -> Result<File, ApiError> {
+    let images = images(api, c, args)?;
+    let op = ImageArchive {
+        images: images.specs,
+        compression: images.compression,
+        media_types: images.media_types,
         name: None,
     };
-    let node = api.nodes.add(op, inputs);
+    let node = api.nodes.add(op, images.inputs);
     Ok(File {
         tree: Some(TreeRef {
             node: node.digest(),
@@ -115,6 +135,22 @@ async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
     let file = tarball(&api, c, &args)?;
     let dest = super::file::export_file(&api, file, api.host_path(&path), false).await?;
     Ok(Output::string(dest.display().to_string()))
+}
+
+async fn publish(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let address = args.string("address")?;
+    let images = images(&api, container(obj)?, &args)?;
+    let published = api
+        .session
+        .publish(
+            &address,
+            images.specs,
+            &images.inputs,
+            images.compression,
+            images.media_types,
+        )
+        .await?;
+    Ok(Output::string(published))
 }
 
 async fn import(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {

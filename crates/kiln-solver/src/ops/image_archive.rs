@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use kiln_graph::KeyBuilder;
-use kiln_oci::{Compression, LayerBlob, MediaTypes, Platform, RunConfig};
+use kiln_oci::{BuiltImage, Compression, LayerBlob, MediaTypes, Platform, RunConfig};
 use kiln_store::{CacheRecord, SnapshotId, Store, now_secs};
 use serde::{Deserialize, Serialize};
 
@@ -56,17 +56,7 @@ impl Operation for ImageArchive {
     async fn run(&self, cx: &Context<'_>, inputs: &[Option<SnapshotId>], _: Prepared) -> Result<OpOutput, SolveError> {
         let (op, inputs) = (self.clone(), inputs.to_vec());
         cx.blocking(move |store| {
-            let images = op
-                .images
-                .iter()
-                .zip(&inputs)
-                .map(|(image, rootfs)| {
-                    let platform = Platform::parse(&image.platform)?;
-                    let layers = layer_blobs(store, *rootfs, op.compression)?;
-                    kiln_oci::build_image(&platform, &image.run, layers, op.compression, op.media_types)
-                        .context(|| "the image's manifest".to_string())
-                })
-                .collect::<Result<Vec<_>, Cause>>()?;
+            let images = build_images(store, &op.images, &inputs, op.compression, op.media_types)?;
             let staged = store.stage(None)?;
             let path = staged.diff().join(ARCHIVE_NAME);
             let file = fs::File::create(&path).context(|| format!("creating {}", path.display()))?;
@@ -76,6 +66,27 @@ impl Operation for ImageArchive {
         })
         .await
     }
+}
+
+/// The images of `specs` over the root filesystems `tops` (one each), with
+/// their layers made (or found) in the blob store.
+pub fn build_images(
+    store: &Store,
+    specs: &[ImageSpec],
+    tops: &[Option<SnapshotId>],
+    compression: Compression,
+    media_types: MediaTypes,
+) -> Result<Vec<BuiltImage>, Cause> {
+    specs
+        .iter()
+        .zip(tops)
+        .map(|(image, rootfs)| {
+            let platform = Platform::parse(&image.platform)?;
+            let layers = layer_blobs(store, *rootfs, compression)?;
+            kiln_oci::build_image(&platform, &image.run, layers, compression, media_types)
+                .context(|| "the image's manifest".to_string())
+        })
+        .collect()
 }
 
 /// The layer blobs of the tree `top` (base first; empty layers left out),

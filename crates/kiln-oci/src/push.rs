@@ -1,0 +1,173 @@
+//! Pushing images: each layer and config blob unless the registry has it
+//! already, then the manifests (by digest when several platforms make an
+//! index), then the tag. Blobs stream from the blob store in pieces.
+
+use futures::StreamExt;
+use kiln_store::{BlobStore, Digest};
+use oci_client::RegistryOperation;
+use reqwest::header::HeaderValue;
+use tokio::io::AsyncReadExt;
+
+use crate::archive::{BuiltImage, build_index};
+use crate::error::{Error, Failure, Fault, Result};
+use crate::image::OCI_INDEX;
+use crate::pull::{Registry, Source};
+use crate::reference::Reference;
+
+/// Bytes read from a blob file per piece sent.
+const PIECE: usize = 1 << 20;
+
+impl Registry {
+    /// Pushes `images` (one per platform; several make an index) to
+    /// `reference`'s repository and tag, with the credentials of its
+    /// registry; the digest of what the tag now names.
+    pub async fn push(&self, reference: &Reference, images: &[BuiltImage], blobs: &BlobStore) -> Result<Digest> {
+        let host = reference.registry();
+        let failed = |failure: Failure| Error::Push {
+            reference: reference.to_string(),
+            host: host.to_string(),
+            failure: Box::new(failure),
+        };
+        let fault = |f: Fault| match f {
+            Fault::Fatal(e) => e,
+            Fault::Failure(failure) => failed(failure),
+        };
+        let source = self.source(host).map_err(fault)?;
+        let target = reference.to_client(host);
+        source
+            .client
+            .auth(&target, &source.auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| fault(source.failure(e)))?;
+        for image in images {
+            for layer in &image.layers {
+                push_blob(&source, &target, blobs, &layer.digest).await.map_err(fault)?;
+            }
+            let (config, digest) = &image.config;
+            put_bytes(&source, &target, config, digest).await.map_err(fault)?;
+        }
+        let (body, media_type, digest) = match images {
+            [image] => (image.manifest.0.clone(), image.media_type, image.manifest.1),
+            _ => {
+                for image in images {
+                    let by_digest = target.clone_with_digest(image.manifest.1.to_string());
+                    put_manifest(&source, &by_digest, &image.manifest.0, image.media_type)
+                        .await
+                        .map_err(fault)?;
+                }
+                let (index, digest) = build_index(images).map_err(|e| failed(Failure::Invalid(e.to_string())))?;
+                (index, OCI_INDEX, digest)
+            }
+        };
+        put_manifest(&source, &target, &body, media_type).await.map_err(fault)?;
+        Ok(digest)
+    }
+}
+
+/// Whether the registry has the blob already.
+async fn has_blob(source: &Source<'_>, target: &oci_client::Reference, digest: &Digest) -> Result<bool, Fault> {
+    let what = format!("blob {digest}");
+    source
+        .retrying(&what, || async {
+            source
+                .patiently(&what, source.client.blob_exists(target, &digest.to_string()))
+                .await
+                .map_err(|e| source.failure(e))
+        })
+        .await
+}
+
+/// Pushes a blob of the store, unless the registry has it.
+async fn push_blob(
+    source: &Source<'_>,
+    target: &oci_client::Reference,
+    blobs: &BlobStore,
+    digest: &Digest,
+) -> Result<(), Fault> {
+    if has_blob(source, target, digest).await? {
+        return Ok(());
+    }
+    let path = blobs.path(digest);
+    let what = format!("blob {digest}");
+    source
+        .retrying(&what, || async {
+            let file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| Fault::Fatal(Error::io("open blob", &path)(e)))?;
+            let size = file.metadata().await.map(|m| m.len()).ok();
+            let pieces = futures::stream::unfold(file, |mut file| async move {
+                let mut piece = vec![0; PIECE];
+                match file.read(&mut piece).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        piece.truncate(n);
+                        Some((Ok(bytes::Bytes::from(piece)), file))
+                    }
+                    Err(e) => Some((Err(e.into()), file)),
+                }
+            })
+            .boxed();
+            source
+                .patiently(
+                    &what,
+                    source
+                        .client
+                        .push_blob_stream(target, pieces, &digest.to_string(), size),
+                )
+                .await
+                .map(drop)
+                .map_err(|e| source.failure(e))
+        })
+        .await
+}
+
+/// Pushes a small blob (a config) held in memory, unless the registry has it.
+async fn put_bytes(
+    source: &Source<'_>,
+    target: &oci_client::Reference,
+    bytes: &[u8],
+    digest: &Digest,
+) -> Result<(), Fault> {
+    if has_blob(source, target, digest).await? {
+        return Ok(());
+    }
+    let what = format!("blob {digest}");
+    source
+        .retrying(&what, || async {
+            source
+                .patiently(
+                    &what,
+                    source.client.push_blob(target, bytes.to_vec(), &digest.to_string()),
+                )
+                .await
+                .map(drop)
+                .map_err(|e| source.failure(e))
+        })
+        .await
+}
+
+/// Pushes a manifest or index to `target` (a tag or a digest).
+async fn put_manifest(
+    source: &Source<'_>,
+    target: &oci_client::Reference,
+    body: &[u8],
+    media_type: &str,
+) -> Result<(), Fault> {
+    let what = format!("manifest {}", target.whole());
+    let content_type =
+        HeaderValue::from_str(media_type).map_err(|e| Fault::Failure(Failure::Invalid(e.to_string())))?;
+    source
+        .retrying(&what, || async {
+            source
+                .patiently(
+                    &what,
+                    source
+                        .client
+                        .push_manifest_raw(target, body.to_vec(), content_type.clone()),
+                )
+                .await
+                .map(drop)
+                .map_err(|e| source.failure(e))
+        })
+        .await
+}
