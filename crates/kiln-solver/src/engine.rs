@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use crate::events::{EventKind, Events, Subject};
 use crate::explain::{self, Explanation, Footprint};
 use crate::graph::{Input, Node, cache_key};
-use crate::host_access::{HostAccess, LocalHost};
+use crate::host_access::{HostAccess, LocalHost, WithRegistryAuth};
 use crate::once_map::{OnceMap, Waiter};
 use crate::ops::{self, CacheMap, Context, OpOutput, Prepared, Resources};
 use crate::report::{Audience, Audiences, Report, SessionOptions, Stats};
@@ -200,7 +200,9 @@ impl Engine {
 
     /// A new session for a client reached through `host`.
     pub fn session_for(self: &Arc<Self>, host: Arc<dyn HostAccess>, options: SessionOptions) -> Session {
+        let host = Arc::new(WithRegistryAuth::new(host));
         Session {
+            registry_auth: host.clone(),
             host,
             engine: self.clone(),
             memo: OnceMap::memo(lost_job),
@@ -354,6 +356,8 @@ pub struct Session {
     secrets: Arc<Mutex<HashSet<String>>>,
     /// The client's host.
     host: Arc<dyn HostAccess>,
+    /// The same, where the pipeline's registry credentials are set.
+    registry_auth: Arc<WithRegistryAuth>,
     /// What this session is told.
     report: Arc<Report>,
 }
@@ -404,6 +408,21 @@ impl Session {
         ops::image::resolve(&registry, self.engine.store(), &r, platform)
             .await
             .map_err(|e| SolveError::op(op, e))
+    }
+
+    /// Uses `username` and `password` for the registry of `address` (pulls
+    /// and pushes of this session), before the client's docker config;
+    /// `None` goes back to it.
+    pub fn set_registry_auth(&self, address: &str, login: Option<(String, String)>) -> Result<(), SolveError> {
+        // A bare host (`ghcr.io`, `localhost:5000`) names its registry.
+        let address = match address.contains('/') {
+            true => address.to_string(),
+            false => format!("{address}/any"),
+        };
+        let reference = Reference::parse(&address).map_err(|e| SolveError::op("registry auth", e))?;
+        let credentials = login.map(|(username, password)| kiln_oci::Credentials::Basic { username, password });
+        self.registry_auth.set(reference.registry(), credentials);
+        Ok(())
     }
 
     /// Sets a secret for this session; returns how graphs name it.

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kiln_oci::Credentials;
 use kiln_store::{
@@ -165,6 +166,65 @@ impl HostAccess for LocalHost {
 
     fn warn(&self, message: &str) {
         tracing::warn!("{message}");
+    }
+}
+
+/// A client's host with the registry credentials its pipeline gave
+/// (`withRegistryAuth`) put before those of its docker config.
+pub(crate) struct WithRegistryAuth {
+    inner: Arc<dyn HostAccess>,
+    given: std::sync::Mutex<std::collections::HashMap<String, Credentials>>,
+}
+
+impl WithRegistryAuth {
+    pub(crate) fn new(inner: Arc<dyn HostAccess>) -> Self {
+        Self {
+            inner,
+            given: Default::default(),
+        }
+    }
+
+    /// Uses `credentials` for the registry `host` (`None`: its own again).
+    pub(crate) fn set(&self, host: &str, credentials: Option<Credentials>) {
+        let mut given = self.given.lock().expect("registry auth lock");
+        match credentials {
+            Some(c) => given.insert(host.to_string(), c),
+            None => given.remove(host),
+        };
+    }
+}
+
+impl HostAccess for WithRegistryAuth {
+    fn kind(&self, path: &Path) -> HostPathKind {
+        self.inner.kind(path)
+    }
+    fn env(&self, name: &str) -> Option<String> {
+        self.inner.env(name)
+    }
+    fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        self.inner.read_to_string(path)
+    }
+    fn command_output(&self, command: &str) -> io::Result<std::process::Output> {
+        self.inner.command_output(command)
+    }
+    fn export(&self, view: &MergedView, export: &Export) -> Result<CopyStats, ExportError> {
+        self.inner.export(view, export)
+    }
+    fn scan_dir(&self, store: &Store, root: &Path, filter: &PathFilter) -> Result<HostTree, HostError> {
+        self.inner.scan_dir(store, root, filter)
+    }
+    fn upload_dir(&self, store: &Store, tree: &HostTree) -> Result<Staged, StoreError> {
+        self.inner.upload_dir(store, tree)
+    }
+    fn registry_credentials(&self, host: &str) -> Result<Credentials, kiln_oci::Error> {
+        let given = self.given.lock().expect("registry auth lock").get(host).cloned();
+        given.map_or_else(|| self.inner.registry_credentials(host), Ok)
+    }
+    fn warn(&self, message: &str) {
+        self.inner.warn(message)
+    }
+    fn shares_network(&self) -> bool {
+        self.inner.shares_network()
     }
 }
 

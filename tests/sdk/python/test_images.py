@@ -5,8 +5,10 @@ an index."""
 
 import hashlib
 import json
+import socket
 import subprocess
 import tarfile
+import time
 import uuid
 
 import dagger
@@ -132,3 +134,49 @@ def skopeo_digest(image: str) -> str:
         ["skopeo", "inspect", "--tls-verify=false", "--raw", image], check=True, capture_output=True
     ).stdout
     return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+@pytest.fixture
+def private_registry(tmp_path):
+    """A registry on loopback that wants a login (kiln / s3cret): its address."""
+    htpasswd = subprocess.run(
+        ["htpasswd", "-Bbn", "kiln", "s3cret"], check=True, capture_output=True, text=True
+    ).stdout
+    (tmp_path / "htpasswd").write_text(htpasswd)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "config.yml").write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/storage\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"auth:\n  htpasswd:\n    realm: kiln-tests\n    path: {tmp_path}/htpasswd\n"
+    )
+    with open(tmp_path / "registry.log", "wb") as log:
+        proc = subprocess.Popen(["docker-registry", "serve", str(tmp_path / "config.yml")], stdout=log, stderr=log)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+async def test_publishing_to_a_registry_that_wants_a_login_uses_with_registry_auth(dag, private_registry):
+    address = f"{private_registry}/kiln-tests/private:{uuid.uuid4().hex[:12]}"
+    image = built(dag)
+    with pytest.raises(dagger.QueryError, match=f"push {private_registry}/kiln-tests/private"):
+        await image.publish(address)
+    password = dag.set_secret("registry-password", "s3cret")
+    published = await image.with_registry_auth(private_registry, "kiln", password).publish(address)
+    assert published.startswith(address + "@sha256:")
+    creds = "--creds=kiln:s3cret"
+    config = skopeo("inspect", "--tls-verify=false", creds, "--config", f"docker://{address}")["config"]
+    assert config["WorkingDir"] == "/app"
+    # Pulls of the session use the login too.
+    pulled = dag.container().from_(published)
+    assert await pulled.with_exec(["cat", "/app/artifact"], use_entrypoint=False).stdout() == "built\n"

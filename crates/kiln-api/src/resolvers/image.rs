@@ -19,6 +19,27 @@ pub fn register(r: &mut Registry) {
     r.add("Container", "export", resolver!(export));
     r.add("Container", "import", resolver!(import));
     r.add("Container", "publish", resolver!(publish));
+    r.add("Container", "withRegistryAuth", resolver!(with_registry_auth));
+    r.add("Container", "withoutRegistryAuth", resolver!(without_registry_auth));
+}
+
+/// Credentials for the registry of `address`, for this session's pulls and
+/// pushes (Dagger keeps them per session too, whatever the container).
+async fn with_registry_auth(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let secret = api.arg_secret(&args, "secret")?;
+    let secret = api.secret_ref(&secret)?;
+    let password = api
+        .session
+        .secret(&secret)
+        .ok_or_else(|| ApiError::invalid(format!("secret {:?} is not set in this session", secret.name)))?;
+    let login = (args.string("username")?, password.to_string());
+    api.session.set_registry_auth(&args.string("address")?, Some(login))?;
+    Ok(Output::Object(obj))
+}
+
+async fn without_registry_auth(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    api.session.set_registry_auth(&args.string("address")?, None)?;
+    Ok(Output::Object(obj))
 }
 
 /// What an image's config says of how to run a container.
