@@ -98,8 +98,13 @@ async fn sync(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
 
 async fn from(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let c = container(obj)?;
-    let address = args.string("address")?;
-    let image = api.session.resolve_image(&address, Some(&c.platform)).await?;
+    out(pulled(&api, &args.string("address")?, &c.platform).await?)
+}
+
+/// The container of the image `address` for `platform` (resolved now).
+pub(crate) async fn pulled(api: &Api, address: &str, platform: &str) -> Result<Container, ApiError> {
+    let address = address.to_string();
+    let image = api.session.resolve_image(&address, Some(platform)).await?;
     let reference = image
         .reference
         .as_ref()
@@ -114,7 +119,7 @@ async fn from(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError
         vec![],
     );
     let image_ref = format!("{reference}@{}", image.manifest_digest);
-    out(image_container(node.digest(), &image, Some(image_ref)))
+    Ok(image_container(node.digest(), &image, Some(image_ref)))
 }
 
 /// The container an image's root filesystem (the tree of `node`) and config make.

@@ -2,6 +2,7 @@
 
 mod container;
 mod directory;
+mod dockerfile;
 mod file;
 mod host;
 mod image;
@@ -16,6 +17,7 @@ pub fn register(r: &mut Registry) {
     query::register(r);
     container::register(r);
     directory::register(r);
+    dockerfile::register(r);
     file::register(r);
     host::register(r);
     image::register(r);

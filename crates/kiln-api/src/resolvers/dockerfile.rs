@@ -1,0 +1,619 @@
+//! Dockerfile builds (`Directory.dockerBuild`, `Container.build`): each
+//! instruction becomes the operations the API would make for it (a pull, an
+//! exec, a copy), so every step is cached like any other, and a `COPY` of
+//! one file is keyed by that file's content, not the whole context.
+//! Parsing is parse-dockerfile's; what kiln does not support yet fails with
+//! the file, line and instruction named.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kiln_graph::Owner;
+use kiln_solver::ops;
+use kiln_solver::services::{ExposedPort, Protocol};
+use kiln_store::MergedView;
+use parse_dockerfile::{Command, Instruction, Source};
+
+use super::container::{exec_of, pulled};
+use crate::api::{Api, Output, Registry, container, directory, expand, join_path};
+use crate::args::Args;
+use crate::error::ApiError;
+use crate::resolver;
+use crate::values::{Container, Directory, Object, TreeRef};
+
+pub fn register(r: &mut Registry) {
+    r.add("Directory", "dockerBuild", resolver!(docker_build));
+    r.add("Container", "build", resolver!(container_build));
+}
+
+async fn docker_build(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let context = directory(obj)?;
+    let platform = match args.opt_string("platform") {
+        Some(p) => kiln_oci::Platform::parse(&p)
+            .map_err(|e| ApiError::invalid(e.to_string()))?
+            .to_string(),
+        None => kiln_oci::Platform::host().to_string(),
+    };
+    build(&api, context, &args, platform).await
+}
+
+async fn container_build(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let platform = container(obj)?.platform;
+    let context = api.arg_directory(&args, "context")?;
+    build(&api, context, &args, platform).await
+}
+
+/// The Dockerfile being built, for messages naming a line.
+struct Source_<'t> {
+    file: String,
+    text: &'t str,
+}
+
+impl Source_<'_> {
+    /// `Dockerfile:12: COPY: why`.
+    fn error(&self, at: usize, why: impl std::fmt::Display) -> ApiError {
+        let line = self.text[..at.min(self.text.len())].matches('\n').count() + 1;
+        let word = self.text[at.min(self.text.len())..]
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        ApiError::invalid(format!("{}:{line}: {word}: {why}", self.file))
+    }
+
+    fn unsupported(&self, at: usize, what: &str) -> ApiError {
+        self.error(at, format!("{what} is not supported by kiln yet"))
+    }
+}
+
+/// A stage being built: its container, its build args and its shell.
+struct Stage {
+    name: Option<String>,
+    c: Container,
+    args: Vec<(String, String)>,
+    shell: Vec<String>,
+    /// Whether this stage set CMD (an ENTRYPOINT then keeps it).
+    cmd_set: bool,
+}
+
+impl Stage {
+    /// What `$VAR` means in this stage: build args, then the env over them.
+    fn vars(&self) -> Vec<(String, String)> {
+        self.args.iter().chain(&self.c.env).cloned().collect()
+    }
+
+    fn expand(&self, text: &str) -> String {
+        expand(text, &self.vars())
+    }
+
+    /// A command in exec form, or in shell form through the stage's shell.
+    fn command(&self, command: &Command<'_>) -> Option<Vec<String>> {
+        match command {
+            Command::Exec(words) => Some(words.value.iter().map(|w| w.value.to_string()).collect()),
+            Command::Shell(line) => Some(self.shell.iter().cloned().chain([line.value.to_string()]).collect()),
+            _ => None,
+        }
+    }
+}
+
+/// Everything a build reads: the API, the Dockerfile, the (filtered)
+/// context, the build args and the stages built so far.
+struct Build<'a> {
+    api: &'a Api,
+    source: Source_<'a>,
+    context: Directory,
+    context_view: MergedView,
+    build_args: HashMap<String, String>,
+    global_args: Vec<(String, String)>,
+    platform: String,
+    stages: Vec<Stage>,
+}
+
+async fn build(api: &Arc<Api>, context: Directory, args: &Args, platform: String) -> Result<Output, ApiError> {
+    let file = args.opt_string("dockerfile").unwrap_or_else(|| "Dockerfile".into());
+    if args.list("secrets").is_empty() && !args.strings("secrets").is_empty() {
+        return Err(ApiError::NotImplemented("secrets of a Dockerfile build".into()));
+    }
+    let view = api.view(context.tree).await?;
+    let dockerfile_path = join_path(&context.path, &file);
+    let text = read_text(&view, &dockerfile_path)
+        .ok_or_else(|| ApiError::invalid(format!("dockerBuild: no Dockerfile at {file} in the context")))?;
+    let parsed = parse_dockerfile::parse(&text).map_err(|e| ApiError::invalid(format!("{file}: {e}")))?;
+    let build_args = args
+        .list("buildArgs")
+        .iter()
+        .map(|a| Ok((a.string("name")?, a.opt_string("value").unwrap_or_default())))
+        .collect::<Result<HashMap<_, _>, ApiError>>()?;
+    let ignored = dockerignore(&view, &context.path, &dockerfile_path)?;
+    let filtered = filtered_context(api, &context, ignored)?;
+    let context_view = api.view(filtered.tree).await?;
+    let mut b = Build {
+        api,
+        source: Source_ { file, text: &text },
+        context: filtered,
+        context_view,
+        build_args,
+        global_args: Vec::new(),
+        platform,
+        stages: Vec::new(),
+    };
+    // ARGs before the first FROM are the FROM lines' own.
+    for ins in parsed
+        .instructions
+        .iter()
+        .take_while(|i| !matches!(i, Instruction::From(_)))
+    {
+        match ins {
+            Instruction::Arg(arg) => {
+                let declared = b.declare_args(&arg.arguments.value, &[]);
+                b.global_args.extend(declared);
+            }
+            other => {
+                return Err(b
+                    .source
+                    .error(span_of(other), "only ARG may come before the first FROM"));
+            }
+        }
+    }
+    let target = args.opt_string("target");
+    for stage in parsed.stages() {
+        let mut st = b.from(stage.from).await?;
+        for ins in stage.instructions {
+            b.apply(&mut st, ins).await?;
+        }
+        let done = target.is_some() && st.name == target;
+        b.stages.push(st);
+        if done {
+            break;
+        }
+    }
+    if let Some(t) = &target
+        && b.stages.last().and_then(|s| s.name.as_ref()) != Some(t)
+    {
+        return Err(ApiError::invalid(format!(
+            "dockerBuild: no stage named {t:?} in {}",
+            b.source.file
+        )));
+    }
+    let last = b
+        .stages
+        .pop()
+        .ok_or_else(|| ApiError::invalid(format!("{}: no FROM instruction", b.source.file)))?;
+    Ok(Output::Object(Object::Container(Box::new(last.c))))
+}
+
+/// The byte offset an instruction starts at.
+fn span_of(ins: &Instruction<'_>) -> usize {
+    match ins {
+        Instruction::Add(i) => i.add.span.start,
+        Instruction::Arg(i) => i.arg.span.start,
+        Instruction::Cmd(i) => i.cmd.span.start,
+        Instruction::Copy(i) => i.copy.span.start,
+        Instruction::Entrypoint(i) => i.entrypoint.span.start,
+        Instruction::Env(i) => i.env.span.start,
+        Instruction::Expose(i) => i.expose.span.start,
+        Instruction::From(i) => i.from.span.start,
+        Instruction::Healthcheck(i) => i.healthcheck.span.start,
+        Instruction::Label(i) => i.label.span.start,
+        Instruction::Maintainer(i) => i.maintainer.span.start,
+        Instruction::Onbuild(i) => i.onbuild.span.start,
+        Instruction::Run(i) => i.run.span.start,
+        Instruction::Shell(i) => i.shell.span.start,
+        Instruction::Stopsignal(i) => i.stopsignal.span.start,
+        Instruction::User(i) => i.user.span.start,
+        Instruction::Volume(i) => i.volume.span.start,
+        Instruction::Workdir(i) => i.workdir.span.start,
+        // Instructions of a newer parser: named by the line's first word.
+        _ => 0,
+    }
+}
+
+/// A whole file of a tree, as text.
+fn read_text(view: &MergedView, path: &str) -> Option<String> {
+    let rel = view.resolve(path, true).ok()?;
+    let entry = view.lookup(&rel).ok()??;
+    entry
+        .meta
+        .is_file()
+        .then(|| std::fs::read_to_string(&entry.real).ok())
+        .flatten()
+}
+
+/// The patterns of `<Dockerfile>.dockerignore` (beside the Dockerfile), else
+/// of the context's `.dockerignore`.
+fn dockerignore(view: &MergedView, context: &str, dockerfile: &str) -> Result<Vec<String>, ApiError> {
+    let text = read_text(view, &format!("{dockerfile}.dockerignore"))
+        .or_else(|| read_text(view, &join_path(context, ".dockerignore")))
+        .unwrap_or_default();
+    let mut patterns = Vec::new();
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        if line.starts_with('!') {
+            return Err(ApiError::NotImplemented(format!(
+                "exceptions in .dockerignore ({line:?})"
+            )));
+        }
+        patterns.push(line.trim_start_matches('/').to_string());
+    }
+    Ok(patterns)
+}
+
+/// The context without what `.dockerignore` excludes.
+fn filtered_context(api: &Api, context: &Directory, exclude: Vec<String>) -> Result<Directory, ApiError> {
+    if exclude.is_empty() {
+        return Ok(context.clone());
+    }
+    let op = ops::Copy {
+        src_path: context.path.clone(),
+        dest_path: "/".into(),
+        contents_only: true,
+        include: Vec::new(),
+        exclude,
+        owner: None,
+        mode: None,
+    };
+    let node = api
+        .nodes
+        .add(op, vec![api.nodes.input(None)?, api.nodes.input(context.tree)?]);
+    Ok(Directory {
+        tree: Some(TreeRef {
+            node: node.digest(),
+            output: 0,
+        }),
+        path: "/".into(),
+    })
+}
+
+/// `KEY=VALUE` words, as ENV, LABEL and ARG write them (quotes removed).
+fn pairs(text: &str) -> Option<Vec<(String, String)>> {
+    let words = shlex::split(text)?;
+    words
+        .iter()
+        .map(|w| w.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+impl Build<'_> {
+    /// The values of the ARGs `text` declares: a build arg, else the
+    /// default, else (in a stage) the global ARG of that name.
+    fn declare_args(&self, text: &str, vars: &[(String, String)]) -> Vec<(String, String)> {
+        shlex::split(text)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|word| {
+                let (name, default) = match word.split_once('=') {
+                    Some((n, d)) => (n.to_string(), Some(expand(d, vars))),
+                    None => (word, None),
+                };
+                let global = || {
+                    self.global_args
+                        .iter()
+                        .rev()
+                        .find(|(k, _)| *k == name)
+                        .map(|(_, v)| v.clone())
+                };
+                let value = self.build_args.get(&name).cloned().or(default).or_else(global);
+                (name, value.unwrap_or_default())
+            })
+            .collect()
+    }
+
+    async fn from(&self, from: &parse_dockerfile::FromInstruction<'_>) -> Result<Stage, ApiError> {
+        let at = from.from.span.start;
+        let image = expand(&from.image.value, &self.global_args);
+        let mut platform = self.platform.clone();
+        for flag in &from.options {
+            match &*flag.name.value {
+                "platform" => {
+                    let value = expand(flag.value.as_ref().map_or("", |v| &v.value), &self.global_args);
+                    platform = kiln_oci::Platform::parse(&value)
+                        .map_err(|e| self.source.error(at, e))?
+                        .to_string();
+                }
+                other => return Err(self.source.unsupported(at, &format!("FROM --{other}"))),
+            }
+        }
+        let earlier = self
+            .stages
+            .iter()
+            .find(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(&image)));
+        let c = match earlier {
+            Some(stage) => stage.c.clone(),
+            None if image == "scratch" => empty_container(platform),
+            None => pulled(self.api, &image, &platform)
+                .await
+                .map_err(|e| self.source.error(at, e))?,
+        };
+        Ok(Stage {
+            name: from.as_.as_ref().map(|(_, n)| n.value.to_ascii_lowercase()),
+            c,
+            args: Vec::new(),
+            shell: vec!["/bin/sh".into(), "-c".into()],
+            cmd_set: false,
+        })
+    }
+
+    async fn apply(&self, st: &mut Stage, ins: &Instruction<'_>) -> Result<(), ApiError> {
+        let at = span_of(ins);
+        let malformed = |what: &str| self.source.error(at, format!("cannot read {what}"));
+        match ins {
+            Instruction::Arg(arg) => {
+                let declared = self.declare_args(&arg.arguments.value, &st.vars());
+                st.args.extend(declared);
+            }
+            Instruction::Env(env) => {
+                let text = &env.arguments.value;
+                let set = match pairs(text) {
+                    Some(p) => p,
+                    // The legacy form: `ENV KEY value with spaces`.
+                    None => match text.trim().split_once(char::is_whitespace) {
+                        Some((k, v)) => vec![(k.to_string(), v.trim().to_string())],
+                        None => return Err(malformed("ENV (KEY=VALUE ...)")),
+                    },
+                };
+                for (k, v) in set {
+                    let v = st.expand(&v);
+                    st.c.env.retain(|(name, _)| *name != k);
+                    st.c.env.push((k, v));
+                }
+            }
+            Instruction::Label(label) => {
+                for (k, v) in pairs(&label.arguments.value).ok_or_else(|| malformed("LABEL (KEY=VALUE ...)"))? {
+                    let v = st.expand(&v);
+                    st.c.labels.retain(|(name, _)| *name != k);
+                    st.c.labels.push((k, v));
+                }
+            }
+            Instruction::Maintainer(m) => {
+                st.c.labels.retain(|(name, _)| name != "maintainer");
+                st.c.labels.push(("maintainer".into(), m.name.value.to_string()));
+            }
+            Instruction::Workdir(w) => {
+                let path = join_path(&st.c.workdir, &st.expand(&w.arguments.value));
+                let op = ops::MkDir {
+                    path: path.clone(),
+                    mode: 0o755,
+                    owner: None,
+                };
+                let node = self.api.nodes.add(op, vec![self.api.nodes.input(st.c.rootfs)?]);
+                st.c.rootfs = Some(TreeRef {
+                    node: node.digest(),
+                    output: 0,
+                });
+                st.c.workdir = path;
+            }
+            Instruction::User(u) => st.c.user = st.expand(&u.arguments.value),
+            Instruction::Shell(s) => st.shell = s.arguments.iter().map(|w| w.value.to_string()).collect(),
+            Instruction::Entrypoint(e) => {
+                st.c.entrypoint = st.command(&e.arguments).ok_or_else(|| malformed("the command"))?;
+                if !st.cmd_set {
+                    st.c.default_args.clear();
+                }
+            }
+            Instruction::Cmd(c) => {
+                st.c.default_args = st.command(&c.arguments).ok_or_else(|| malformed("the command"))?;
+                st.cmd_set = true;
+            }
+            Instruction::Expose(e) => {
+                for word in &e.arguments {
+                    let word = st.expand(&word.value);
+                    let (port, protocol) = match word.split_once('/') {
+                        Some((p, "udp")) => (p.to_string(), Protocol::Udp),
+                        Some((p, _)) => (p.to_string(), Protocol::Tcp),
+                        None => (word.clone(), Protocol::Tcp),
+                    };
+                    let port: u16 = port.parse().map_err(|_| malformed(&format!("port {word:?}")))?;
+                    st.c.exposed_ports.retain(|p| (p.port, p.protocol) != (port, protocol));
+                    st.c.exposed_ports.push(ExposedPort {
+                        port,
+                        protocol,
+                        description: None,
+                        skip_health_check: false,
+                    });
+                }
+            }
+            Instruction::Run(run) => {
+                if let Some(flag) = run.options.first() {
+                    return Err(self.source.unsupported(at, &format!("RUN --{}", flag.name.value)));
+                }
+                if !run.here_docs.is_empty() {
+                    return Err(self.source.unsupported(at, "a RUN heredoc"));
+                }
+                let argv = st.command(&run.arguments).ok_or_else(|| malformed("the command"))?;
+                self.run(st, argv)?;
+            }
+            Instruction::Copy(copy) => {
+                self.copy(st, at, &copy.options, &copy.src, &copy.dest.value, false)
+                    .await?;
+            }
+            Instruction::Add(add) => {
+                self.copy(st, at, &add.options, &add.src, &add.dest.value, true).await?;
+            }
+            Instruction::From(_) => unreachable!("stages start at FROM"),
+            Instruction::Healthcheck(_) => return Err(self.source.unsupported(at, "HEALTHCHECK")),
+            Instruction::Onbuild(_) => return Err(self.source.unsupported(at, "ONBUILD")),
+            Instruction::Stopsignal(_) => return Err(self.source.unsupported(at, "STOPSIGNAL")),
+            Instruction::Volume(_) => return Err(self.source.unsupported(at, "VOLUME")),
+            _ => return Err(self.source.unsupported(at, "this instruction")),
+        }
+        Ok(())
+    }
+
+    /// RUN: an exec whose env holds the stage's build args too.
+    fn run(&self, st: &mut Stage, argv: Vec<String>) -> Result<(), ApiError> {
+        let mut with_args = st.c.clone();
+        with_args.env = st.vars();
+        let (exec, inputs) = exec_of(self.api, &with_args, argv)?;
+        let node = self.api.nodes.add(exec, inputs);
+        st.c.rootfs = Some(TreeRef {
+            node: node.digest(),
+            output: 0,
+        });
+        st.c.last_exec = Some(node.digest());
+        Ok(())
+    }
+
+    /// COPY and ADD (of local files: ADD's URLs and archives are not yet).
+    async fn copy(
+        &self,
+        st: &mut Stage,
+        at: usize,
+        options: &[parse_dockerfile::Flag<'_>],
+        sources: &[Source<'_>],
+        dest: &str,
+        add: bool,
+    ) -> Result<(), ApiError> {
+        let (mut owner, mut mode, mut from) = (None, None, None);
+        for flag in options {
+            let value = flag.value.as_ref().map(|v| st.expand(&v.value)).unwrap_or_default();
+            match &*flag.name.value {
+                "from" if !add => from = Some(value),
+                "chown" => owner = Some(Owner::parse(&value)),
+                "chmod" => {
+                    mode = Some(
+                        u32::from_str_radix(&value, 8)
+                            .map_err(|_| self.source.error(at, format!("--chmod={value}: not an octal mode")))?,
+                    )
+                }
+                "link" => {}
+                other => {
+                    let which = if add { "ADD" } else { "COPY" };
+                    return Err(self.source.unsupported(at, &format!("{which} --{other}")));
+                }
+            }
+        }
+        let (tree, base, view) = match from {
+            None => (self.context.tree, self.context.path.clone(), None),
+            Some(name) => {
+                let stage = self
+                    .stages
+                    .iter()
+                    .find(|s| s.name.as_deref() == Some(name.to_ascii_lowercase().as_str()))
+                    .or_else(|| name.parse::<usize>().ok().and_then(|i| self.stages.get(i)));
+                let c = match stage {
+                    Some(s) => s.c.clone(),
+                    None => pulled(self.api, &name, &st.c.platform)
+                        .await
+                        .map_err(|e| self.source.error(at, e))?,
+                };
+                let view = self.api.view(c.rootfs).await?;
+                (c.rootfs, "/".to_string(), Some(view))
+            }
+        };
+        let view = view.as_ref().unwrap_or(&self.context_view);
+        let dest = st.expand(dest);
+        let mut into_dir = dest.ends_with('/') || dest == "." || dest.ends_with("/.") || sources.len() > 1;
+        let dest = join_path(&st.c.workdir, &dest);
+        if !into_dir {
+            // An existing directory receives files, as in Docker.
+            let rootfs = self.api.view(st.c.rootfs).await?;
+            let rel = rootfs.resolve(&dest, true).map_err(ApiError::internal)?;
+            into_dir = rootfs
+                .lookup(&rel)
+                .map_err(ApiError::internal)?
+                .is_some_and(|e| e.meta.is_dir());
+        }
+        for source in sources {
+            let Source::Path(src) = source else {
+                return Err(self.source.unsupported(at, "a COPY heredoc"));
+            };
+            let src = st.expand(&src.value);
+            if add && (src.contains("://") || is_archive(&src)) {
+                return Err(self
+                    .source
+                    .unsupported(at, "ADD of a URL or of an archive (to extract)"));
+            }
+            for path in self.matches(view, &base, &src).map_err(|e| self.source.error(at, e))? {
+                let rel = view.resolve(&path, true).map_err(ApiError::internal)?;
+                let entry = view.lookup(&rel).map_err(ApiError::internal)?;
+                let is_dir = entry.as_ref().is_some_and(|e| e.meta.is_dir());
+                let dest_path = match (is_dir, into_dir) {
+                    (false, true) => join_path(&dest, path.rsplit('/').next().unwrap_or("")),
+                    _ => dest.clone(),
+                };
+                let op = ops::Copy {
+                    src_path: path,
+                    dest_path,
+                    contents_only: true,
+                    include: Vec::new(),
+                    exclude: Vec::new(),
+                    owner: owner.clone(),
+                    mode,
+                };
+                let inputs = vec![self.api.nodes.input(st.c.rootfs)?, self.api.nodes.input(tree)?];
+                let node = self.api.nodes.add(op, inputs);
+                st.c.rootfs = Some(TreeRef {
+                    node: node.digest(),
+                    output: 0,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The paths (in the source tree) that `src` names: itself, or what its
+    /// wildcards match in its directory.
+    fn matches(&self, view: &MergedView, base: &str, src: &str) -> Result<Vec<String>, String> {
+        let full = join_path(base, src);
+        if !src.contains(['*', '?', '[']) {
+            let rel = view.resolve(&full, true).map_err(|e| e.to_string())?;
+            return match view.lookup(&rel).map_err(|e| e.to_string())? {
+                Some(_) => Ok(vec![full]),
+                None => Err(format!("{src}: no such file or directory in the build context")),
+            };
+        }
+        let (dir, pattern) = full.rsplit_once('/').unwrap_or(("", &full));
+        let dir = if dir.is_empty() { "/" } else { dir };
+        let glob = globset::Glob::new(pattern)
+            .map_err(|e| e.to_string())?
+            .compile_matcher();
+        let rel = view.resolve(dir, true).map_err(|e| e.to_string())?;
+        let entries = view
+            .read_dir(&rel)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{src}: no such directory in the build context"))?;
+        let mut found: Vec<String> = entries
+            .keys()
+            .filter_map(|name| name.to_str())
+            .filter(|name| glob.is_match(name))
+            .map(|name| join_path(dir, name))
+            .collect();
+        found.sort();
+        if found.is_empty() {
+            return Err(format!("{src}: no file in the build context matches"));
+        }
+        Ok(found)
+    }
+}
+
+fn is_archive(src: &str) -> bool {
+    [
+        ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst",
+    ]
+    .iter()
+    .any(|ext| src.ends_with(ext))
+}
+
+/// An empty container (`FROM scratch`) for `platform`.
+fn empty_container(platform: String) -> Container {
+    Container {
+        rootfs: None,
+        platform,
+        env: Vec::new(),
+        workdir: "/".into(),
+        user: String::new(),
+        entrypoint: Vec::new(),
+        default_args: Vec::new(),
+        default_args_set: false,
+        labels: Vec::new(),
+        mounts: Vec::new(),
+        last_exec: None,
+        image_ref: None,
+        secret_env: Vec::new(),
+        exposed_ports: Vec::new(),
+        services: Vec::new(),
+    }
+}

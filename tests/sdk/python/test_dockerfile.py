@@ -1,0 +1,108 @@
+"""Dockerfile builds (Directory.dockerBuild, Container.build): multi-stage
+with a scratch final stage, ARG/ENV interplay and build args, .dockerignore,
+USER/WORKDIR, targets, and clear errors for what kiln does not support."""
+
+import textwrap
+from pathlib import Path
+
+import dagger
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+
+def context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    root = tmp_path / "ctx"
+    root.mkdir(parents=True)
+    (root / "Dockerfile").write_text(textwrap.dedent(dockerfile).lstrip())
+    for name, text in (files or {}).items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+async def test_a_multi_stage_build_with_a_scratch_final_stage(dag, tmp_path):
+    root = context(
+        tmp_path,
+        """
+        FROM busybox AS builder
+        ARG VERSION=1.0
+        WORKDIR /src
+        COPY main.txt .
+        RUN mkdir /out && cat main.txt > /out/app && echo "version $VERSION" >> /out/app
+
+        FROM scratch
+        COPY --from=builder /out/app /app
+        ENTRYPOINT ["/app"]
+        """,
+        {"main.txt": "main program\n"},
+    )
+    image = dag.host().directory(str(root)).docker_build(build_args=[dagger.BuildArg("VERSION", "2.5")])
+    assert await image.file("/app").contents() == "main program\nversion 2.5\n"
+    assert await image.entrypoint() == ["/app"]
+    assert await image.directory("/").entries() == ["app"]
+
+
+async def test_arg_env_user_workdir_and_dockerignore(dag, tmp_path):
+    root = context(
+        tmp_path,
+        """
+        FROM busybox
+        ARG GREETING=hi
+        ENV MESSAGE="${GREETING} there" OTHER=plain
+        LABEL org.example.role="test image"
+        WORKDIR /work
+        COPY . ./ctx/
+        RUN echo "$MESSAGE/$GREETING" > /work/message && ls -A ctx | sort > /work/listing
+        USER 1000:1000
+        EXPOSE 8080 53/udp
+        CMD ["cat", "/work/message"]
+        """,
+        {"keep.txt": "kept", "secret.env": "TOKEN=x", "logs/debug.log": "noise", ".dockerignore": "*.env\nlogs\n"},
+    )
+    image = dag.host().directory(str(root)).docker_build(build_args=[dagger.BuildArg("GREETING", "hello")])
+    assert await image.file("/work/message").contents() == "hello there/hello\n"
+    assert await image.file("/work/listing").contents() == ".dockerignore\nDockerfile\nkeep.txt\n"
+    assert await image.env_variable("MESSAGE") == "hello there"
+    # A build arg is not part of the image's environment.
+    assert await image.env_variable("GREETING") is None
+    assert await image.workdir() == "/work"
+    assert await image.user() == "1000:1000"
+    assert await image.label("org.example.role") == "test image"
+    assert await image.default_args() == ["cat", "/work/message"]
+    ports = [(await p.port(), await p.protocol()) for p in await image.exposed_ports()]
+    assert ports == [(8080, dagger.NetworkProtocol.TCP), (53, dagger.NetworkProtocol.UDP)]
+    assert await image.with_user("0").with_exec(["cat", "/work/message"]).stdout() == "hello there/hello\n"
+
+
+async def test_a_target_stage(dag, tmp_path):
+    root = context(
+        tmp_path,
+        """
+        FROM busybox AS test
+        RUN echo tested > /result
+
+        FROM busybox AS release
+        RUN echo released > /result
+        """,
+    )
+    ctx = dag.host().directory(str(root))
+    assert await ctx.docker_build(target="test").file("/result").contents() == "tested\n"
+    assert await ctx.docker_build().file("/result").contents() == "released\n"
+
+
+async def test_what_kiln_cannot_build_yet_is_named_with_its_line(dag, tmp_path):
+    root = context(
+        tmp_path,
+        """
+        FROM busybox
+        RUN true
+        HEALTHCHECK CMD true
+        """,
+    )
+    with pytest.raises(dagger.QueryError, match=r"Dockerfile:3: HEALTHCHECK: HEALTHCHECK is not supported"):
+        await dag.host().directory(str(root)).docker_build().sync()
+    missing = context(tmp_path / "m", "FROM busybox\nCOPY nothing-here /x\n")
+    with pytest.raises(dagger.QueryError, match=r"Dockerfile:2: COPY: nothing-here: no such file"):
+        await dag.host().directory(str(missing)).docker_build().sync()
