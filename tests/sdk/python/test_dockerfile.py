@@ -106,3 +106,37 @@ async def test_what_kiln_cannot_build_yet_is_named_with_its_line(dag, tmp_path):
     missing = context(tmp_path / "m", "FROM busybox\nCOPY nothing-here /x\n")
     with pytest.raises(dagger.QueryError, match=r"Dockerfile:2: COPY: nothing-here: no such file"):
         await dag.host().directory(str(missing)).docker_build().sync()
+
+
+async def test_run_mounts_cache_secret_tmpfs_and_bind(dag, tmp_path):
+    root = context(
+        tmp_path,
+        """
+        FROM busybox
+        RUN --mount=type=cache,target=/cache,id=counter sh -c 'echo x >> /cache/n; wc -l < /cache/n > /seen'
+        RUN --mount=type=secret,id=token sh -c 'wc -c < /run/secrets/token > /token-length'
+        RUN --mount=type=tmpfs,target=/scratch sh -c 'touch /scratch/x && ls /scratch > /tmpfs-listing'
+        RUN --mount=type=bind,source=data,target=/data cat /data/input > /copied
+        """,
+        {"data/input": "from the context\n"},
+    )
+    secret_value = "s3cr3t-value-" + root.name
+    token = dag.set_secret("token", secret_value)
+    image = dag.host().directory(str(root)).docker_build(secrets=[token])
+    assert int(await image.file("/seen").contents()) >= 1
+    assert int(await image.file("/token-length").contents()) == len(secret_value)
+    assert await image.file("/tmpfs-listing").contents() == "x\n"
+    assert await image.file("/copied").contents() == "from the context\n"
+    for gone in ("/scratch/x", "/data/input", "/run/secrets/token", "/cache/n"):
+        listing = await image.with_exec(["sh", "-c", f"test -e {gone} && echo present || echo absent"]).stdout()
+        assert listing == "absent\n", gone
+    # The secret is in no layer, no config and no history of the image.
+    tarball = tmp_path / "image.tar"
+    await image.export(str(tarball), forced_compression=dagger.ImageLayerCompression.Uncompressed)
+    assert secret_value.encode() not in tarball.read_bytes()
+
+
+async def test_a_missing_build_secret_is_named(dag, tmp_path):
+    root = context(tmp_path, "FROM busybox\nRUN --mount=type=secret,id=npmrc,required=true cat /run/secrets/npmrc\n")
+    with pytest.raises(dagger.QueryError, match=r'Dockerfile:2: RUN: secret "npmrc" is required'):
+        await dag.host().directory(str(root)).docker_build().sync()

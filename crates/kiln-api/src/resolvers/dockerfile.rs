@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use kiln_graph::Owner;
+use kiln_graph::{CacheSharing, Owner};
 use kiln_solver::ops;
 use kiln_solver::services::{ExposedPort, Protocol};
 use kiln_store::MergedView;
@@ -19,7 +19,7 @@ use crate::api::{Api, Output, Registry, container, directory, expand, join_path}
 use crate::args::Args;
 use crate::error::ApiError;
 use crate::resolver;
-use crate::values::{Container, Directory, Object, TreeRef};
+use crate::values::{Container, ContainerMount, Directory, MountSource, Object, Secret, TreeRef};
 
 pub fn register(r: &mut Registry) {
     r.add("Directory", "dockerBuild", resolver!(docker_build));
@@ -107,13 +107,23 @@ struct Build<'a> {
     global_args: Vec<(String, String)>,
     platform: String,
     stages: Vec<Stage>,
+    secrets: Vec<Secret>,
 }
 
 async fn build(api: &Arc<Api>, context: Directory, args: &Args, platform: String) -> Result<Output, ApiError> {
     let file = args.opt_string("dockerfile").unwrap_or_else(|| "Dockerfile".into());
-    if args.list("secrets").is_empty() && !args.strings("secrets").is_empty() {
-        return Err(ApiError::NotImplemented("secrets of a Dockerfile build".into()));
-    }
+    // `RUN --mount=type=secret,id=NAME` finds these by name.
+    let secrets = args
+        .strings("secrets")
+        .iter()
+        .map(|id| match api.nodes.load(id)? {
+            Object::Secret(secret) => Ok(secret),
+            other => Err(ApiError::invalid(format!(
+                "secrets must be Secret IDs, got a {}",
+                other.type_name()
+            ))),
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let view = api.view(context.tree).await?;
     let dockerfile_path = join_path(&context.path, &file);
     let text = read_text(&view, &dockerfile_path)
@@ -136,6 +146,7 @@ async fn build(api: &Arc<Api>, context: Directory, args: &Args, platform: String
         global_args: Vec::new(),
         platform,
         stages: Vec::new(),
+        secrets,
     };
     // ARGs before the first FROM are the FROM lines' own.
     for ins in parsed
@@ -416,14 +427,21 @@ impl Build<'_> {
                 }
             }
             Instruction::Run(run) => {
-                if let Some(flag) = run.options.first() {
-                    return Err(self.source.unsupported(at, &format!("RUN --{}", flag.name.value)));
+                let mut mounts = Vec::new();
+                for flag in &run.options {
+                    let value = flag.value.as_ref().map(|v| st.expand(&v.value)).unwrap_or_default();
+                    match &*flag.name.value {
+                        "mount" => mounts.push(self.mount(st, &value).await.map_err(|e| self.source.error(at, e))?),
+                        // Every RUN has the engine's network.
+                        "network" if matches!(value.as_str(), "default" | "host") => {}
+                        other => return Err(self.source.unsupported(at, &format!("RUN --{other}={value}"))),
+                    }
                 }
                 if !run.here_docs.is_empty() {
                     return Err(self.source.unsupported(at, "a RUN heredoc"));
                 }
                 let argv = st.command(&run.arguments).ok_or_else(|| malformed("the command"))?;
-                self.run(st, argv)?;
+                self.run(st, argv, mounts)?;
             }
             Instruction::Copy(copy) => {
                 self.copy(st, at, &copy.options, &copy.src, &copy.dest.value, false)
@@ -442,10 +460,15 @@ impl Build<'_> {
         Ok(())
     }
 
-    /// RUN: an exec whose env holds the stage's build args too.
-    fn run(&self, st: &mut Stage, argv: Vec<String>) -> Result<(), ApiError> {
+    /// RUN: an exec whose env holds the stage's build args too, with the
+    /// `--mount`s of this RUN only.
+    fn run(&self, st: &mut Stage, argv: Vec<String>, mounts: Vec<ContainerMount>) -> Result<(), ApiError> {
         let mut with_args = st.c.clone();
         with_args.env = st.vars();
+        for m in mounts {
+            with_args.mounts.retain(|old| old.target != m.target);
+            with_args.mounts.push(m);
+        }
         let (exec, inputs) = exec_of(self.api, &with_args, argv)?;
         let node = self.api.nodes.add(exec, inputs);
         st.c.rootfs = Some(TreeRef {
@@ -454,6 +477,105 @@ impl Build<'_> {
         });
         st.c.last_exec = Some(node.digest());
         Ok(())
+    }
+
+    /// A `RUN --mount=type=...,target=...` as a mount of the exec.
+    async fn mount(&self, st: &Stage, spec: &str) -> Result<ContainerMount, String> {
+        let mut options: HashMap<&str, &str> = HashMap::new();
+        for part in spec.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').unwrap_or((part, "true"));
+            options.insert(k, v);
+        }
+        let kind = options.remove("type").unwrap_or("bind");
+        let target = options
+            .remove("target")
+            .or_else(|| options.remove("dst"))
+            .or_else(|| options.remove("destination"));
+        let owner = match (options.remove("uid"), options.remove("gid")) {
+            (None, None) => None,
+            (uid, gid) => Some(format!("{}:{}", uid.unwrap_or("0"), gid.unwrap_or("0"))),
+        };
+        let mode = options
+            .remove("mode")
+            .map(|m| u32::from_str_radix(m, 8))
+            .transpose()
+            .map_err(|_| "mode: not octal")?;
+        let mut target = target.map(|t| join_path(&st.c.workdir, t));
+        let source = match kind {
+            "cache" => {
+                let sharing = match options.remove("sharing") {
+                    Some("private") => CacheSharing::Private,
+                    Some("locked") => CacheSharing::Locked,
+                    _ => CacheSharing::Shared,
+                };
+                let id = options.remove("id").map(str::to_string).or_else(|| target.clone());
+                MountSource::Cache {
+                    key: format!("dockerfile:{}", id.unwrap_or_default()),
+                    sharing,
+                    owner,
+                    source: None,
+                }
+            }
+            "tmpfs" => MountSource::Temp,
+            "secret" => {
+                let id = options.remove("id").ok_or("--mount=type=secret needs an id")?;
+                let required = options.remove("required").is_some_and(|r| r == "true");
+                let Some(secret) = self.secrets.iter().find(|s| s.name == id).cloned() else {
+                    return Err(match required {
+                        true => format!("secret {id:?} is required: pass it in the build's secrets"),
+                        false => format!("secret {id:?} is not among the build's secrets"),
+                    });
+                };
+                target.get_or_insert_with(|| format!("/run/secrets/{id}"));
+                MountSource::Secret {
+                    secret,
+                    owner,
+                    mode: mode.unwrap_or(0o400),
+                }
+            }
+            "bind" => {
+                let from = options.remove("from");
+                let path = options
+                    .remove("source")
+                    .or_else(|| options.remove("src"))
+                    .unwrap_or("/");
+                let readonly = !matches!(
+                    options.remove("rw").or_else(|| options.remove("readwrite")),
+                    Some("true")
+                );
+                let (tree, base) = match from {
+                    None => (self.context.tree, self.context.path.clone()),
+                    Some(name) => match self.stage_named(name) {
+                        Some(stage) => (stage.c.rootfs, "/".to_string()),
+                        None => (
+                            pulled(self.api, name, &st.c.platform)
+                                .await
+                                .map_err(|e| e.to_string())?
+                                .rootfs,
+                            "/".into(),
+                        ),
+                    },
+                };
+                MountSource::Tree {
+                    tree,
+                    path: join_path(&base, path),
+                    readonly,
+                }
+            }
+            other => return Err(format!("--mount=type={other} is not supported by kiln yet")),
+        };
+        let target = target.ok_or_else(|| format!("--mount=type={kind} needs a target"))?;
+        leftover(&options, kind)?;
+        Ok(ContainerMount { target, source })
+    }
+
+    /// The stage named `name` (or numbered), built already.
+    fn stage_named(&self, name: &str) -> Option<&Stage> {
+        let lower = name.to_ascii_lowercase();
+        self.stages
+            .iter()
+            .find(|s| s.name.as_deref() == Some(lower.as_str()))
+            .or_else(|| name.parse::<usize>().ok().and_then(|i| self.stages.get(i)))
     }
 
     /// COPY and ADD (of local files: ADD's URLs and archives are not yet).
@@ -488,12 +610,7 @@ impl Build<'_> {
         let (tree, base, view) = match from {
             None => (self.context.tree, self.context.path.clone(), None),
             Some(name) => {
-                let stage = self
-                    .stages
-                    .iter()
-                    .find(|s| s.name.as_deref() == Some(name.to_ascii_lowercase().as_str()))
-                    .or_else(|| name.parse::<usize>().ok().and_then(|i| self.stages.get(i)));
-                let c = match stage {
+                let c = match self.stage_named(&name) {
                     Some(s) => s.c.clone(),
                     None => pulled(self.api, &name, &st.c.platform)
                         .await
@@ -586,6 +703,14 @@ impl Build<'_> {
             return Err(format!("{src}: no file in the build context matches"));
         }
         Ok(found)
+    }
+}
+
+/// Refuses `--mount` options kiln does not know.
+fn leftover(options: &HashMap<&str, &str>, kind: &str) -> Result<(), String> {
+    match options.keys().next() {
+        None => Ok(()),
+        Some(k) => Err(format!("--mount=type={kind}: option {k} is not supported by kiln yet")),
     }
 }
 
