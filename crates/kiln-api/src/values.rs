@@ -130,6 +130,12 @@ pub struct Container {
     /// The services its execs reach, by alias.
     #[serde(default)]
     pub services: Vec<(String, Service)>,
+    /// Paths the image declares as volumes (image config only).
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// The signal that stops its process (image config only).
+    #[serde(default)]
+    pub stop_signal: Option<String>,
 }
 
 /// What a service runs.

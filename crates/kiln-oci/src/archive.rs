@@ -56,6 +56,12 @@ pub struct RunConfig {
     pub labels: Vec<(String, String)>,
     /// Exposed ports, `8080/tcp`.
     pub exposed_ports: Vec<String>,
+    /// Paths declared as volumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// The signal that stops the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
 }
 
 /// One platform's image, ready to write: its manifest and config (in
@@ -122,6 +128,12 @@ fn image_config(platform: &Platform, run: &RunConfig, layers: &[LayerBlob]) -> i
     }
     if let Some(ports) = nonempty(&run.exposed_ports) {
         config = config.exposed_ports(ports);
+    }
+    if let Some(volumes) = nonempty(&run.volumes) {
+        config = config.volumes(volumes);
+    }
+    if let Some(signal) = &run.stop_signal {
+        config = config.stop_signal(signal.clone());
     }
     let config: Config = config.build().map_err(invalid)?;
     let diff_ids = layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>();

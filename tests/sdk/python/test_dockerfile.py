@@ -2,6 +2,8 @@
 with a scratch final stage, ARG/ENV interplay and build args, .dockerignore,
 USER/WORKDIR, targets, and clear errors for what kiln does not support."""
 
+import json
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -140,3 +142,32 @@ async def test_a_missing_build_secret_is_named(dag, tmp_path):
     root = context(tmp_path, "FROM busybox\nRUN --mount=type=secret,id=npmrc,required=true cat /run/secrets/npmrc\n")
     with pytest.raises(dagger.QueryError, match=r'Dockerfile:2: RUN: secret "npmrc" is required'):
         await dag.host().directory(str(root)).docker_build().sync()
+
+
+async def test_volume_stopsignal_and_default_values_reach_the_image_config(dag, tmp_path):
+    root = context(
+        tmp_path,
+        """
+        ARG BASE
+        FROM ${BASE:-busybox}
+        ARG MODE
+        ENV MODE=${MODE:-release} EXTRA=${MODE:+debug-extra}
+        VOLUME /data /var/cache
+        VOLUME ["/srv"]
+        STOPSIGNAL SIGINT
+        """,
+    )
+    image = dag.host().directory(str(root)).docker_build()
+    assert await image.env_variable("MODE") == "release"
+    assert await image.env_variable("EXTRA") == ""
+    tarball = tmp_path / "image.tar"
+    await image.export(str(tarball))
+    config = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--config", f"oci-archive:{tarball}"], check=True, capture_output=True, text=True
+        ).stdout
+    )["config"]
+    assert sorted(config["Volumes"]) == ["/data", "/srv", "/var/cache"]
+    assert config["StopSignal"] == "SIGINT"
+    debug = dag.host().directory(str(root)).docker_build(build_args=[dagger.BuildArg("MODE", "debug")])
+    assert await debug.env_variable("EXTRA") == "debug-extra"

@@ -159,6 +159,8 @@ pub(super) fn image_container(
         secret_env: Vec::new(),
         exposed_ports: Vec::new(),
         services: Vec::new(),
+        volumes: config.volumes().clone().unwrap_or_default(),
+        stop_signal: config.stop_signal().clone(),
     }
 }
 

@@ -12,10 +12,10 @@ use kiln_graph::{CacheSharing, Owner};
 use kiln_solver::ops;
 use kiln_solver::services::{ExposedPort, Protocol};
 use kiln_store::MergedView;
-use parse_dockerfile::{Command, Instruction, Source};
+use parse_dockerfile::{Command, Instruction, JsonOrStringArray, Source};
 
 use super::container::{exec_of, pulled};
-use crate::api::{Api, Output, Registry, container, directory, expand, join_path};
+use crate::api::{Api, Output, Registry, container, directory, join_path};
 use crate::args::Args;
 use crate::error::ApiError;
 use crate::resolver;
@@ -83,7 +83,7 @@ impl Stage {
     }
 
     fn expand(&self, text: &str) -> String {
-        expand(text, &self.vars())
+        substitute(text, &self.vars())
     }
 
     /// A command in exec form, or in shell form through the stage's shell.
@@ -296,7 +296,7 @@ impl Build<'_> {
             .into_iter()
             .map(|word| {
                 let (name, default) = match word.split_once('=') {
-                    Some((n, d)) => (n.to_string(), Some(expand(d, vars))),
+                    Some((n, d)) => (n.to_string(), Some(substitute(d, vars))),
                     None => (word, None),
                 };
                 let global = || {
@@ -314,12 +314,12 @@ impl Build<'_> {
 
     async fn from(&self, from: &parse_dockerfile::FromInstruction<'_>) -> Result<Stage, ApiError> {
         let at = from.from.span.start;
-        let image = expand(&from.image.value, &self.global_args);
+        let image = substitute(&from.image.value, &self.global_args);
         let mut platform = self.platform.clone();
         for flag in &from.options {
             match &*flag.name.value {
                 "platform" => {
-                    let value = expand(flag.value.as_ref().map_or("", |v| &v.value), &self.global_args);
+                    let value = substitute(flag.value.as_ref().map_or("", |v| &v.value), &self.global_args);
                     platform = kiln_oci::Platform::parse(&value)
                         .map_err(|e| self.source.error(at, e))?
                         .to_string();
@@ -365,8 +365,9 @@ impl Build<'_> {
                         None => return Err(malformed("ENV (KEY=VALUE ...)")),
                     },
                 };
+                // Every value sees the variables as they were before this ENV.
+                let set: Vec<_> = set.into_iter().map(|(k, v)| (k, st.expand(&v))).collect();
                 for (k, v) in set {
-                    let v = st.expand(&v);
                     st.c.env.retain(|(name, _)| *name != k);
                     st.c.env.push((k, v));
                 }
@@ -453,8 +454,19 @@ impl Build<'_> {
             Instruction::From(_) => unreachable!("stages start at FROM"),
             Instruction::Healthcheck(_) => return Err(self.source.unsupported(at, "HEALTHCHECK")),
             Instruction::Onbuild(_) => return Err(self.source.unsupported(at, "ONBUILD")),
-            Instruction::Stopsignal(_) => return Err(self.source.unsupported(at, "STOPSIGNAL")),
-            Instruction::Volume(_) => return Err(self.source.unsupported(at, "VOLUME")),
+            Instruction::Stopsignal(s) => st.c.stop_signal = Some(st.expand(&s.arguments.value)),
+            Instruction::Volume(v) => {
+                let paths = match &v.arguments {
+                    JsonOrStringArray::Json(words) => words.value.iter().map(|w| w.value.to_string()).collect(),
+                    JsonOrStringArray::String(words) => words.iter().map(|w| st.expand(&w.value)).collect::<Vec<_>>(),
+                };
+                for path in paths {
+                    let path = join_path(&st.c.workdir, &path);
+                    if !st.c.volumes.contains(&path) {
+                        st.c.volumes.push(path);
+                    }
+                }
+            }
             _ => return Err(self.source.unsupported(at, "this instruction")),
         }
         Ok(())
@@ -706,6 +718,61 @@ impl Build<'_> {
     }
 }
 
+/// A Dockerfile word with its variables replaced, as BuildKit does:
+/// `$VAR`, `${VAR}`, `${VAR:-default}` (when unset or empty),
+/// `${VAR:+other}` (when set and not empty); `\$` is a literal `$`.
+fn substitute(text: &str, vars: &[(String, String)]) -> String {
+    let lookup = |name: &str| vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let mut out = String::new();
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' if text[i + 1..].starts_with('$') => {
+                out.push('$');
+                chars.next();
+            }
+            '$' if text[i + 1..].starts_with('{') => {
+                let Some(len) = text[i + 2..].find('}') else {
+                    out.push_str(&text[i..]);
+                    break;
+                };
+                let inner = &text[i + 2..i + 2 + len];
+                let value = match inner.split_once(':') {
+                    Some((name, rest)) if rest.starts_with('-') => match lookup(name) {
+                        Some(v) if !v.is_empty() => v.to_string(),
+                        _ => substitute(&rest[1..], vars),
+                    },
+                    Some((name, rest)) if rest.starts_with('+') => match lookup(name) {
+                        Some(v) if !v.is_empty() => substitute(&rest[1..], vars),
+                        _ => String::new(),
+                    },
+                    _ => lookup(inner).unwrap_or_default().to_string(),
+                };
+                out.push_str(&value);
+                while chars.peek().is_some_and(|(j, _)| *j <= i + 2 + len) {
+                    chars.next();
+                }
+            }
+            '$' => {
+                let rest = &text[i + 1..];
+                let len = rest
+                    .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+                    .unwrap_or(rest.len());
+                if len == 0 {
+                    out.push('$');
+                    continue;
+                }
+                out.push_str(lookup(&rest[..len]).unwrap_or_default());
+                while chars.peek().is_some_and(|(j, _)| *j <= i + len) {
+                    chars.next();
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Refuses `--mount` options kiln does not know.
 fn leftover(options: &HashMap<&str, &str>, kind: &str) -> Result<(), String> {
     match options.keys().next() {
@@ -740,5 +807,22 @@ fn empty_container(platform: String) -> Container {
         secret_env: Vec::new(),
         exposed_ports: Vec::new(),
         services: Vec::new(),
+        volumes: Vec::new(),
+        stop_signal: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitutes_variables_as_buildkit_does() {
+        let vars = vec![("A".to_string(), "x".to_string()), ("EMPTY".to_string(), String::new())];
+        assert_eq!(substitute("$A/${A}-$NOPE-${NOPE}", &vars), "x/x--");
+        assert_eq!(substitute("${NOPE:-dflt} ${EMPTY:-e} ${A:-unused}", &vars), "dflt e x");
+        assert_eq!(substitute("${A:+set} ${EMPTY:+set}.", &vars), "set .");
+        assert_eq!(substitute("\\$A costs $5 and ${A:-$A}", &vars), "$A costs  and x");
+        assert_eq!(substitute("price: $", &vars), "price: $");
     }
 }

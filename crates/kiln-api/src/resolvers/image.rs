@@ -56,6 +56,8 @@ fn run_config(c: &Container) -> RunConfig {
             .iter()
             .map(|p| format!("{}/{}", p.port, p.protocol))
             .collect(),
+        volumes: c.volumes.clone(),
+        stop_signal: c.stop_signal.clone(),
     }
 }
 

@@ -55,6 +55,8 @@ async fn container(_: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiErro
         secret_env: Vec::new(),
         exposed_ports: Vec::new(),
         services: Vec::new(),
+        volumes: Vec::new(),
+        stop_signal: None,
     }))))
 }
 
