@@ -171,3 +171,36 @@ async def test_volume_stopsignal_and_default_values_reach_the_image_config(dag, 
     assert config["StopSignal"] == "SIGINT"
     debug = dag.host().directory(str(root)).docker_build(build_args=[dagger.BuildArg("MODE", "debug")])
     assert await debug.env_variable("EXTRA") == "debug-extra"
+
+
+async def test_a_built_image_is_published_inspected_and_pulled_back(dag, tmp_path, registry):
+    root = context(
+        tmp_path,
+        """
+        FROM busybox AS build
+        ARG TAG=dev
+        RUN mkdir -p /out && echo "tool $TAG" > /out/tool
+
+        FROM busybox
+        ENV PATH=/opt/tool:$PATH
+        COPY --from=build --chmod=0755 /out/tool /opt/tool/tool
+        WORKDIR /opt/tool
+        USER 65534
+        CMD ["cat", "tool"]
+        """,
+    )
+    nonce = root.parent.name[-12:]
+    address = f"{registry}/kiln-tests/dockerfile:{nonce}"
+    image = dag.host().directory(str(root)).docker_build(build_args=[dagger.BuildArg("TAG", nonce)])
+    published = await image.publish(address)
+    config = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", "--config", f"docker://{address}"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+    )["config"]
+    assert config["Cmd"] == ["cat", "tool"] and config["User"] == "65534" and config["WorkingDir"] == "/opt/tool"
+    assert config["Env"][0].startswith("PATH=/opt/tool:")
+    pulled = dag.container().from_(published)
+    assert await pulled.with_exec(["cat", "tool"]).stdout() == f"tool {nonce}\n"
+    assert await pulled.with_exec(["stat", "-c", "%a", "tool"]).stdout() == "755\n"
