@@ -194,9 +194,26 @@ test("services and networking through the TypeScript SDK", async (t) => {
     });
 
     await t.test("Service.up opens the service's port on the host", async () => {
-      const up = webService("up from ts", 8080).up({ ports: [{ frontend: 18790, backend: 8080 }] });
-      up.catch(() => {});
-      assert.equal(await getRetrying("http://127.0.0.1:18790/"), "up from ts");
+      // `up` answers only when its session ends: a process of its own runs
+      // it, and is ended once the port answered.
+      const script = join(dirname(fileURLToPath(import.meta.url)), `.up-${process.pid}.mjs`);
+      writeFileSync(
+        script,
+        `import { connection, dag } from "@dagger.io/dagger";
+await connection(async () => {
+  await dag.container().from("busybox").withNewFile("/srv/index.html", "up from ts").withExposedPort(8080)
+    .asService({ args: ["httpd", "-f", "-p", "8080", "-h", "/srv"] })
+    .up({ ports: [{ frontend: 18790, backend: 8080 }] });
+});
+`,
+      );
+      const up = spawn(process.execPath, [script], { stdio: "ignore" });
+      try {
+        assert.equal(await getRetrying("http://127.0.0.1:18790/"), "up from ts");
+      } finally {
+        up.kill();
+        rmSync(script, { force: true });
+      }
     });
 
     await t.test("Host.service: a container reaches a server on the host's loopback", async () => {
