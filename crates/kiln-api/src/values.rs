@@ -138,6 +138,31 @@ pub struct Container {
     pub stop_signal: Option<String>,
 }
 
+impl Container {
+    /// An empty container (no rootfs, no config) for `platform`.
+    pub fn empty(platform: String) -> Self {
+        Self {
+            rootfs: None,
+            platform,
+            env: Vec::new(),
+            workdir: "/".into(),
+            user: String::new(),
+            entrypoint: Vec::new(),
+            default_args: Vec::new(),
+            default_args_set: false,
+            labels: Vec::new(),
+            mounts: Vec::new(),
+            last_exec: None,
+            image_ref: None,
+            secret_env: Vec::new(),
+            exposed_ports: Vec::new(),
+            services: Vec::new(),
+            volumes: Vec::new(),
+            stop_signal: None,
+        }
+    }
+}
+
 /// What a service runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServiceSource {

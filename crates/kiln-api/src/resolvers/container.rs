@@ -141,7 +141,6 @@ pub(super) fn image_container(
         .collect();
     Container {
         rootfs: Some(TreeRef { node, output: 0 }),
-        platform: image.platform().to_string(),
         env,
         workdir: config
             .working_dir()
@@ -151,16 +150,11 @@ pub(super) fn image_container(
         user: config.user().clone().unwrap_or_default(),
         entrypoint: config.entrypoint().clone().unwrap_or_default(),
         default_args: config.cmd().clone().unwrap_or_default(),
-        default_args_set: false,
         labels: config.labels().clone().unwrap_or_default().into_iter().collect(),
-        mounts: Vec::new(),
-        last_exec: None,
         image_ref,
-        secret_env: Vec::new(),
-        exposed_ports: Vec::new(),
-        services: Vec::new(),
         volumes: config.volumes().clone().unwrap_or_default(),
         stop_signal: config.stop_signal().clone(),
+        ..Container::empty(image.platform().to_string())
     }
 }
 

@@ -28,12 +28,7 @@ pub fn register(r: &mut Registry) {
 
 async fn docker_build(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let context = directory(obj)?;
-    let platform = match args.opt_string("platform") {
-        Some(p) => kiln_oci::Platform::parse(&p)
-            .map_err(|e| ApiError::invalid(e.to_string()))?
-            .to_string(),
-        None => kiln_oci::Platform::host().to_string(),
-    };
+    let platform = super::query::platform_arg(&args)?;
     build(&api, context, &args, platform).await
 }
 
@@ -333,7 +328,7 @@ impl Build<'_> {
             .find(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(&image)));
         let c = match earlier {
             Some(stage) => stage.c.clone(),
-            None if image == "scratch" => empty_container(platform),
+            None if image == "scratch" => Container::empty(platform),
             None => pulled(self.api, &image, &platform)
                 .await
                 .map_err(|e| self.source.error(at, e))?,
@@ -787,29 +782,6 @@ fn is_archive(src: &str) -> bool {
     ]
     .iter()
     .any(|ext| src.ends_with(ext))
-}
-
-/// An empty container (`FROM scratch`) for `platform`.
-fn empty_container(platform: String) -> Container {
-    Container {
-        rootfs: None,
-        platform,
-        env: Vec::new(),
-        workdir: "/".into(),
-        user: String::new(),
-        entrypoint: Vec::new(),
-        default_args: Vec::new(),
-        default_args_set: false,
-        labels: Vec::new(),
-        mounts: Vec::new(),
-        last_exec: None,
-        image_ref: None,
-        secret_env: Vec::new(),
-        exposed_ports: Vec::new(),
-        services: Vec::new(),
-        volumes: Vec::new(),
-        stop_signal: None,
-    }
 }
 
 #[cfg(test)]

@@ -33,31 +33,18 @@ pub fn register(r: &mut Registry) {
 }
 
 async fn container(_: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
-    let platform = match args.opt_string("platform") {
+    let platform = platform_arg(&args)?;
+    Ok(Output::Object(Object::Container(Box::new(Container::empty(platform)))))
+}
+
+/// The `platform` argument (`os/arch[/variant]`), else the host's.
+pub(super) fn platform_arg(args: &Args) -> Result<String, ApiError> {
+    Ok(match args.opt_string("platform") {
         Some(p) => kiln_oci::Platform::parse(&p)
             .map_err(|e| ApiError::invalid(e.to_string()))?
             .to_string(),
         None => kiln_oci::Platform::host().to_string(),
-    };
-    Ok(Output::Object(Object::Container(Box::new(Container {
-        rootfs: None,
-        platform,
-        env: Vec::new(),
-        workdir: "/".into(),
-        user: String::new(),
-        entrypoint: Vec::new(),
-        default_args: Vec::new(),
-        default_args_set: false,
-        labels: Vec::new(),
-        mounts: Vec::new(),
-        last_exec: None,
-        image_ref: None,
-        secret_env: Vec::new(),
-        exposed_ports: Vec::new(),
-        services: Vec::new(),
-        volumes: Vec::new(),
-        stop_signal: None,
-    }))))
+    })
 }
 
 async fn directory(_: Arc<Api>, _: Object, _: Args) -> Result<Output, ApiError> {
