@@ -61,11 +61,17 @@ async def test_arg_env_user_workdir_and_dockerignore(dag, tmp_path):
         EXPOSE 8080 53/udp
         CMD ["cat", "/work/message"]
         """,
-        {"keep.txt": "kept", "secret.env": "TOKEN=x", "logs/debug.log": "noise", ".dockerignore": "*.env\nlogs\n"},
+        {
+            "keep.txt": "kept",
+            "secret.env": "TOKEN=x",
+            "public.env": "MODE=demo",
+            "logs/debug.log": "noise",
+            ".dockerignore": "*.env\n!public.env\nlogs\n",
+        },
     )
     image = dag.host().directory(str(root)).docker_build(build_args=[dagger.BuildArg("GREETING", "hello")])
     assert await image.file("/work/message").contents() == "hello there/hello\n"
-    assert await image.file("/work/listing").contents() == ".dockerignore\nDockerfile\nkeep.txt\n"
+    assert await image.file("/work/listing").contents() == ".dockerignore\nDockerfile\nkeep.txt\npublic.env\n"
     assert await image.env_variable("MESSAGE") == "hello there"
     # A build arg is not part of the image's environment.
     assert await image.env_variable("GREETING") is None

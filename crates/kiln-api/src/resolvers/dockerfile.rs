@@ -129,7 +129,7 @@ async fn build(api: &Arc<Api>, context: Directory, args: &Args, platform: String
         .iter()
         .map(|a| Ok((a.string("name")?, a.opt_string("value").unwrap_or_default())))
         .collect::<Result<HashMap<_, _>, ApiError>>()?;
-    let ignored = dockerignore(&view, &context.path, &dockerfile_path)?;
+    let ignored = dockerignore(&view, &context.path, &dockerfile_path);
     let filtered = filtered_context(api, &context, ignored)?;
     let context_view = api.view(filtered.tree).await?;
     let mut b = Build {
@@ -226,25 +226,20 @@ fn read_text(view: &MergedView, path: &str) -> Option<String> {
 }
 
 /// The patterns of `<Dockerfile>.dockerignore` (beside the Dockerfile), else
-/// of the context's `.dockerignore`.
-fn dockerignore(view: &MergedView, context: &str, dockerfile: &str) -> Result<Vec<String>, ApiError> {
+/// of the context's `.dockerignore`; exceptions (`!pattern`) re-include, as
+/// kiln's path filters read them.
+fn dockerignore(view: &MergedView, context: &str, dockerfile: &str) -> Vec<String> {
     let text = read_text(view, &format!("{dockerfile}.dockerignore"))
         .or_else(|| read_text(view, &join_path(context, ".dockerignore")))
         .unwrap_or_default();
-    let mut patterns = Vec::new();
-    for line in text
-        .lines()
+    text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        if line.starts_with('!') {
-            return Err(ApiError::NotImplemented(format!(
-                "exceptions in .dockerignore ({line:?})"
-            )));
-        }
-        patterns.push(line.trim_start_matches('/').to_string());
-    }
-    Ok(patterns)
+        .map(|line| match line.strip_prefix('!') {
+            Some(kept) => format!("!{}", kept.trim_start_matches('/')),
+            None => line.trim_start_matches('/').to_string(),
+        })
+        .collect()
 }
 
 /// The context without what `.dockerignore` excludes.
