@@ -413,11 +413,7 @@ impl Source<'_> {
             (None, tag) => format!("manifest {}:{}", cref.repository(), tag.unwrap_or("latest")),
         };
         let (bytes, _) = self
-            .retrying(&what, || async {
-                self.patiently(&what, self.client.pull_manifest_raw(cref, &self.auth, ACCEPT))
-                    .await
-                    .map_err(|e| self.failure(e))
-            })
+            .request(&what, || self.client.pull_manifest_raw(cref, &self.auth, ACCEPT))
             .await?;
         if bytes.len() as u64 > MAX_MANIFEST_BYTES {
             return Err(Failure::Invalid(format!(
@@ -604,6 +600,20 @@ impl Source<'_> {
 
     /// Awaits `request`, telling the observer if it has not completed after
     /// `waiting_notice_after`.
+    /// One registry request (`what`, for notices), made by `request`:
+    /// [`Source::retrying`] it, [`Source::patiently`] each try.
+    pub(crate) async fn request<T, F, Fut>(&self, what: &str, mut request: F) -> Result<T, Fault>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
+    {
+        self.retrying(what, || {
+            let attempt = request();
+            async move { self.patiently(what, attempt).await.map_err(|e| self.failure(e)) }
+        })
+        .await
+    }
+
     pub(crate) async fn patiently<T>(&self, what: &str, request: impl Future<Output = T>) -> T {
         if self.registry.observer.is_none() {
             return request.await;

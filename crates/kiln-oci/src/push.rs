@@ -67,13 +67,9 @@ impl Registry {
 /// Whether the registry has the blob already.
 async fn has_blob(source: &Source<'_>, target: &oci_client::Reference, digest: &Digest) -> Result<bool, Fault> {
     let what = format!("blob {digest}");
+    let digest = digest.to_string();
     source
-        .retrying(&what, || async {
-            source
-                .patiently(&what, source.client.blob_exists(target, &digest.to_string()))
-                .await
-                .map_err(|e| source.failure(e))
-        })
+        .request(&what, || source.client.blob_exists(target, &digest))
         .await
 }
 
@@ -131,19 +127,11 @@ async fn put_bytes(
     if has_blob(source, target, digest).await? {
         return Ok(());
     }
-    let what = format!("blob {digest}");
+    let (what, digest) = (format!("blob {digest}"), digest.to_string());
     source
-        .retrying(&what, || async {
-            source
-                .patiently(
-                    &what,
-                    source.client.push_blob(target, bytes.to_vec(), &digest.to_string()),
-                )
-                .await
-                .map(drop)
-                .map_err(|e| source.failure(e))
-        })
+        .request(&what, || source.client.push_blob(target, bytes.to_vec(), &digest))
         .await
+        .map(drop)
 }
 
 /// Pushes a manifest or index to `target` (a tag or a digest).
@@ -157,17 +145,11 @@ async fn put_manifest(
     let content_type =
         HeaderValue::from_str(media_type).map_err(|e| Fault::Failure(Failure::Invalid(e.to_string())))?;
     source
-        .retrying(&what, || async {
+        .request(&what, || {
             source
-                .patiently(
-                    &what,
-                    source
-                        .client
-                        .push_manifest_raw(target, body.to_vec(), content_type.clone()),
-                )
-                .await
-                .map(drop)
-                .map_err(|e| source.failure(e))
+                .client
+                .push_manifest_raw(target, body.to_vec(), content_type.clone())
         })
         .await
+        .map(drop)
 }

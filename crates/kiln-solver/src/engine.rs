@@ -475,8 +475,7 @@ impl Session {
     ) -> Result<String, SolveError> {
         let op = format!("publish {address}");
         let reference = Reference::parse(address).map_err(|e| SolveError::op(&op, e))?;
-        let solved = try_join_all(inputs.iter().map(|i| self.solve(&i.node))).await?;
-        let tops: Vec<Option<SnapshotId>> = solved.iter().zip(inputs).map(|(s, i)| s.output(i.output)).collect();
+        let tops = self.solve_trees(inputs).await?;
         let images = ops::blocking(self.engine.store(), &op, move |store| {
             ops::image_archive::build_images(store, &specs, &tops, compression, media_types)
         })
@@ -490,13 +489,18 @@ impl Session {
         Ok(format!("{reference}@{digest}"))
     }
 
+    /// Solves `inputs` (in parallel): the tree each selects.
+    async fn solve_trees(&self, inputs: &[Input]) -> Result<Vec<Option<SnapshotId>>, SolveError> {
+        let solved = try_join_all(inputs.iter().map(|i| self.solve(&i.node))).await?;
+        Ok(solved.iter().zip(inputs).map(|(s, i)| s.output(i.output)).collect())
+    }
+
     /// Starts the service `def` over `inputs` (or joins it, if it runs):
     /// it runs until the lease is dropped.
     pub async fn start_service(&self, def: &ServiceDef, inputs: &[Input]) -> Result<ServiceLease, SolveError> {
         let description = self.engine.resources.secrets.scrub(&def.describe());
         self.check_secrets_of(&description, def.secrets())?;
-        let solved = try_join_all(inputs.iter().map(|i| self.solve(&i.node))).await?;
-        let trees: Vec<Option<SnapshotId>> = solved.iter().zip(inputs).map(|(s, i)| s.output(i.output)).collect();
+        let trees = self.solve_trees(inputs).await?;
         let cx = Context::new(&self.engine.resources, &self.host, &description);
         let reports = [self.report.clone()];
         let mut lease = self

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kiln_graph::{CacheSharing, Owner};
-use kiln_solver::ops;
+use kiln_solver::ops::{self, read_text};
 use kiln_solver::services::{ExposedPort, Protocol};
 use kiln_store::MergedView;
 use parse_dockerfile::{Command, Instruction, JsonOrStringArray, Source};
@@ -212,17 +212,6 @@ fn span_of(ins: &Instruction<'_>) -> usize {
         // Instructions of a newer parser: named by the line's first word.
         _ => 0,
     }
-}
-
-/// A whole file of a tree, as text.
-fn read_text(view: &MergedView, path: &str) -> Option<String> {
-    let rel = view.resolve(path, true).ok()?;
-    let entry = view.lookup(&rel).ok()??;
-    entry
-        .meta
-        .is_file()
-        .then(|| std::fs::read_to_string(&entry.real).ok())
-        .flatten()
 }
 
 /// The patterns of `<Dockerfile>.dockerignore` (beside the Dockerfile), else
@@ -645,10 +634,7 @@ impl Build<'_> {
                     .source
                     .unsupported(at, "ADD of a URL or of an archive (to extract)"));
             }
-            for path in self.matches(view, &base, &src).map_err(|e| self.source.error(at, e))? {
-                let rel = view.resolve(&path, true).map_err(ApiError::internal)?;
-                let entry = view.lookup(&rel).map_err(ApiError::internal)?;
-                let is_dir = entry.as_ref().is_some_and(|e| e.meta.is_dir());
+            for (path, is_dir) in self.matches(view, &base, &src).map_err(|e| self.source.error(at, e))? {
                 let dest_path = match (is_dir, into_dir) {
                     (false, true) => join_path(&dest, path.rsplit('/').next().unwrap_or("")),
                     _ => dest.clone(),
@@ -673,14 +659,14 @@ impl Build<'_> {
         Ok(())
     }
 
-    /// The paths (in the source tree) that `src` names: itself, or what its
-    /// wildcards match in its directory.
-    fn matches(&self, view: &MergedView, base: &str, src: &str) -> Result<Vec<String>, String> {
+    /// The paths (in the source tree) that `src` names, and whether each is
+    /// a directory: itself, or what its wildcards match in its directory.
+    fn matches(&self, view: &MergedView, base: &str, src: &str) -> Result<Vec<(String, bool)>, String> {
         let full = join_path(base, src);
         if !src.contains(['*', '?', '[']) {
             let rel = view.resolve(&full, true).map_err(|e| e.to_string())?;
             return match view.lookup(&rel).map_err(|e| e.to_string())? {
-                Some(_) => Ok(vec![full]),
+                Some(entry) => Ok(vec![(full, entry.meta.is_dir())]),
                 None => Err(format!("{src}: no such file or directory in the build context")),
             };
         }
@@ -694,13 +680,27 @@ impl Build<'_> {
             .read_dir(&rel)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{src}: no such directory in the build context"))?;
-        let mut found: Vec<String> = entries
-            .keys()
-            .filter_map(|name| name.to_str())
-            .filter(|name| glob.is_match(name))
-            .map(|name| join_path(dir, name))
-            .collect();
-        found.sort();
+        // In name order (the map's); a symlink counts as what it points to.
+        let is_dir = |path: &str| -> Result<bool, String> {
+            let rel = view.resolve(path, true).map_err(|e| e.to_string())?;
+            Ok(view
+                .lookup(&rel)
+                .map_err(|e| e.to_string())?
+                .is_some_and(|e| e.meta.is_dir()))
+        };
+        let found = entries
+            .iter()
+            .filter_map(|(name, entry)| Some((name.to_str()?, entry)))
+            .filter(|(name, _)| glob.is_match(name))
+            .map(|(name, entry)| {
+                let path = join_path(dir, name);
+                let dir = match entry.meta.is_symlink() {
+                    true => is_dir(&path)?,
+                    false => entry.meta.is_dir(),
+                };
+                Ok((path, dir))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         if found.is_empty() {
             return Err(format!("{src}: no file in the build context matches"));
         }

@@ -14,7 +14,7 @@ use kiln_store::{CopyOptions, MergedView, PathFilter, SnapshotId, Staged, Store,
 use serde::{Deserialize, Serialize};
 
 use super::network;
-use super::tree::{is_part, read_text, resolve_owner};
+use super::tree::{etc_file, is_part, resolve_owner};
 use super::{CacheMap, Context, Definition, OpOutput, Operation, Prepared};
 use crate::error::Context as _;
 use crate::result::ExecMeta;
@@ -159,7 +159,7 @@ pub(crate) struct Setup {
 }
 
 /// A directory of secret files in the in-memory run dir, removed on drop.
-pub(crate) struct SecretDir(PathBuf);
+struct SecretDir(PathBuf);
 
 impl Drop for SecretDir {
     fn drop(&mut self) {
@@ -168,7 +168,7 @@ impl Drop for SecretDir {
 }
 
 /// Host directories of the cache volumes an exec mounts, in mount order.
-pub(crate) type VolumePaths = Vec<PathBuf>;
+type VolumePaths = Vec<PathBuf>;
 
 fn overlay(store: &Store, top: Option<SnapshotId>, upper: Option<&Staged>) -> Result<Overlay, Cause> {
     let lowers = store.mount_layers(top)?;
@@ -188,7 +188,7 @@ fn secret(secrets: &Secrets, r: &SecretRef) -> Result<Arc<String>, Cause> {
 }
 
 /// Stages the snapshots of `exec` over `inputs` and writes its spec.
-pub(crate) fn prepare(
+fn prepare(
     store: &Store,
     runtime: &kiln_exec::Runtime,
     secrets: &Secrets,
@@ -198,7 +198,7 @@ pub(crate) fn prepare(
 ) -> Result<Setup, Cause> {
     let rootfs = inputs[0];
     let view = store.view(rootfs)?;
-    let (passwd, group) = (read_text(&view, "/etc/passwd"), read_text(&view, "/etc/group"));
+    let (passwd, group) = (etc_file(&view, "passwd"), etc_file(&view, "group"));
     let identity = kiln_exec::user::resolve(&exec.user, &passwd, &group)?;
     let root = store.stage(rootfs)?;
 
@@ -373,8 +373,25 @@ fn prune_mount_points(lower: &MergedView, upper: &Path, targets: &[String]) {
     }
 }
 
+/// The container of `exec` over `inputs`, ready to start: its cache
+/// volumes leased (held until the leases are dropped), its snapshots
+/// staged and its spec written.
+pub(crate) async fn stage(
+    cx: &Context<'_>,
+    exec: &Exec,
+    inputs: &[Option<SnapshotId>],
+) -> Result<(Vec<Lease>, Setup), SolveError> {
+    let (leases, volumes) = lease_volumes(cx, exec, inputs).await?;
+    let (exec, inputs) = (exec.clone(), inputs.to_vec());
+    let (runtime, secrets) = (cx.runtime().clone(), cx.secrets().clone());
+    let setup = cx
+        .blocking(move |store| prepare(store, &runtime, &secrets, &exec, &inputs, &volumes))
+        .await?;
+    Ok((leases, setup))
+}
+
 /// Leases the cache volumes an exec mounts and seeds new ones.
-pub(crate) async fn lease_volumes(
+async fn lease_volumes(
     cx: &Context<'_>,
     exec: &Exec,
     inputs: &[Option<SnapshotId>],
@@ -431,12 +448,7 @@ async fn run(cx: &Context<'_>, exec: &Exec, inputs: &[Option<SnapshotId>]) -> Re
     }
     let reports = cx.reports();
     let bound = services::bind(cx, &exec.services, inputs, &reports).await?;
-    let (_leases, volumes) = lease_volumes(cx, exec, inputs).await?;
-    let (exec_c, inputs_c) = (exec.clone(), inputs.to_vec());
-    let (runtime, secrets) = (cx.runtime().clone(), cx.secrets().clone());
-    let mut prepared = cx
-        .blocking(move |store| prepare(store, &runtime, &secrets, &exec_c, &inputs_c, &volumes))
-        .await?;
+    let (_leases, mut prepared) = stage(cx, exec, inputs).await?;
     let output = {
         let _slot = cx.exec_slot().await?;
         let _network = network::attach(cx, &mut prepared.spec, prepared.root.id(), bound.hosts_with(&reports), None).await?;

@@ -73,7 +73,7 @@ operations! {
 }
 
 pub use image_archive::{ARCHIVE_NAME, ImageSpec};
-pub use tree::resolve_owner;
+pub use tree::{read_text, resolve_owner};
 
 /// A stored operation that cannot be read back.
 #[derive(Debug, thiserror::Error)]

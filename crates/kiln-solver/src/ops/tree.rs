@@ -29,14 +29,19 @@ pub(crate) async fn edit_layer(
     .await
 }
 
-/// Reads a small text file of a tree (`/etc/passwd`), empty when absent.
-pub(crate) fn read_text(view: &MergedView, path: &str) -> String {
+/// `/etc/<name>` of a tree (`passwd`, `group`), empty when absent.
+pub(crate) fn etc_file(view: &MergedView, name: &str) -> String {
+    read_text(view, &format!("/etc/{name}")).unwrap_or_default()
+}
+
+/// Reads a small text file of a tree (`/etc/passwd`, a Dockerfile), if it
+/// is one.
+pub fn read_text(view: &MergedView, path: &str) -> Option<String> {
     view.resolve(path, true)
         .ok()
         .and_then(|p| view.lookup(p).ok().flatten())
         .filter(|e| e.meta.is_file())
         .and_then(|e| fs::read_to_string(e.real).ok())
-        .unwrap_or_default()
 }
 
 /// Resolves an owner against the tree's `/etc/passwd` and `/etc/group`.
@@ -45,7 +50,8 @@ pub fn resolve_owner(view: &MergedView, owner: &Owner) -> Result<(u32, u32), Cau
         Some(g) => format!("{}:{g}", owner.user),
         None => owner.user.clone(),
     };
-    let id = kiln_exec::user::resolve(&spec, &read_text(view, "/etc/passwd"), &read_text(view, "/etc/group"))?;
+    let (passwd, group) = (etc_file(view, "passwd"), etc_file(view, "group"));
+    let id = kiln_exec::user::resolve(&spec, &passwd, &group)?;
     Ok((id.uid, id.gid))
 }
 

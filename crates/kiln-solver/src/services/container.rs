@@ -15,7 +15,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::{Bound, ExposedPort, Instance, Protocol, Supervision, bind};
 use crate::events::EventKind;
-use crate::ops::exec::{Exec, lease_volumes, prepare};
+use crate::ops::exec::{Exec, stage};
 use crate::ops::{Context, network};
 use crate::report::Report;
 use crate::result::ExecMeta;
@@ -102,13 +102,7 @@ async fn launch(
 ) -> Result<(Started, Kept, Ipv4Addr), Cause> {
     let failed = |e: SolveError| Cause::Invalid(e.report());
     let bound = bind(cx, &exec.services, inputs, reports).await.map_err(failed)?;
-    let (leases, volumes) = lease_volumes(cx, exec, inputs).await.map_err(failed)?;
-    let (exec_c, inputs_c) = (exec.clone(), inputs.to_vec());
-    let (runtime, secrets) = (cx.runtime().clone(), cx.secrets().clone());
-    let mut setup = cx
-        .blocking(move |store| prepare(store, &runtime, &secrets, &exec_c, &inputs_c, &volumes))
-        .await
-        .map_err(failed)?;
+    let (leases, mut setup) = stage(cx, exec, inputs).await.map_err(failed)?;
     let networked = network::attach(cx, &mut setup.spec, setup.root.id(), bound.hosts(), Some(hostname))
         .await
         .map_err(failed)?

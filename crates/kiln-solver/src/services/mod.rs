@@ -362,14 +362,13 @@ impl Supervision {
 }
 
 /// The services an exec is bound to, held while it runs.
-#[derive(Default)]
 pub(crate) struct Bound(Vec<(String, ServiceLease)>);
 
 impl Bound {
     /// `/etc/hosts` lines naming each service by its host name and alias,
     /// and the services the sessions in `reports` started (by host name).
     pub(crate) fn hosts_with(&self, reports: &[Arc<Report>]) -> String {
-        let mut lines = vec![self.hosts()];
+        let mut lines: Vec<String> = self.lines().collect();
         for line in reports.iter().flat_map(|r| r.hosts()) {
             if !lines.contains(&line) {
                 lines.push(line);
@@ -385,10 +384,13 @@ impl Bound {
 
     /// `/etc/hosts` lines naming each service by its host name and alias.
     pub(crate) fn hosts(&self) -> String {
+        self.lines().collect()
+    }
+
+    fn lines(&self) -> impl Iterator<Item = String> + '_ {
         self.0
             .iter()
             .map(|(alias, lease)| format!("{}\t{} {alias}\n", lease.address(), lease.hostname()))
-            .collect()
     }
 }
 
