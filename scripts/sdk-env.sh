@@ -8,7 +8,8 @@
 #     (tests/sdk/python/requirements.txt; reinstalled only when that changes),
 #     put first on PATH;
 #   - a loopback registry (Debian's docker-registry) on a free 127.0.0.1 port,
-#     with the fixture images pushed as library/busybox:{latest,1.36} and
+#     with the fixture images pushed as library/busybox:{latest,1.36},
+#     library/busybox:multiplatform (the host platform and arm64) and
 #     library/debian:{bookworm,latest};
 #   - a kiln config that mirrors docker.io to that registry, so pipelines say
 #     `busybox` or `debian:bookworm` as they would with Dagger (mirrors_only:
@@ -228,9 +229,12 @@ EOF
   return 1
 }
 
+# _kiln_sdk_copy LAYOUT DEST [skopeo copy flags...] (--all for every platform
+# of an index)
 _kiln_sdk_copy() {
   local layout="$1" dest="$2"
-  skopeo --insecure-policy copy --quiet --dest-tls-verify=false --preserve-digests \
+  shift 2
+  skopeo --insecure-policy copy --quiet --dest-tls-verify=false --preserve-digests "$@" \
     "oci:$layout:latest" "docker://$KILN_REGISTRY/$dest" || {
     _kiln_sdk_say "skopeo copy $layout -> $dest failed"
     return 1
@@ -241,6 +245,8 @@ _kiln_sdk_push() {
   local f="$KILN_FIXTURES"
   _kiln_sdk_copy "$f/busybox" library/busybox:latest || return 1
   _kiln_sdk_copy "$f/busybox" library/busybox:1.36 || return 1
+  # Two platforms: the host's and a foreign one (emulation tests).
+  _kiln_sdk_copy "$f/multiplatform" library/busybox:multiplatform --all || return 1
   if [[ -f "$f/debian/index.json" ]]; then
     _kiln_sdk_copy "$f/debian" library/debian:bookworm || return 1
     _kiln_sdk_copy "$f/debian" library/debian:latest || return 1

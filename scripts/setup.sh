@@ -41,6 +41,10 @@ PACKAGES=(
   util-linux mount iproute2 iptables nftables
   # a terminal for the test of the live progress display
   tmux
+  # foreign-platform containers (arm64 busybox fixture, emulation tests)
+  qemu-user-static
+  # a dockerd that tests start to `docker load` kiln's exported tarballs
+  docker.io
   # building the workspace (C parts of zstd-sys etc.) and git sources
   gcc libc6-dev make pkg-config git
 )
@@ -64,17 +68,20 @@ if [[ $apt_wanted == 1 ]]; then
   else
     say "Debian packages present"
   fi
-  # The packaged registry service is not used (tests start their own on a
-  # free loopback port). If installing the package just started it on :5000,
-  # stop and disable it again.
-  if [[ " ${missing[*]:-} " == *" docker-registry "* ]]; then
-    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
-      systemctl disable --now docker-registry >/dev/null 2>&1 || true
-    elif [[ -x /etc/init.d/docker-registry ]]; then
-      /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
-      command -v update-rc.d >/dev/null 2>&1 && update-rc.d docker-registry disable >/dev/null 2>&1 || true
+  # The packaged services are not used: tests start their own registry on a
+  # free loopback port and their own dockerd on a private socket. If
+  # installing a package just started its service, stop and disable it again.
+  for svc in docker-registry docker containerd; do
+    pkg=$svc
+    [[ $svc == docker ]] && pkg=docker.io
+    [[ " ${missing[*]:-} " == *" $pkg "* ]] || continue
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+      systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    elif [[ -x /etc/init.d/$svc ]]; then
+      "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+      command -v update-rc.d >/dev/null 2>&1 && update-rc.d "$svc" disable >/dev/null 2>&1 || true
     fi
-  fi
+  done
 fi
 
 # --- Fixtures ----------------------------------------------------------------

@@ -3,6 +3,7 @@
 //! resolution of users against the image's `/etc/passwd`.
 
 pub mod cgroups;
+pub mod emulation;
 pub mod host;
 pub mod mounts;
 pub mod net;
@@ -11,6 +12,7 @@ pub mod spec;
 pub mod user;
 
 pub use cgroups::remove_leaked_cgroups;
+pub use emulation::EmulationError;
 pub use mounts::Overlay;
 pub use runtime::{
     Bind, ExecError, ExecOutput, LiveOutput, RunSpec, Runtime, RuntimeKind, Signaller, Started, Stream, TreeMount,

@@ -161,6 +161,9 @@ pub enum Failure {
         "no manifest for platform {wanted} in the image index (available: {available}); choose one of those platforms"
     )]
     NoMatchingPlatform { wanted: String, available: String },
+    /// A single-platform image of another platform than the wanted one.
+    #[error("the image is for {actual} only, not {wanted}: ask for {actual}, or use an image built for {wanted}")]
+    PlatformMismatch { wanted: String, actual: String },
     /// An OCI layout or archive has no image with the wanted tag.
     #[error("tag {tag:?} not found (available: {available})")]
     TagNotFound { tag: String, available: String },

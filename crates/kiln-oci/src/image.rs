@@ -88,6 +88,19 @@ impl ResolvedImage {
             self.config.variant().as_deref(),
         )
     }
+
+    /// Fails unless the image runs on `wanted` (for an image that did not
+    /// come from an index, where its platform was chosen already).
+    pub(crate) fn check_platform(&self, wanted: &Platform) -> Result<(), Failure> {
+        let actual = self.platform();
+        if self.index_digest.is_some() || wanted.matches(&actual) {
+            return Ok(());
+        }
+        Err(Failure::PlatformMismatch {
+            wanted: wanted.to_string(),
+            actual: actual.to_string(),
+        })
+    }
 }
 
 /// A parsed manifest document.

@@ -375,14 +375,16 @@ impl Source<'_> {
                         put_blob(store, &config, &config_digest, reference, "config")?;
                         config
                     };
-                    return Ok(assemble(
+                    let image = assemble(
                         Some(reference.clone()),
                         self.host.to_string(),
                         index_digest,
                         digest,
                         *manifest,
                         &config,
-                    )?);
+                    )?;
+                    image.check_platform(platform)?;
+                    return Ok(image);
                 }
                 Manifest::Index(index) => {
                     put_blob(store, &bytes, &digest, reference, "index")?;

@@ -66,6 +66,9 @@ pub enum Cause {
     /// The containers' network.
     #[error(transparent)]
     Network(Arc<kiln_exec::net::NetError>),
+    /// Emulating a foreign CPU architecture.
+    #[error(transparent)]
+    Emulation(Arc<kiln_exec::EmulationError>),
     /// A file operation.
     #[error(transparent)]
     Io(Arc<io::Error>),
@@ -125,6 +128,7 @@ cause_from!(
     Runtime(kiln_exec::ExecError),
     User(kiln_exec::UserError),
     Network(kiln_exec::net::NetError),
+    Emulation(kiln_exec::EmulationError),
     Io(io::Error),
     Graph(GraphError),
 );

@@ -29,6 +29,8 @@ pub use error::{Cause, GraphError, SolveError};
 pub use events::{Event, EventKind, Events, Stream};
 pub use graph::{Input, Node};
 pub use host_access::{Export, ExportError, HostAccess, HostPathKind, LocalHost};
+/// Whether containers of an architecture (GOARCH name) run here without emulation.
+pub use kiln_exec::emulation::is_native as arch_is_native;
 pub use ops::resolve_owner;
 pub use report::{SessionOptions, Stats};
 pub use result::{ExecMeta, Solved};

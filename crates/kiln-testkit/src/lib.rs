@@ -81,7 +81,7 @@ fn run_setup(extra: &[&str]) {
 
 /// Directory holding the fixture images (`<cache>/fixtures`). The first call
 /// in a process makes sure the small fixtures (busybox, its archives,
-/// layered, multiarch) exist and are up to date; panics if they cannot be
+/// layered, multiarch, multiplatform) exist and are up to date; panics if they cannot be
 /// built.
 pub fn fixtures_dir() -> PathBuf {
     static READY: OnceLock<PathBuf> = OnceLock::new();
@@ -117,6 +117,15 @@ pub fn layered_layout() -> PathBuf {
 /// manifest digest as [`busybox_layout`]).
 pub fn multiarch_layout() -> PathBuf {
     fixtures_dir().join("multiarch")
+}
+
+/// OCI layout whose `latest` is an image index of two real busybox images:
+/// the host platform's (same manifest as [`busybox_layout`]) and a foreign
+/// one's (arm64/v8 on amd64 hosts, amd64 on arm64 hosts), from Debian's
+/// busybox-static for that architecture. Running the foreign one needs
+/// qemu-user-static.
+pub fn multiplatform_layout() -> PathBuf {
+    fixtures_dir().join("multiplatform")
 }
 
 /// OCI layout (tag `latest`) of Debian bookworm from `debootstrap

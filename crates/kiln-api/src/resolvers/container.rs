@@ -281,9 +281,17 @@ pub(super) fn exec_of(api: &Api, c: &Container, argv: Vec<String>) -> Result<(Ex
         mounts,
         secret_env,
         services,
+        foreign_arch: foreign_arch(&c.platform),
         ..Exec::default()
     };
     Ok((exec, inputs))
+}
+
+/// The architecture of `platform` when this machine does not run it
+/// natively (its execs are emulated).
+fn foreign_arch(platform: &str) -> Option<String> {
+    let arch = kiln_oci::Platform::parse(platform).ok()?.architecture;
+    (!kiln_solver::arch_is_native(&arch)).then_some(arch)
 }
 
 /// The exec metadata of the container's last command.

@@ -55,6 +55,10 @@ pub struct Exec {
     /// Services started for the process, which reaches them by alias.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Binding>,
+    /// The CPU architecture (GOARCH name) of a container that is not of
+    /// this machine's: the process runs under emulation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_arch: Option<String>,
 }
 
 impl Definition for Exec {
@@ -381,6 +385,11 @@ pub(crate) async fn stage(
     exec: &Exec,
     inputs: &[Option<SnapshotId>],
 ) -> Result<(Vec<Lease>, Setup), SolveError> {
+    if let Some(arch) = &exec.foreign_arch {
+        let arch = arch.clone();
+        cx.blocking(move |_| kiln_exec::emulation::ensure(&arch).map_err(Cause::from))
+            .await?;
+    }
     let (leases, volumes) = lease_volumes(cx, exec, inputs).await?;
     let (exec, inputs) = (exec.clone(), inputs.to_vec());
     let (runtime, secrets) = (cx.runtime().clone(), cx.secrets().clone());
