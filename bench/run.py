@@ -59,6 +59,8 @@ import time
 import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import dockerd as dockerd_lib  # noqa: E402
 BENCHMARKS = ["exec-overhead", "cached-ops", "clients", "service", "pipeline", "host-tree", "remote-upload"]
 
 
@@ -574,67 +576,8 @@ def ensure_pipeline_context(work):
     return ctx, src
 
 
-class Dockerd:
-    """Debian's dockerd with its own data root and socket, no iptables, no
-    bridge; stopped by PID."""
-
-    def __init__(self, work):
-        self.root = os.path.join(work, "docker")
-        os.makedirs(self.root)
-        self.sock = os.path.join(self.root, "docker.sock")
-        self.log = open(os.path.join(self.root, "dockerd.log"), "w")
-        self.proc = subprocess.Popen(
-            ["/usr/sbin/dockerd", "--iptables=false", "--ip6tables=false", "--bridge=none",
-             "--data-root", os.path.join(self.root, "data"), "--exec-root", os.path.join(self.root, "exec"),
-             "--pidfile", os.path.join(self.root, "dockerd.pid"), "-H", f"unix://{self.sock}"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        self.env = dict(os.environ)
-        self.env["DOCKER_HOST"] = f"unix://{self.sock}"
-        self.env["DOCKER_BUILDKIT"] = "1"
-        deadline = time.time() + 60
-        while subprocess.run(["/usr/bin/docker", "info"], env=self.env, capture_output=True).returncode != 0:
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                sys.exit(f"dockerd did not start; see {self.log.name}")
-            time.sleep(0.2)
-
-    def docker(self, *args):
-        return run_measured(["/usr/bin/docker", *args], env=self.env)
-
-    def peak_rss_kib(self):
-        """Peak RSS of dockerd and the containerd it started."""
-        total = 0
-        for pid in [self.proc.pid] + children_of(self.proc.pid):
-            try:
-                for line in open(f"/proc/{pid}/status"):
-                    if line.startswith("VmHWM:"):
-                        total += int(line.split()[1])
-            except OSError:
-                pass
-        return total
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
-def children_of(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
 def bench_pipeline(kiln, env, runs):
-    if not os.path.exists("/usr/sbin/dockerd") or not os.path.exists("/usr/bin/docker"):
+    if not dockerd_lib.available():
         sys.exit("the pipeline benchmark needs Debian's docker.io (apt-get install --no-install-recommends docker.io)")
     work = tempfile.mkdtemp(prefix="kiln-bench-pipeline-")
     ctx, src = ensure_pipeline_context(work)
@@ -681,12 +624,13 @@ def bench_pipeline(kiln, env, runs):
     sdk_changed = repeat(run_sdk, runs, before=change_source)
 
     # docker build (BuildKit), base image imported from the same rootfs.
-    dockerd = Dockerd(work)
+    dockerd = dockerd_lib.Dockerd(work)
+    docker = lambda *args: run_measured(dockerd.command(*args), env=dockerd.env)  # noqa: E731
     try:
-        dockerd.docker("import", busybox_rootfs_blob(env), "kiln-bench-busybox")
-        build = lambda: dockerd.docker("build", "--network=none", "-q", "-t", "kiln-bench-app", ctx)  # noqa: E731
+        docker("import", busybox_rootfs_blob(env), "kiln-bench-busybox")
+        build = lambda: docker("build", "--network=none", "-q", "-t", "kiln-bench-app", ctx)  # noqa: E731
         build()  # first build of a fresh daemon (not measured)
-        prune = lambda: dockerd.docker("builder", "prune", "-af")  # noqa: E731
+        prune = lambda: docker("builder", "prune", "-af")  # noqa: E731
         docker_cold = repeat(build, runs, before=prune)
         docker_warm = repeat(build, runs)
         docker_changed = repeat(build, runs, before=change_source)

@@ -5,6 +5,7 @@ USER/WORKDIR, targets, and clear errors for what kiln does not support."""
 import json
 import subprocess
 import textwrap
+import uuid
 from pathlib import Path
 
 import dagger
@@ -24,7 +25,21 @@ def context(tmp_path: Path, dockerfile: str, files: dict[str, str] | None = None
     return root
 
 
-async def test_a_multi_stage_build_with_a_scratch_final_stage(dag, tmp_path):
+async def round_trip(dag, image: dagger.Container, registry: str, name: str) -> tuple[dict, dagger.Container]:
+    """Publishes `image` to the loopback registry; returns its config as
+    `skopeo inspect --config` reads it there, and the image pulled back
+    through kiln."""
+    address = f"{registry}/kiln-tests/dockerfile-{name}:{uuid.uuid4().hex[:12]}"
+    published = await image.publish(address)
+    assert published.startswith(address + "@sha256:"), published
+    inspected = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", "--config", f"docker://{address}"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(inspected), dag.container().from_(published)
+
+
+async def test_a_multi_stage_build_with_a_scratch_final_stage(dag, tmp_path, registry):
     root = context(
         tmp_path,
         """
@@ -44,9 +59,12 @@ async def test_a_multi_stage_build_with_a_scratch_final_stage(dag, tmp_path):
     assert await image.file("/app").contents() == "main program\nversion 2.5\n"
     assert await image.entrypoint() == ["/app"]
     assert await image.directory("/").entries() == ["app"]
+    config, pulled = await round_trip(dag, image, registry, "scratch")
+    assert config["config"]["Entrypoint"] == ["/app"] and len(config["rootfs"]["diff_ids"]) == 1, config
+    assert await pulled.file("/app").contents() == "main program\nversion 2.5\n"
 
 
-async def test_arg_env_user_workdir_and_dockerignore(dag, tmp_path):
+async def test_arg_env_user_workdir_and_dockerignore(dag, tmp_path, registry):
     root = context(
         tmp_path,
         """
@@ -82,6 +100,12 @@ async def test_arg_env_user_workdir_and_dockerignore(dag, tmp_path):
     ports = [(await p.port(), await p.protocol()) for p in await image.exposed_ports()]
     assert ports == [(8080, dagger.NetworkProtocol.TCP), (53, dagger.NetworkProtocol.UDP)]
     assert await image.with_user("0").with_exec(["cat", "/work/message"]).stdout() == "hello there/hello\n"
+    config, pulled = await round_trip(dag, image, registry, "args")
+    c = config["config"]
+    assert "MESSAGE=hello there" in c["Env"] and not any(e.startswith("GREETING=") for e in c["Env"]), c
+    assert (c["User"], c["WorkingDir"], c["Cmd"]) == ("1000:1000", "/work", ["cat", "/work/message"]), c
+    assert c["Labels"] == {"org.example.role": "test image"} and set(c["ExposedPorts"]) == {"8080/tcp", "53/udp"}
+    assert await pulled.with_exec([]).stdout() == "hello there/hello\n"
 
 
 async def test_a_target_stage(dag, tmp_path):
@@ -116,7 +140,7 @@ async def test_what_kiln_cannot_build_yet_is_named_with_its_line(dag, tmp_path):
         await dag.host().directory(str(missing)).docker_build().sync()
 
 
-async def test_run_mounts_cache_secret_tmpfs_and_bind(dag, tmp_path):
+async def test_run_mounts_cache_secret_tmpfs_and_bind(dag, tmp_path, registry):
     root = context(
         tmp_path,
         """
@@ -142,6 +166,9 @@ async def test_run_mounts_cache_secret_tmpfs_and_bind(dag, tmp_path):
     tarball = tmp_path / "image.tar"
     await image.export(str(tarball), forced_compression=dagger.ImageLayerCompression.Uncompressed)
     assert secret_value.encode() not in tarball.read_bytes()
+    config, pulled = await round_trip(dag, image, registry, "mounts")
+    assert secret_value not in json.dumps(config) and len(config["history"]) == len(config["rootfs"]["diff_ids"]), config
+    assert await pulled.file("/copied").contents() == "from the context\n"
 
 
 async def test_a_missing_build_secret_is_named(dag, tmp_path):

@@ -7,12 +7,17 @@ import hashlib
 import json
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 import uuid
+from pathlib import Path
 
 import dagger
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
+import dockerd  # noqa: E402  (scripts/dockerd.py: a private dockerd)
 
 pytestmark = pytest.mark.anyio
 
@@ -54,6 +59,23 @@ async def test_an_exported_image_is_read_by_skopeo_with_its_config(dag, tmp_path
         assert config["User"] == "1000"
         assert config["Labels"] == {"org.example.team": "ci"}
         assert "8080/tcp" in config["ExposedPorts"]
+
+
+@pytest.mark.skipif(not dockerd.available(), reason="Debian's docker.io is not installed (scripts/setup.sh installs it)")
+async def test_an_exported_image_loads_into_docker_and_runs(dag, tmp_path):
+    """`docker load` of kiln's tarball, into a dockerd of the test's own."""
+    path = tmp_path / "image.tar"
+    await built(dag).export(str(path))
+    with dockerd.Dockerd(str(tmp_path / "d")) as d:
+        loaded = d.docker("load", "-i", str(path)).stdout
+        image = loaded.strip().rsplit(" ", 1)[-1]
+        assert loaded.startswith("Loaded image"), loaded
+        config = json.loads(d.docker("image", "inspect", image).stdout)[0]["Config"]
+        assert config["Entrypoint"] == ["/bin/sh", "-c"] and "GREETING=hello" in config["Env"], config
+        assert config["User"] == "1000" and config["WorkingDir"] == "/app", config
+        # Run by Docker: its entrypoint and default args, as kiln built them.
+        out = d.docker("run", "--rm", "--network", "none", image).stdout
+        assert out == "built\n"
 
 
 async def test_an_image_tarball_imports_back_and_runs(dag):

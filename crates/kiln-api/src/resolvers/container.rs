@@ -161,6 +161,10 @@ pub(super) fn image_container(
 async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let mut c = container(obj)?;
     let mut argv = args.strings("args");
+    if argv.is_empty() {
+        // As in Dagger: no args means the container's default args.
+        argv = c.default_args.clone();
+    }
     if args.bool("expand") {
         argv = argv.iter().map(|a| expand(a, &c.env)).collect();
     }
@@ -168,7 +172,9 @@ async fn with_exec(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, Api
         argv = c.entrypoint.iter().cloned().chain(argv).collect();
     }
     if argv.is_empty() {
-        return Err(ApiError::invalid("withExec needs a command: args is empty"));
+        return Err(ApiError::invalid(
+            "withExec needs a command: args is empty and the container has no default args (withDefaultArgs)",
+        ));
     }
     let expect = match args.opt_string("expect").as_deref() {
         Some("FAILURE") => ExitExpectation::Failure,
