@@ -136,6 +136,9 @@ pub struct Container {
     /// The signal that stops its process (image config only).
     #[serde(default)]
     pub stop_signal: Option<String>,
+    /// Docker's health check (image config only).
+    #[serde(default)]
+    pub healthcheck: Option<kiln_oci::Healthcheck>,
 }
 
 impl Container {
@@ -159,6 +162,7 @@ impl Container {
             services: Vec::new(),
             volumes: Vec::new(),
             stop_signal: None,
+            healthcheck: None,
         }
     }
 }

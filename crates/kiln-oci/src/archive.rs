@@ -62,6 +62,39 @@ pub struct RunConfig {
     /// The signal that stops the process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
+    /// Docker's health check (not part of OCI's config; Docker reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+}
+
+/// Docker's `HEALTHCHECK` as its image config holds it: the test
+/// (`["CMD", args...]`, `["CMD-SHELL", line]` or `["NONE"]`) and
+/// durations in nanoseconds (0 or absent: Docker's default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Healthcheck {
+    /// What to run.
+    #[serde(default)]
+    pub test: Vec<String>,
+    /// Time between checks.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interval: i64,
+    /// Time one check may take.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub timeout: i64,
+    /// Time to start, during which failures do not count.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_period: i64,
+    /// Time between checks while starting.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_interval: i64,
+    /// Failures in a row that make the container unhealthy.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// One platform's image, ready to write: its manifest and config (in
@@ -168,7 +201,14 @@ pub fn build_image(
     compression: Compression,
     media: MediaTypes,
 ) -> io::Result<BuiltImage> {
-    let config = serde_json::to_vec(&image_config(platform, run, &layers)?).map_err(invalid)?;
+    let mut config = serde_json::to_value(image_config(platform, run, &layers)?).map_err(invalid)?;
+    if let (Some(check), Some(fields)) = (
+        &run.healthcheck,
+        config.get_mut("config").and_then(|c| c.as_object_mut()),
+    ) {
+        fields.insert("Healthcheck".into(), serde_json::to_value(check).map_err(invalid)?);
+    }
+    let config = serde_json::to_vec(&config).map_err(invalid)?;
     let config_digest = Digest::of(&config);
     let (manifest_type, config_type) = match media {
         MediaTypes::Oci => (OCI_MANIFEST, OCI_CONFIG),

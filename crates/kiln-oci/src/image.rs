@@ -72,6 +72,8 @@ pub struct ResolvedImage {
     pub config: ImageConfiguration,
     /// The layers, base first.
     pub layers: Vec<LayerDesc>,
+    /// Docker's health check, which the config may hold beside OCI's fields.
+    pub healthcheck: Option<crate::Healthcheck>,
 }
 
 impl ResolvedImage {
@@ -101,6 +103,20 @@ impl ResolvedImage {
             actual: actual.to_string(),
         })
     }
+}
+
+/// The `config.Healthcheck` of a Docker image config, if it has one.
+fn docker_healthcheck(config: &[u8]) -> Option<crate::Healthcheck> {
+    #[derive(serde::Deserialize)]
+    struct Outer {
+        config: Option<Inner>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        #[serde(rename = "Healthcheck")]
+        healthcheck: Option<crate::Healthcheck>,
+    }
+    serde_json::from_slice::<Outer>(config).ok()?.config?.healthcheck
 }
 
 /// A parsed manifest document.
@@ -241,6 +257,7 @@ pub(crate) fn assemble(
         });
     }
     Ok(ResolvedImage {
+        healthcheck: docker_healthcheck(config_bytes),
         reference,
         source,
         index_digest,

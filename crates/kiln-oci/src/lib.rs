@@ -19,7 +19,7 @@ pub mod pull;
 mod push;
 pub mod reference;
 
-pub use archive::{BuiltImage, LayerBlob, MediaTypes, RunConfig, build_image, build_index, write_archive};
+pub use archive::{BuiltImage, Healthcheck, LayerBlob, MediaTypes, RunConfig, build_image, build_index, write_archive};
 pub use config::RegistryConfig;
 pub use credentials::Credentials;
 pub use error::{Error, Failure, Result};

@@ -32,8 +32,9 @@ async def round_trip(dag, image: dagger.Container, registry: str, name: str) -> 
     address = f"{registry}/kiln-tests/dockerfile-{name}:{uuid.uuid4().hex[:12]}"
     published = await image.publish(address)
     assert published.startswith(address + "@sha256:"), published
+    # --raw: the config as stored (skopeo would drop Docker-only fields).
     inspected = subprocess.run(
-        ["skopeo", "inspect", "--tls-verify=false", "--config", f"docker://{address}"],
+        ["skopeo", "inspect", "--tls-verify=false", "--config", "--raw", f"docker://{address}"],
         check=True, capture_output=True, text=True,
     ).stdout
     return json.loads(inspected), dag.container().from_(published)
@@ -130,10 +131,10 @@ async def test_what_kiln_cannot_build_yet_is_named_with_its_line(dag, tmp_path):
         """
         FROM busybox
         RUN true
-        HEALTHCHECK CMD true
+        ONBUILD RUN true
         """,
     )
-    with pytest.raises(dagger.QueryError, match=r"Dockerfile:3: HEALTHCHECK: HEALTHCHECK is not supported"):
+    with pytest.raises(dagger.QueryError, match=r"Dockerfile:3: ONBUILD: ONBUILD is not supported"):
         await dag.host().directory(str(root)).docker_build().sync()
     missing = context(tmp_path / "m", "FROM busybox\nCOPY nothing-here /x\n")
     with pytest.raises(dagger.QueryError, match=r"Dockerfile:2: COPY: nothing-here: no such file"):
@@ -237,3 +238,95 @@ async def test_a_built_image_is_published_inspected_and_pulled_back(dag, tmp_pat
     pulled = dag.container().from_(published)
     assert await pulled.with_exec(["cat", "tool"]).stdout() == f"tool {nonce}\n"
     assert await pulled.with_exec(["stat", "-c", "%a", "tool"]).stdout() == "755\n"
+
+
+async def test_heredocs_in_run_and_copy(dag, tmp_path):
+    root = context(
+        tmp_path,
+        """
+        FROM busybox
+        ARG NAME=kiln
+        RUN <<EOF
+        echo one > /one
+        echo two >> /one
+        EOF
+        RUN cat <<A > /a && \\
+            cat <<-'B' > /b
+        hello $HOME
+        A
+        \tliteral $HOME
+        \tB
+        COPY <<EOF /etc/greeting
+        hi ${NAME}
+        EOF
+        COPY <<X <<Y /files/
+        x
+        X
+        y
+        Y
+        RUN <<EOF
+        #!/bin/sh
+        echo "script $0" > /shebang
+        EOF
+        RUN echo after > /after
+        """,
+    )
+    image = dag.host().directory(str(root)).docker_build()
+    assert await image.file("/one").contents() == "one\ntwo\n"
+    assert await image.file("/a").contents() == "hello /root\n"
+    assert await image.file("/b").contents() == "literal $HOME\n"
+    assert await image.file("/etc/greeting").contents() == "hi kiln\n"
+    assert await image.directory("/files").entries() == ["X", "Y"]
+    assert await image.file("/files/Y").contents() == "y\n"
+    assert await image.file("/shebang").contents() == "script /dev/stdin\n"
+    assert await image.file("/after").contents() == "after\n"
+    unterminated = context(tmp_path / "u", "FROM busybox\nRUN cat <<EOF\nnever ends\n")
+    with pytest.raises(dagger.QueryError, match=r"Dockerfile:2: RUN: heredoc <<EOF does not end"):
+        await dag.host().directory(str(unterminated)).docker_build().sync()
+
+
+async def test_run_network_none_has_only_loopback(dag, tmp_path):
+    root = context(
+        tmp_path,
+        """
+        FROM busybox
+        RUN --network=none sh -c 'grep -c : /proc/net/dev > /none'
+        RUN sh -c 'grep -c : /proc/net/dev > /default'
+        """,
+    )
+    image = dag.host().directory(str(root)).docker_build()
+    assert await image.file("/none").contents() == "1\n"
+    assert int(await image.file("/default").contents()) >= 2
+
+
+async def test_healthchecks_reach_the_image_config_and_are_inherited(dag, tmp_path, registry):
+    root = context(
+        tmp_path,
+        """
+        FROM busybox
+        HEALTHCHECK --interval=30s --timeout=3s --start-period=1m30s --retries=2 CMD wget -qO- http://localhost/ || exit 1
+        """,
+    )
+    image = dag.host().directory(str(root)).docker_build()
+    config, _ = await round_trip(dag, image, registry, "healthcheck")
+    assert config["config"]["Healthcheck"] == {
+        "Test": ["CMD-SHELL", "wget -qO- http://localhost/ || exit 1"],
+        "Interval": 30_000_000_000,
+        "Timeout": 3_000_000_000,
+        "StartPeriod": 90_000_000_000,
+        "Retries": 2,
+    }
+    # A build FROM it keeps it; HEALTHCHECK NONE switches it off.
+    base = await image.publish(f"{registry}/kiln-tests/healthcheck-base:{uuid.uuid4().hex[:12]}")
+    child = context(tmp_path / "child", f"FROM {base}\nRUN true\n")
+    config, _ = await round_trip(dag, dag.host().directory(str(child)).docker_build(), registry, "healthcheck-child")
+    assert config["config"]["Healthcheck"]["Test"][0] == "CMD-SHELL", config
+    off = context(tmp_path / "off", f"FROM {base}\nHEALTHCHECK NONE\n")
+    config, _ = await round_trip(dag, dag.host().directory(str(off)).docker_build(), registry, "healthcheck-off")
+    assert config["config"]["Healthcheck"] == {"Test": ["NONE"]}
+    # The API's own: exec form, then removed.
+    api = dag.container().from_("busybox").with_docker_healthcheck(["true"], interval="5s")
+    config, _ = await round_trip(dag, api, registry, "healthcheck-api")
+    assert config["config"]["Healthcheck"] == {"Test": ["CMD", "true"], "Interval": 5_000_000_000}
+    config, _ = await round_trip(dag, api.without_docker_healthcheck(), registry, "healthcheck-api")
+    assert "Healthcheck" not in config["config"]

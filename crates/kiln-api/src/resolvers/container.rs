@@ -154,6 +154,7 @@ pub(super) fn image_container(
         image_ref,
         volumes: config.volumes().clone().unwrap_or_default(),
         stop_signal: config.stop_signal().clone(),
+        healthcheck: image.healthcheck.clone(),
         ..Container::empty(image.platform().to_string())
     }
 }

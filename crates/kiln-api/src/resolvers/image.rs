@@ -58,6 +58,7 @@ fn run_config(c: &Container) -> RunConfig {
             .collect(),
         volumes: c.volumes.clone(),
         stop_signal: c.stop_signal.clone(),
+        healthcheck: c.healthcheck.clone(),
     }
 }
 

@@ -4,6 +4,7 @@ mod container;
 mod directory;
 mod dockerfile;
 mod file;
+mod healthcheck;
 mod host;
 mod image;
 mod query;
@@ -19,6 +20,7 @@ pub fn register(r: &mut Registry) {
     directory::register(r);
     dockerfile::register(r);
     file::register(r);
+    healthcheck::register(r);
     host::register(r);
     image::register(r);
     secret::register(r);

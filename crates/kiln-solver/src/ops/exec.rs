@@ -59,6 +59,9 @@ pub struct Exec {
     /// this machine's: the process runs under emulation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub foreign_arch: Option<String>,
+    /// No network but loopback (`RUN --network=none`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_network: bool,
 }
 
 impl Definition for Exec {
@@ -460,7 +463,10 @@ async fn run(cx: &Context<'_>, exec: &Exec, inputs: &[Option<SnapshotId>]) -> Re
     let (_leases, mut prepared) = stage(cx, exec, inputs).await?;
     let output = {
         let _slot = cx.exec_slot().await?;
-        let _network = network::attach(cx, &mut prepared.spec, prepared.root.id(), bound.hosts_with(&reports), None).await?;
+        let _network = match exec.no_network {
+            true => None,
+            false => network::attach(cx, &mut prepared.spec, prepared.root.id(), bound.hosts_with(&reports), None).await?,
+        };
         cx.exec(&prepared.spec).await.map_err(|e| cx.error(e))?
     };
     bound.release().await;

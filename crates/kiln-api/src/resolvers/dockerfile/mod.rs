@@ -2,8 +2,11 @@
 //! instruction becomes the operations the API would make for it (a pull, an
 //! exec, a copy), so every step is cached like any other, and a `COPY` of
 //! one file is keyed by that file's content, not the whole context.
-//! Parsing is parse-dockerfile's; what kiln does not support yet fails with
-//! the file, line and instruction named.
+//! Parsing is parse-dockerfile's (RUN heredocs are read by [`heredoc`]
+//! first); what kiln does not support yet fails with the file, line and
+//! instruction named.
+
+mod heredoc;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,9 +15,10 @@ use kiln_graph::{CacheSharing, Owner};
 use kiln_solver::ops::{self, read_text};
 use kiln_solver::services::{ExposedPort, Protocol};
 use kiln_store::MergedView;
-use parse_dockerfile::{Command, Instruction, JsonOrStringArray, Source};
+use parse_dockerfile::{Command, HealthcheckArguments, Instruction, JsonOrStringArray, Source};
 
 use super::container::{exec_of, pulled};
+use super::healthcheck::{Timing, healthcheck};
 use crate::api::{Api, Output, Registry, container, directory, join_path};
 use crate::args::Args;
 use crate::error::ApiError;
@@ -91,11 +95,20 @@ impl Stage {
     }
 }
 
+/// What a RUN's flags and heredocs add to its exec.
+#[derive(Default)]
+struct RunOptions {
+    mounts: Vec<ContainerMount>,
+    stdin: Option<String>,
+    no_network: bool,
+}
+
 /// Everything a build reads: the API, the Dockerfile, the (filtered)
 /// context, the build args and the stages built so far.
 struct Build<'a> {
     api: &'a Api,
     source: Source_<'a>,
+    heredocs: heredoc::Heredocs,
     context: Directory,
     context_view: MergedView,
     build_args: HashMap<String, String>,
@@ -123,6 +136,8 @@ async fn build(api: &Arc<Api>, context: Directory, args: &Args, platform: String
     let dockerfile_path = join_path(&context.path, &file);
     let text = read_text(&view, &dockerfile_path)
         .ok_or_else(|| ApiError::invalid(format!("dockerBuild: no Dockerfile at {file} in the context")))?;
+    let (text, heredocs) =
+        heredoc::extract(&text).map_err(|(line, why)| ApiError::invalid(format!("{file}:{line}: RUN: {why}")))?;
     let parsed = parse_dockerfile::parse(&text).map_err(|e| ApiError::invalid(format!("{file}: {e}")))?;
     let build_args = args
         .list("buildArgs")
@@ -135,6 +150,7 @@ async fn build(api: &Arc<Api>, context: Directory, args: &Args, platform: String
     let mut b = Build {
         api,
         source: Source_ { file, text: &text },
+        heredocs,
         context: filtered,
         context_view,
         build_args,
@@ -407,21 +423,31 @@ impl Build<'_> {
                 }
             }
             Instruction::Run(run) => {
-                let mut mounts = Vec::new();
+                let mut options = RunOptions::default();
                 for flag in &run.options {
                     let value = flag.value.as_ref().map(|v| st.expand(&v.value)).unwrap_or_default();
-                    match &*flag.name.value {
-                        "mount" => mounts.push(self.mount(st, &value).await.map_err(|e| self.source.error(at, e))?),
-                        // Every RUN has the engine's network.
-                        "network" if matches!(value.as_str(), "default" | "host") => {}
-                        other => return Err(self.source.unsupported(at, &format!("RUN --{other}={value}"))),
+                    match (&*flag.name.value, value.as_str()) {
+                        ("mount", _) => options
+                            .mounts
+                            .push(self.mount(st, &value).await.map_err(|e| self.source.error(at, e))?),
+                        // The engine's network (no RUN gets the host's).
+                        ("network", "default" | "host") => {}
+                        ("network", "none") => options.no_network = true,
+                        (other, _) => return Err(self.source.unsupported(at, &format!("RUN --{other}={value}"))),
                     }
                 }
-                if !run.here_docs.is_empty() {
-                    return Err(self.source.unsupported(at, "a RUN heredoc"));
-                }
-                let argv = st.command(&run.arguments).ok_or_else(|| malformed("the command"))?;
-                self.run(st, argv, mounts)?;
+                let argv = match &run.arguments {
+                    Command::Shell(line) if let Some(script) = self.heredocs.get(line.value) => {
+                        let (argv, stdin) = script.process(&st.shell);
+                        options.stdin = stdin;
+                        argv
+                    }
+                    // parse-dockerfile's own reading of a heredoc (heredoc.rs
+                    // takes every one out first).
+                    _ if !run.here_docs.is_empty() => return Err(self.source.unsupported(at, "this heredoc")),
+                    command => st.command(command).ok_or_else(|| malformed("the command"))?,
+                };
+                self.run(st, argv, options)?;
             }
             Instruction::Copy(copy) => {
                 self.copy(st, at, &copy.options, &copy.src, &copy.dest.value, false)
@@ -431,7 +457,7 @@ impl Build<'_> {
                 self.copy(st, at, &add.options, &add.src, &add.dest.value, true).await?;
             }
             Instruction::From(_) => unreachable!("stages start at FROM"),
-            Instruction::Healthcheck(_) => return Err(self.source.unsupported(at, "HEALTHCHECK")),
+            Instruction::Healthcheck(h) => st.c.healthcheck = Some(self.healthcheck(st, at, h)?),
             Instruction::Onbuild(_) => return Err(self.source.unsupported(at, "ONBUILD")),
             Instruction::Stopsignal(s) => st.c.stop_signal = Some(st.expand(&s.arguments.value)),
             Instruction::Volume(v) => {
@@ -451,16 +477,63 @@ impl Build<'_> {
         Ok(())
     }
 
+    /// HEALTHCHECK [--interval=.. --timeout=.. --start-period=..
+    /// --start-interval=.. --retries=..] CMD ... | NONE
+    fn healthcheck(
+        &self,
+        st: &Stage,
+        at: usize,
+        h: &parse_dockerfile::HealthcheckInstruction<'_>,
+    ) -> Result<kiln_oci::Healthcheck, ApiError> {
+        let command = match &h.arguments {
+            HealthcheckArguments::Cmd { arguments, .. } => arguments,
+            _ => {
+                return Ok(kiln_oci::Healthcheck {
+                    test: vec!["NONE".into()],
+                    ..Default::default()
+                });
+            }
+        };
+        let mut timing = Timing::default();
+        for flag in &h.options {
+            let value = flag.value.as_ref().map(|v| st.expand(&v.value));
+            match &*flag.name.value {
+                "interval" => timing.interval = value,
+                "timeout" => timing.timeout = value,
+                "start-period" => timing.start_period = value,
+                "start-interval" => timing.start_interval = value,
+                "retries" => {
+                    let n = value.as_deref().unwrap_or("").parse().map_err(|_| {
+                        self.source.error(
+                            at,
+                            format!("--retries={}: not a number", value.as_deref().unwrap_or("")),
+                        )
+                    })?;
+                    timing.retries = Some(n);
+                }
+                other => return Err(self.source.unsupported(at, &format!("HEALTHCHECK --{other}"))),
+            }
+        }
+        let (args, shell) = match command {
+            Command::Exec(words) => (words.value.iter().map(|w| w.value.to_string()).collect(), false),
+            Command::Shell(line) => (vec![line.value.to_string()], true),
+            _ => return Err(self.source.error(at, "cannot read the command")),
+        };
+        healthcheck(args, shell, timing).map_err(|e| self.source.error(at, e))
+    }
+
     /// RUN: an exec whose env holds the stage's build args too, with the
     /// `--mount`s of this RUN only.
-    fn run(&self, st: &mut Stage, argv: Vec<String>, mounts: Vec<ContainerMount>) -> Result<(), ApiError> {
+    fn run(&self, st: &mut Stage, argv: Vec<String>, options: RunOptions) -> Result<(), ApiError> {
         let mut with_args = st.c.clone();
         with_args.env = st.vars();
-        for m in mounts {
+        for m in options.mounts {
             with_args.mounts.retain(|old| old.target != m.target);
             with_args.mounts.push(m);
         }
-        let (exec, inputs) = exec_of(self.api, &with_args, argv)?;
+        let (mut exec, inputs) = exec_of(self.api, &with_args, argv)?;
+        exec.stdin = options.stdin;
+        exec.no_network = options.no_network;
         let node = self.api.nodes.add(exec, inputs);
         st.c.rootfs = Some(TreeRef {
             node: node.digest(),
@@ -624,9 +697,35 @@ impl Build<'_> {
                 .map_err(ApiError::internal)?
                 .is_some_and(|e| e.meta.is_dir());
         }
+        let mut heredoc_names = heredoc::openers(self.source.text[at..].lines().next().unwrap_or("")).into_iter();
         for source in sources {
-            let Source::Path(src) = source else {
-                return Err(self.source.unsupported(at, "a COPY heredoc"));
+            let src = match source {
+                Source::Path(src) => src,
+                Source::HereDoc(doc) => {
+                    let name = heredoc_names.next().map(|o| o.name).unwrap_or_default();
+                    let contents = if doc.expand {
+                        st.expand(&doc.value)
+                    } else {
+                        doc.value.to_string()
+                    };
+                    let op = ops::MkFile {
+                        path: if into_dir {
+                            join_path(&dest, &name)
+                        } else {
+                            dest.clone()
+                        },
+                        contents,
+                        mode: mode.unwrap_or(0o644),
+                        owner: owner.clone(),
+                    };
+                    let node = self.api.nodes.add(op, vec![self.api.nodes.input(st.c.rootfs)?]);
+                    st.c.rootfs = Some(TreeRef {
+                        node: node.digest(),
+                        output: 0,
+                    });
+                    continue;
+                }
+                _ => return Err(self.source.unsupported(at, "this source")),
             };
             let src = st.expand(&src.value);
             if add && (src.contains("://") || is_archive(&src)) {
