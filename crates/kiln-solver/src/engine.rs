@@ -374,8 +374,8 @@ impl Session {
     }
 
     /// The options the session was opened with.
-    pub fn options(&self) -> SessionOptions {
-        self.report.options
+    pub fn options(&self) -> &SessionOptions {
+        &self.report.options
     }
 
     /// This session's progress events (of its operations only).
@@ -573,7 +573,7 @@ impl Session {
         }
         let input_keys: Vec<Key> = input_keys.into_iter().map(|(k, _)| k).collect();
         let footprint = engine.footprint(&node, &description, key, &input_keys, &map);
-        let options = self.report.options;
+        let options = &self.report.options;
         if options.explain_cache || options.fail_on_cache_miss {
             let reasons = explain::explain(engine.store().db(), &node.digest(), &footprint);
             if options.fail_on_cache_miss {

@@ -22,8 +22,9 @@ use crate::events::{EventKind, Events, Subject};
 use crate::explain::Explanation;
 use crate::result::ExecMeta;
 
-/// How a session wants its cache misses handled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How a session wants its cache misses handled, and what of its client's
+/// host it works with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionOptions {
     /// Explain every cache miss (see [`crate::Session::explanations`]).
     pub explain_cache: bool,
@@ -33,6 +34,10 @@ pub struct SessionOptions {
     /// privileges there (device nodes, setuid/setgid files): nothing unless
     /// asked.
     pub export: HostPolicy,
+    /// The client's `DOCKER_HOST`: the Docker that `exportImage` loads
+    /// images into (Docker's default socket when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_host: Option<String>,
 }
 
 /// Counters of what a session's operations did.

@@ -251,6 +251,7 @@ async fn client(cli: &Cli, cwd: &Path) -> anyhow::Result<Client> {
         explain_cache: cli.explain_cache,
         fail_on_cache_miss: cli.fail_on_cache_miss,
         export: config.export.policy(cli.export_special_files),
+        docker_host: std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()),
     };
     let start = engine::Start {
         state_dir: state_dir(cli, &config),

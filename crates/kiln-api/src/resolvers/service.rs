@@ -261,7 +261,7 @@ async fn with_service_binding(api: Arc<Api>, obj: Object, args: Args) -> Result<
 
 /// Refuses what reaches the client's loopback through the engine's, when
 /// they are not the same.
-fn local_only(api: &Api, what: &str) -> Result<(), ApiError> {
+pub(super) fn local_only(api: &Api, what: &str) -> Result<(), ApiError> {
     if api.session.host().shares_network() {
         return Ok(());
     }

@@ -125,14 +125,14 @@ impl Client {
         cwd: &Path,
         host: &LocalHost,
     ) -> anyhow::Result<Self> {
-        if let Some(client) = Self::on_engine(&start.state_dir, options, cwd, host).await? {
+        if let Some(client) = Self::on_engine(&start.state_dir, options.clone(), cwd, host).await? {
             return Ok(client);
         }
         let mut child = start.spawn()?;
         let waited = std::time::Instant::now();
         let mut left: Option<std::time::Instant> = None;
         while waited.elapsed() < START_WAIT {
-            if let Some(client) = Self::on_engine(&start.state_dir, options, cwd, host).await? {
+            if let Some(client) = Self::on_engine(&start.state_dir, options.clone(), cwd, host).await? {
                 // Reaped in the background; the engine outlives this process.
                 std::thread::spawn(move || child.wait());
                 return Ok(client);
