@@ -28,4 +28,5 @@ pub use import::{import_archive, import_oci_layout};
 pub use layer::{ApplyStats, Compression, DiffStats, ExtractLimits, Limit, apply_layer, diff_to_layer};
 pub use platform::Platform;
 pub use pull::{Registry, RegistryNotice};
+pub use push::Pushed;
 pub use reference::Reference;

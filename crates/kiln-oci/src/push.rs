@@ -17,11 +17,37 @@ use crate::reference::Reference;
 /// Bytes read from a blob file per piece sent.
 const PIECE: usize = 1 << 20;
 
+/// What a push did: the digest the tag names now, and the blobs sent and
+/// found already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    /// The digest of the manifest or index the tag names.
+    pub digest: Digest,
+    /// Blobs uploaded.
+    pub blobs_sent: usize,
+    /// Their bytes.
+    pub bytes_sent: u64,
+    /// Blobs the registry had already.
+    pub blobs_present: usize,
+}
+
+impl Pushed {
+    fn count(&mut self, sent: Option<u64>) {
+        match sent {
+            Some(bytes) => {
+                self.blobs_sent += 1;
+                self.bytes_sent += bytes;
+            }
+            None => self.blobs_present += 1,
+        }
+    }
+}
+
 impl Registry {
     /// Pushes `images` (one per platform; several make an index) to
     /// `reference`'s repository and tag, with the credentials of its
-    /// registry; the digest of what the tag now names.
-    pub async fn push(&self, reference: &Reference, images: &[BuiltImage], blobs: &BlobStore) -> Result<Digest> {
+    /// registry; what the tag now names and what was sent.
+    pub async fn push(&self, reference: &Reference, images: &[BuiltImage], blobs: &BlobStore) -> Result<Pushed> {
         let host = reference.registry();
         let failed = |failure: Failure| Error::Push {
             reference: reference.to_string(),
@@ -39,12 +65,22 @@ impl Registry {
             .auth(&target, &source.auth, RegistryOperation::Push)
             .await
             .map_err(|e| fault(source.failure(e)))?;
+        let mut pushed = Pushed {
+            digest: images
+                .first()
+                .map(|i| i.manifest.1)
+                .ok_or_else(|| failed(Failure::Invalid("no image to push".into())))?,
+            blobs_sent: 0,
+            bytes_sent: 0,
+            blobs_present: 0,
+        };
+        let mut seen = std::collections::HashSet::new();
         for image in images {
-            for layer in &image.layers {
-                push_blob(&source, &target, blobs, &layer.digest).await.map_err(fault)?;
+            for layer in image.layers.iter().filter(|l| seen.insert(l.digest)) {
+                pushed.count(push_blob(&source, &target, blobs, &layer.digest).await.map_err(fault)?);
             }
             let (config, digest) = &image.config;
-            put_bytes(&source, &target, config, digest).await.map_err(fault)?;
+            pushed.count(put_bytes(&source, &target, config, digest).await.map_err(fault)?);
         }
         let (body, media_type, digest) = match images {
             [image] => (image.manifest.0.clone(), image.media_type, image.manifest.1),
@@ -60,7 +96,8 @@ impl Registry {
             }
         };
         put_manifest(&source, &target, &body, media_type).await.map_err(fault)?;
-        Ok(digest)
+        pushed.digest = digest;
+        Ok(pushed)
     }
 }
 
@@ -79,11 +116,12 @@ async fn push_blob(
     target: &oci_client::Reference,
     blobs: &BlobStore,
     digest: &Digest,
-) -> Result<(), Fault> {
+) -> Result<Option<u64>, Fault> {
     if has_blob(source, target, digest).await? {
-        return Ok(());
+        return Ok(None);
     }
     let path = blobs.path(digest);
+    let sent = std::sync::atomic::AtomicU64::new(0);
     let what = format!("blob {digest}");
     source
         .retrying(&what, || async {
@@ -91,6 +129,7 @@ async fn push_blob(
                 .await
                 .map_err(|e| Fault::Fatal(Error::io("open blob", &path)(e)))?;
             let size = file.metadata().await.map(|m| m.len()).ok();
+            sent.store(size.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
             let pieces = futures::stream::unfold(file, |mut file| async move {
                 let mut piece = vec![0; PIECE];
                 match file.read(&mut piece).await {
@@ -114,24 +153,26 @@ async fn push_blob(
                 .map(drop)
                 .map_err(|e| source.failure(e))
         })
-        .await
+        .await?;
+    Ok(Some(sent.into_inner()))
 }
 
-/// Pushes a small blob (a config) held in memory, unless the registry has it.
+/// Pushes a small blob (a config) held in memory, unless the registry has
+/// it; its size when it was sent.
 async fn put_bytes(
     source: &Source<'_>,
     target: &oci_client::Reference,
     bytes: &[u8],
     digest: &Digest,
-) -> Result<(), Fault> {
+) -> Result<Option<u64>, Fault> {
     if has_blob(source, target, digest).await? {
-        return Ok(());
+        return Ok(None);
     }
     let (what, digest) = (format!("blob {digest}"), digest.to_string());
     source
         .request(&what, || source.client.push_blob(target, bytes.to_vec(), &digest))
         .await
-        .map(drop)
+        .map(|_| Some(bytes.len() as u64))
 }
 
 /// Pushes a manifest or index to `target` (a tag or a digest).

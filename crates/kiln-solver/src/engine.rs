@@ -464,7 +464,8 @@ impl Session {
     }
 
     /// Publishes the images of `specs` (their root filesystems are
-    /// `inputs`, one each) to `address`; `address@digest`.
+    /// `inputs`, one each) to `address`; `address@digest`. Progress shows
+    /// it as a step of its own, with what was sent.
     pub async fn publish(
         &self,
         address: &str,
@@ -476,17 +477,49 @@ impl Session {
         let op = format!("publish {address}");
         let reference = Reference::parse(address).map_err(|e| SolveError::op(&op, e))?;
         let tops = self.solve_trees(inputs).await?;
-        let images = ops::blocking(self.engine.store(), &op, move |store| {
-            ops::image_archive::build_images(store, &specs, &tops, compression, media_types)
-        })
-        .await?;
-        let registry = ops::registry_for(&self.engine.resources.registry, &self.host)
-            .with_observer(|notice| tracing::warn!("{notice}"));
-        let digest = registry
-            .push(&reference, &images, self.engine.store().blobs())
-            .await
-            .map_err(|e| SolveError::op(&op, e))?;
-        Ok(format!("{reference}@{digest}"))
+        let mut id = KeyBuilder::new("kiln/publish");
+        id.bytes(address.as_bytes());
+        inputs.iter().for_each(|i| {
+            id.key(&i.node.digest());
+        });
+        let subject = Subject::uncounted(id.finish(), op.clone());
+        self.report.emit(&subject, EventKind::Started, None);
+        let started = Instant::now();
+        let (report, noticed) = (self.report.clone(), subject.clone());
+        let pushed = async {
+            let images = ops::blocking(self.engine.store(), &op, move |store| {
+                ops::image_archive::build_images(store, &specs, &tops, compression, media_types)
+            })
+            .await?;
+            let registry =
+                ops::registry_for(&self.engine.resources.registry, &self.host).with_observer(move |notice| {
+                    let message = notice.to_string();
+                    report.emit(&noticed, EventKind::Notice { message }, None)
+                });
+            registry
+                .push(&reference, &images, self.engine.store().blobs())
+                .await
+                .map_err(|e| SolveError::op(&op, e))
+        }
+        .await;
+        let pushed = match pushed {
+            Ok(pushed) => pushed,
+            Err(e) => {
+                let message = e.to_string();
+                self.report.emit(&subject, EventKind::Failed { message }, None);
+                return Err(e);
+            }
+        };
+        let message = format!(
+            "sent {} blob(s), {}; {} already in the registry",
+            pushed.blobs_sent,
+            kiln_store::format_size(pushed.bytes_sent),
+            pushed.blobs_present
+        );
+        self.report.emit(&subject, EventKind::Notice { message }, None);
+        let duration = started.elapsed();
+        self.report.emit(&subject, EventKind::Done { duration }, None);
+        Ok(format!("{reference}@{}", pushed.digest))
     }
 
     /// Solves `inputs` (in parallel): the tree each selects.

@@ -119,8 +119,9 @@ pub(crate) struct Subject {
     description: String,
     inputs: Vec<Key>,
     image: Option<String>,
-    /// A service, not an operation: its events are not counted in stats.
-    service: bool,
+    /// An operation of the cache's: its events count in stats (not those
+    /// of services and publishes).
+    counted: bool,
 }
 
 impl Subject {
@@ -132,20 +133,22 @@ impl Subject {
             description,
             inputs,
             image,
-            service: false,
+            counted: true,
         }
     }
 
-    /// The service known by `id`, described as `description`.
-    pub(crate) fn service(id: Key, description: String) -> Self {
+    /// Something that is not an operation of the cache's (a service, a
+    /// publish), known by `id` and described as `description`: its events
+    /// show in progress but do not count in stats.
+    pub(crate) fn uncounted(id: Key, description: String) -> Self {
         Self {
-            service: true,
+            counted: false,
             ..Self::new(id, description, Vec::new(), None)
         }
     }
 
-    /// Whether it is a service (whose events stats do not count).
-    pub(crate) fn is_service(&self) -> bool {
-        self.service
+    /// Whether its events count in stats.
+    pub(crate) fn is_counted(&self) -> bool {
+        self.counted
     }
 }

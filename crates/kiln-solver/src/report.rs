@@ -126,7 +126,7 @@ impl Report {
     pub(crate) fn emit(&self, subject: &Subject, kind: EventKind, exec: Option<ExecMeta>) {
         let c = &self.counters;
         match &kind {
-            _ if subject.is_service() => {}
+            _ if !subject.is_counted() => {}
             EventKind::Cached { duration } => {
                 c.cached.fetch_add(1, Ordering::Relaxed);
                 c.saved_ms.fetch_add(duration.as_millis() as u64, Ordering::Relaxed);

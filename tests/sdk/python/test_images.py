@@ -6,6 +6,7 @@ an index."""
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -220,3 +221,36 @@ async def test_publishing_to_a_registry_that_wants_a_login_uses_with_registry_au
     # Pulls of the session use the login too.
     pulled = dag.container().from_(published)
     assert await pulled.with_exec(["cat", "/app/artifact"], use_entrypoint=False).stdout() == "built\n"
+
+
+PUBLISH = """
+import sys
+
+import anyio
+import dagger
+
+
+async def main():
+    async with dagger.connection():
+        ctr = dagger.dag.container().from_("busybox").with_new_file("/nonce", sys.argv[2])
+        print(await ctr.publish(sys.argv[1]))
+
+
+anyio.run(main)
+"""
+
+
+async def test_publish_progress_says_what_was_sent(kiln, tmp_path, registry):
+    address = f"{registry}/kiln-tests/progress:{uuid.uuid4().hex[:12]}"
+    script = tmp_path / "publish.py"
+    script.write_text(PUBLISH)
+    first = kiln.run_python(script, address, address)
+    assert first.returncode == 0, first.stderr
+    assert f"RUN    publish {address}" in first.stderr and f"DONE   publish {address}" in first.stderr
+    sent = re.search(r"NOTICE publish .*: sent (\d+) blob\(s\), [^;]+; (\d+) already in the registry", first.stderr)
+    assert sent and int(sent.group(1)) >= 2, first.stderr
+    again = kiln.run_python(script, address, address)
+    assert again.stdout == first.stdout
+    assert "sent 0 blob(s), 0 B; " in again.stderr, again.stderr
+    # Publishing is not an operation of the cache's: the summary counts none.
+    assert again.summary() == (0, 2, 0)

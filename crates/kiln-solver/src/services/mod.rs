@@ -276,7 +276,7 @@ impl Services {
                         hostname: def.hostname.clone(),
                         started: OnceCell::new(),
                         audience: Arc::default(),
-                        subject: Subject::service(key, description),
+                        subject: Subject::uncounted(key, description),
                         kill: Arc::default(),
                     });
                     entries.insert(key, Arc::downgrade(&entry));
