@@ -3,6 +3,8 @@
 # requirements.txt) against kiln, in both ways a pipeline meets an engine:
 #   1. `kiln run -- pytest ...`       (DAGGER_SESSION_PORT/TOKEN from kiln)
 #   2. `_EXPERIMENTAL_DAGGER_CLI_BIN=kiln pytest ...` (the SDK runs `kiln session`)
+# then Dagger's own Python integration tests (upstream/run.sh; extra
+# arguments are not passed to those).
 # Extra arguments go to pytest (e.g. -k exec, -x). Exits non-zero on any failure.
 # Needs scripts/setup.sh --debian to have run once (fixtures).
 set -euo pipefail
@@ -42,6 +44,15 @@ elif [[ $rc == 5 ]]; then
   echo "mode 2 (SDK-provisioned session): no tests selected (examples run in mode 1 only)"
 else
   echo "mode 2 (SDK-provisioned session): FAILED after $(elapsed "$t0")"
+  status=1
+fi
+
+printf '\n==== Dagger v0.21.8 SDK integration tests (dagger-io sdist) ====\n'
+t0=$(date +%s%N)
+if "$HERE/upstream/run.sh"; then
+  echo "Dagger's own tests: passed in $(elapsed "$t0")"
+else
+  echo "Dagger's own tests: FAILED after $(elapsed "$t0")"
   status=1
 fi
 

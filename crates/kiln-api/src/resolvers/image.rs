@@ -101,6 +101,15 @@ fn images(api: &Api, c: Container, args: &Args) -> Result<Images, ApiError> {
             }
         }
     }
+    // As in Dagger, a container without a root filesystem (`container()`
+    // itself, when the variants are the images) is no image of its own.
+    containers.retain(|c| c.rootfs.is_some());
+    if containers.is_empty() {
+        return Err(ApiError::invalid(
+            "nothing to make an image of: the container and its platformVariants have no root filesystem \
+             (start from an image with from(), or write files into it)",
+        ));
+    }
     let mut platforms: Vec<&str> = containers.iter().map(|c| c.platform.as_str()).collect();
     platforms.sort();
     if let Some(twice) = platforms.windows(2).find(|w| w[0] == w[1]) {
