@@ -36,6 +36,15 @@ Benchmarks (--only NAME[,NAME] to run some):
                  stopped) minus the same exec unbound, vs raw `crun run -d`
                  of the same httpd on the host's network polled until its
                  port answers, then killed (the floor without networking).
+  dockerfile     a two-stage Dockerfile (early ARG, COPY of a 200-file source
+                 dir, three RUNs, COPY --from into the final stage) built by
+                 kiln's dockerBuild (`kiln query`) and by `docker build`
+                 (BuildKit): cold, warm, after a one-file source change and
+                 after changing the early ARG (a build arg).
+  publish        an image with a 100 MB layer (random bytes) published to a
+                 new repository of the loopback registry by kiln (first, when
+                 its layers are compressed, then with the layers made), vs
+                 `skopeo copy` of kiln's OCI archive of the same image.
   host-tree      a host tree of 100k files / 1 GB (generated once, the same
                  bytes every time, under the cache dir): first upload vs
                  `tar -cf - | cat >/dev/null`, unchanged re-upload vs
@@ -49,9 +58,7 @@ import os
 import platform
 import random
 import shutil
-import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,89 +67,27 @@ import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import dockerd as dockerd_lib  # noqa: E402
-BENCHMARKS = ["exec-overhead", "cached-ops", "clients", "service", "pipeline", "host-tree", "remote-upload"]
+import images  # noqa: E402
+from measure import (  # noqa: E402
+    Measured,
+    Series,
+    busybox_rootfs_blob,
+    cache_dir,
+    engine_hwm_kib,
+    kiln_cmd,
+    kiln_query,
+    kiln_query_file,
+    repeat,
+    run_measured,
+    with_state,
+)
 
-
-class Measured:
-    """Time (s), stdout and peak RSS (KiB) of one command."""
-
-    def __init__(self, seconds, stdout, rss_kib):
-        self.seconds = seconds
-        self.stdout = stdout
-        self.rss_kib = rss_kib
-
-
-def run_measured(cmd, env=None, stdin=None, cwd=None):
-    """Runs cmd; fails the benchmark if it fails."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        p = subprocess.Popen(
-            cmd, env=env, cwd=cwd, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=out, stderr=err,
-        )
-        if stdin is not None:
-            p.stdin.write(stdin.encode())
-            p.stdin.close()
-        _, status, usage = os.wait4(p.pid, 0)
-        elapsed = time.perf_counter() - start
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    if p.returncode != 0:
-        sys.exit(
-            f"benchmark command failed ({p.returncode}): {' '.join(cmd)}\n{stdout[-3000:]}\n{stderr[-3000:]}"
-        )
-    return Measured(elapsed, stdout, usage.ru_maxrss)
-
-
-class Series:
-    """Several runs of one measurement."""
-
-    def __init__(self):
-        self.runs = []
-
-    def add(self, m):
-        self.runs.append(m)
-        return m
-
-    def ms(self):
-        return statistics.median(r.seconds for r in self.runs) * 1000
-
-    def rss(self):
-        return max(r.rss_kib for r in self.runs)
-
-
-def repeat(fn, runs, before=None):
-    s = Series()
-    for _ in range(runs):
-        if before:
-            before()
-        s.add(fn())
-    return s
-
-
-def kiln_cmd(kiln, *args):
-    return [kiln, "--progress", "quiet", *args]
-
-
-def kiln_query(kiln, env, query):
-    return run_measured(kiln_cmd(kiln, "query"), env=env, stdin=query)
-
-
-def kiln_query_file(kiln, env, path):
-    return run_measured(kiln_cmd(kiln, "query", path), env=env)
-
-
-def with_state(env, state):
-    e = dict(env)
-    e["KILN_STATE_DIR"] = state
-    return e
-
-
-def cache_dir():
-    return os.environ.get("KILN_CACHE_DIR") or os.path.join(REPO, ".cache")
+BENCHMARKS = [
+    "exec-overhead", "cached-ops", "clients", "service", "pipeline", "dockerfile", "publish", "host-tree",
+    "remote-upload",
+]
 
 
 # --- 1. exec overhead ---------------------------------------------------------
@@ -163,15 +108,6 @@ def chain_query(image, steps, nonce, chains=1):
 
 def chains_for(steps):
     return max(1, -(-steps // CHAIN))
-
-
-def busybox_rootfs_blob(env):
-    layout = os.path.join(env["KILN_FIXTURES"], "busybox")
-    index = json.load(open(os.path.join(layout, "index.json")))
-    manifest_digest = index["manifests"][0]["digest"].split(":")[1]
-    manifest = json.load(open(os.path.join(layout, "blobs/sha256", manifest_digest)))
-    (layer,) = manifest["layers"]
-    return os.path.join(layout, "blobs/sha256", layer["digest"].split(":")[1])
 
 
 def without_network(env):
@@ -348,18 +284,6 @@ def bench_cached_ops(kiln, env, steps, runs):
 
 
 # --- 3. clients ---------------------------------------------------------------
-
-def engine_hwm_kib(env):
-    """Peak RSS of the engine serving the state dir (its pid is in engine.lock)."""
-    try:
-        pid = open(os.path.join(env["KILN_STATE_DIR"], "engine.lock")).read().strip()
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, KeyError, ValueError):
-        pass
-    return None
-
 
 def run_concurrently(cmds, env):
     """Starts every command at once; the time until the last one ended."""
@@ -714,6 +638,10 @@ def main():
     # disk busy writing back for a while, which slows every fsync (BuildKit's).
     if "pipeline" in only:
         rows += bench_pipeline(kiln, env, args.runs)
+    if "dockerfile" in only:
+        rows += images.bench_dockerfile(kiln, env, args.runs)
+    if "publish" in only:
+        rows += images.bench_publish(kiln, env, args.runs)
     if "host-tree" in only:
         rows += bench_host_tree(kiln, env, args.runs, args.files, args.tree_bytes)
     if "remote-upload" in only:

@@ -1,6 +1,9 @@
 //! Pushing images: each layer and config blob unless the registry has it
-//! already, then the manifests (by digest when several platforms make an
+//! already (or can mount it from another of its repositories that holds
+//! it), then the manifests (by digest when several platforms make an
 //! index), then the tag. Blobs stream from the blob store in pieces.
+
+use std::collections::HashMap;
 
 use futures::StreamExt;
 use kiln_store::{BlobStore, Digest};
@@ -17,8 +20,8 @@ use crate::reference::Reference;
 /// Bytes read from a blob file per piece sent.
 const PIECE: usize = 1 << 20;
 
-/// What a push did: the digest the tag names now, and the blobs sent and
-/// found already there.
+/// What a push did: the digest the tag names now, and the blobs sent,
+/// mounted and found already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pushed {
     /// The digest of the manifest or index the tag names.
@@ -27,18 +30,28 @@ pub struct Pushed {
     pub blobs_sent: usize,
     /// Their bytes.
     pub bytes_sent: u64,
-    /// Blobs the registry had already.
+    /// Blobs mounted from another repository of the registry.
+    pub blobs_mounted: usize,
+    /// Blobs the repository had already.
     pub blobs_present: usize,
 }
 
+/// How one blob reached the repository.
+enum Sent {
+    Uploaded(u64),
+    Mounted,
+    Present,
+}
+
 impl Pushed {
-    fn count(&mut self, sent: Option<u64>) {
+    fn count(&mut self, sent: Sent) {
         match sent {
-            Some(bytes) => {
+            Sent::Uploaded(bytes) => {
                 self.blobs_sent += 1;
                 self.bytes_sent += bytes;
             }
-            None => self.blobs_present += 1,
+            Sent::Mounted => self.blobs_mounted += 1,
+            Sent::Present => self.blobs_present += 1,
         }
     }
 }
@@ -46,8 +59,16 @@ impl Pushed {
 impl Registry {
     /// Pushes `images` (one per platform; several make an index) to
     /// `reference`'s repository and tag, with the credentials of its
-    /// registry; what the tag now names and what was sent.
-    pub async fn push(&self, reference: &Reference, images: &[BuiltImage], blobs: &BlobStore) -> Result<Pushed> {
+    /// registry; what the tag now names and what was sent. `elsewhere`
+    /// names, for blobs the registry may hold in other repositories, one
+    /// such repository: the blob is mounted from there when it can be.
+    pub async fn push(
+        &self,
+        reference: &Reference,
+        images: &[BuiltImage],
+        blobs: &BlobStore,
+        elsewhere: &HashMap<Digest, String>,
+    ) -> Result<Pushed> {
         let host = reference.registry();
         let failed = |failure: Failure| Error::Push {
             reference: reference.to_string(),
@@ -72,12 +93,18 @@ impl Registry {
                 .ok_or_else(|| failed(Failure::Invalid("no image to push".into())))?,
             blobs_sent: 0,
             bytes_sent: 0,
+            blobs_mounted: 0,
             blobs_present: 0,
         };
         let mut seen = std::collections::HashSet::new();
         for image in images {
             for layer in image.layers.iter().filter(|l| seen.insert(l.digest)) {
-                pushed.count(push_blob(&source, &target, blobs, &layer.digest).await.map_err(fault)?);
+                let from = elsewhere.get(&layer.digest).map(String::as_str);
+                pushed.count(
+                    push_blob(&source, &target, blobs, &layer.digest, from)
+                        .await
+                        .map_err(fault)?,
+                );
             }
             let (config, digest) = &image.config;
             pushed.count(put_bytes(&source, &target, config, digest).await.map_err(fault)?);
@@ -110,15 +137,30 @@ async fn has_blob(source: &Source<'_>, target: &oci_client::Reference, digest: &
         .await
 }
 
-/// Pushes a blob of the store, unless the registry has it.
+/// Pushes a blob of the store, unless the repository has it or it can be
+/// mounted from the repository `from` of the same registry.
 async fn push_blob(
     source: &Source<'_>,
     target: &oci_client::Reference,
     blobs: &BlobStore,
     digest: &Digest,
-) -> Result<Option<u64>, Fault> {
+    from: Option<&str>,
+) -> Result<Sent, Fault> {
     if has_blob(source, target, digest).await? {
-        return Ok(None);
+        return Ok(Sent::Present);
+    }
+    if let Some(from) = from.filter(|f| *f != target.repository()) {
+        let other = oci_client::Reference::with_tag(target.registry().into(), from.into(), "latest".into());
+        // A registry that does not mount answers with an upload session
+        // instead (an error here): then the blob is uploaded.
+        if source
+            .client
+            .mount_blob(target, &other, &digest.to_string())
+            .await
+            .is_ok()
+        {
+            return Ok(Sent::Mounted);
+        }
     }
     let path = blobs.path(digest);
     let sent = std::sync::atomic::AtomicU64::new(0);
@@ -154,7 +196,7 @@ async fn push_blob(
                 .map_err(|e| source.failure(e))
         })
         .await?;
-    Ok(Some(sent.into_inner()))
+    Ok(Sent::Uploaded(sent.into_inner()))
 }
 
 /// Pushes a small blob (a config) held in memory, unless the registry has
@@ -164,15 +206,15 @@ async fn put_bytes(
     target: &oci_client::Reference,
     bytes: &[u8],
     digest: &Digest,
-) -> Result<Option<u64>, Fault> {
+) -> Result<Sent, Fault> {
     if has_blob(source, target, digest).await? {
-        return Ok(None);
+        return Ok(Sent::Present);
     }
     let (what, digest) = (format!("blob {digest}"), digest.to_string());
     source
         .request(&what, || source.client.push_blob(target, bytes.to_vec(), &digest))
         .await
-        .map(|_| Some(bytes.len() as u64))
+        .map(|_| Sent::Uploaded(bytes.len() as u64))
 }
 
 /// Pushes a manifest or index to `target` (a tag or a digest).

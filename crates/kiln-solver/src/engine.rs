@@ -486,9 +486,13 @@ impl Session {
         self.report.emit(&subject, EventKind::Started, None);
         let started = Instant::now();
         let (report, noticed) = (self.report.clone(), subject.clone());
-        let pushed = async {
-            let images = ops::blocking(self.engine.store(), &op, move |store| {
-                ops::image_archive::build_images(store, &specs, &tops, compression, media_types)
+        let host = reference.registry().to_string();
+        let (registry_host, repository) = (host.clone(), reference.repository().to_string());
+        let pushed: Result<kiln_oci::Pushed, SolveError> = async {
+            let (images, elsewhere) = ops::blocking(self.engine.store(), &op, move |store| {
+                let images = ops::image_archive::build_images(store, &specs, &tops, compression, media_types)?;
+                let elsewhere = ops::image_archive::blob_locations(store, &host, &images)?;
+                Ok((images, elsewhere))
             })
             .await?;
             let registry =
@@ -496,10 +500,15 @@ impl Session {
                     let message = notice.to_string();
                     report.emit(&noticed, EventKind::Notice { message }, None)
                 });
-            registry
-                .push(&reference, &images, self.engine.store().blobs())
+            let pushed = registry
+                .push(&reference, &images, self.engine.store().blobs(), &elsewhere)
                 .await
-                .map_err(|e| SolveError::op(&op, e))
+                .map_err(|e| SolveError::op(&op, e))?;
+            ops::blocking(self.engine.store(), &op, move |store| {
+                ops::image_archive::record_blob_locations(store, &registry_host, &repository, &images)
+            })
+            .await?;
+            Ok(pushed)
         }
         .await;
         let pushed = match pushed {
@@ -511,9 +520,10 @@ impl Session {
             }
         };
         let message = format!(
-            "sent {} blob(s), {}; {} already in the registry",
+            "sent {} blob(s), {}; mounted {} from other repositories; {} already there",
             pushed.blobs_sent,
             kiln_store::format_size(pushed.bytes_sent),
+            pushed.blobs_mounted,
             pushed.blobs_present
         );
         self.report.emit(&subject, EventKind::Notice { message }, None);

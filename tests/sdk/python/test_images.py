@@ -240,17 +240,25 @@ anyio.run(main)
 """
 
 
-async def test_publish_progress_says_what_was_sent(kiln, tmp_path, registry):
+async def test_publish_progress_says_what_was_sent_mounted_or_there(kiln, tmp_path, registry):
     address = f"{registry}/kiln-tests/progress:{uuid.uuid4().hex[:12]}"
     script = tmp_path / "publish.py"
     script.write_text(PUBLISH)
     first = kiln.run_python(script, address, address)
     assert first.returncode == 0, first.stderr
     assert f"RUN    publish {address}" in first.stderr and f"DONE   publish {address}" in first.stderr
-    sent = re.search(r"NOTICE publish .*: sent (\d+) blob\(s\), [^;]+; (\d+) already in the registry", first.stderr)
-    assert sent and int(sent.group(1)) >= 2, first.stderr
+    said = re.compile(r"NOTICE publish .*: sent (\d+) blob\(s\), [^;]+; mounted (\d+) from other repositories; (\d+) already")
+    sent, mounted, there = map(int, said.search(first.stderr).groups())
+    assert sent >= 1 and mounted == 0, first.stderr
     again = kiln.run_python(script, address, address)
     assert again.stdout == first.stdout
-    assert "sent 0 blob(s), 0 B; " in again.stderr, again.stderr
+    assert said.search(again.stderr).groups() == ("0", "0", str(sent + there)), again.stderr
     # Publishing is not an operation of the cache's: the summary counts none.
     assert again.summary() == (0, 2, 0)
+    # The same image into another repository: its layers are mounted from
+    # the first one, not sent again.
+    other = f"{registry}/kiln-tests/progress-other:{uuid.uuid4().hex[:12]}"
+    third = kiln.run_python(script, other, address)
+    sent3, mounted3, _ = map(int, said.search(third.stderr).groups())
+    assert mounted3 >= 1 and sent3 <= 1, third.stderr  # at most the config is sent
+    assert third.stdout.split("@")[1] == first.stdout.split("@")[1]

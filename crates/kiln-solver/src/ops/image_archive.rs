@@ -4,13 +4,14 @@
 //! layer, made once per compression and kept as a blob, so that exporting
 //! or publishing the same container again compresses nothing.
 
+use std::collections::HashMap;
 use std::fs;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use kiln_graph::KeyBuilder;
 use kiln_oci::{BuiltImage, Compression, LayerBlob, MediaTypes, Platform, RunConfig};
-use kiln_store::{CacheRecord, SnapshotId, Store, now_secs};
+use kiln_store::{CacheRecord, Digest, SnapshotId, Store, now_secs};
 use serde::{Deserialize, Serialize};
 
 use super::{Context, Definition, OpOutput, Operation, Prepared};
@@ -87,6 +88,44 @@ pub fn build_images(
                 .context(|| "the image's manifest".to_string())
         })
         .collect()
+}
+
+/// The cache key under which kiln remembers a repository of the registry
+/// `host` that holds the blob `digest` (a hint for cross-repository mounts).
+fn blob_location_key(host: &str, digest: &Digest) -> [u8; 32] {
+    *KeyBuilder::new("kiln/blob-location/v1")
+        .bytes(host.as_bytes())
+        .bytes(digest.to_string().as_bytes())
+        .finish()
+        .as_bytes()
+}
+
+/// The blobs of `images` that a repository of `host` is known to hold (from
+/// earlier pushes), with that repository.
+pub fn blob_locations(store: &Store, host: &str, images: &[BuiltImage]) -> Result<HashMap<Digest, String>, Cause> {
+    let mut found = HashMap::new();
+    for digest in images.iter().flat_map(|i| i.layers.iter().map(|l| l.digest)) {
+        let record = store.cache_get(&blob_location_key(host, &digest))?;
+        if let Some(repository) = record.and_then(|r| Some(r.meta.get("repository")?.as_str()?.to_string())) {
+            found.insert(digest, repository);
+        }
+    }
+    Ok(found)
+}
+
+/// Remembers that `repository` of `host` holds the layer blobs of `images`.
+pub fn record_blob_locations(store: &Store, host: &str, repository: &str, images: &[BuiltImage]) -> Result<(), Cause> {
+    for layer in images.iter().flat_map(|i| &i.layers) {
+        let record = CacheRecord {
+            outputs: Vec::new(),
+            meta: serde_json::json!({ "repository": repository }),
+            description: format!("blob {} is in {host}/{repository}", layer.digest),
+            created: now_secs(),
+            duration_ms: 0,
+        };
+        store.commit(Vec::new(), Some((&blob_location_key(host, &layer.digest), &record)))?;
+    }
+    Ok(())
 }
 
 /// The layer blobs of the tree `top` (base first; empty layers left out),

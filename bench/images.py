@@ -1,0 +1,193 @@
+"""Image benchmarks: Dockerfile builds (kiln's dockerBuild vs `docker build`
+with BuildKit) and publishing a 100 MB image (kiln vs `skopeo copy` of the
+same layers)."""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import uuid
+
+import dockerd as dockerd_lib
+from measure import busybox_rootfs_blob, cache_dir, engine_hwm_kib, kiln_query, repeat, run_measured, with_state
+
+# A two-stage build: an early ARG that every build-stage RUN sees, a source
+# COPY, work on it, and a final stage that takes the results.
+DOCKERFILE = """\
+ARG BASE=busybox
+FROM ${BASE} AS build
+ARG VERSION=1
+RUN mkdir -p /out && echo "version $VERSION" > /out/version
+COPY src /src
+RUN ls /src | wc -l > /out/files
+RUN cat /src/*.txt | md5sum > /out/sum
+RUN tar -cf /out/src.tar /src
+
+FROM ${BASE}
+COPY --from=build /out /app
+RUN ls -l /app > /app/listing
+CMD ["cat", "/app/version"]
+"""
+
+
+def build_context(work):
+    """The build context: the Dockerfile and src/ with 200 small files (the
+    same bytes every time)."""
+    ctx = os.path.join(work, "context")
+    src = os.path.join(ctx, "src")
+    os.makedirs(src)
+    rng = random.Random(200)
+    for i in range(200):
+        with open(os.path.join(src, f"m{i:03d}.txt"), "w") as f:
+            f.write("".join(rng.choice("abcdefghij \n") for _ in range(rng.randint(200, 2000))))
+    with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+        f.write(DOCKERFILE)
+    return ctx, os.path.join(src, "m100.txt")
+
+
+class Changes:
+    """The edits between runs: one source file, or the early ARG."""
+
+    def __init__(self, victim):
+        self.victim, self.original, self.n = victim, open(victim).read(), 0
+        self.version = 1
+
+    def source(self):
+        self.n += 1
+        with open(self.victim, "w") as f:
+            f.write(self.original + f"change {self.n}\n")
+
+    def arg(self):
+        self.version += 1
+
+
+def bench_dockerfile(kiln, env, runs):
+    if not dockerd_lib.available():
+        raise SystemExit("the dockerfile benchmark needs Debian's docker.io (apt-get install docker.io)")
+    work = tempfile.mkdtemp(prefix="kiln-bench-dockerfile-")
+    ctx, victim = build_context(work)
+    change = Changes(victim)
+    state = os.path.join(work, "kiln-state")
+    kenv = with_state(env, state)
+
+    def kiln_build():
+        query = (
+            '{ host { directory(path: "%s") { dockerBuild(buildArgs: [{name: "VERSION", value: "%d"}]) '
+            "{ sync } } } }" % (ctx, change.version)
+        )
+        return kiln_query(kiln, kenv, query)
+
+    def fresh_kiln():
+        shutil.rmtree(state, ignore_errors=True)
+        # The base image is local for docker (imported): pull it for kiln.
+        kiln_query(kiln, kenv, '{ container { from(address: "busybox") { sync } } }')
+
+    results, engine_rss = {}, {}
+    for name, before in (
+        ("cold", fresh_kiln),
+        ("warm", None),
+        ("after a one-file change", change.source),
+        ("after an early ARG change", change.arg),
+    ):
+        results["kiln", name] = repeat(kiln_build, runs, before=before)
+        engine_rss[name] = engine_hwm_kib(kenv)
+
+    dockerd = dockerd_lib.Dockerd(work)
+    try:
+        run_measured(dockerd.command("import", busybox_rootfs_blob(env), "kiln-bench-busybox"), env=dockerd.env)
+
+        def docker_build():
+            return run_measured(
+                dockerd.command(
+                    "build", "--network=none", "-q", "-t", "kiln-bench-app", "--build-arg", "BASE=kiln-bench-busybox",
+                    "--build-arg", f"VERSION={change.version}", ctx,
+                ),
+                env=dockerd.env,
+            )
+
+        def prune():
+            run_measured(dockerd.command("builder", "prune", "-af"), env=dockerd.env)
+
+        docker_build()  # a fresh daemon's first build (not measured)
+        results["docker", "cold"] = repeat(docker_build, runs, before=prune)
+        results["docker", "warm"] = repeat(docker_build, runs)
+        results["docker", "after a one-file change"] = repeat(docker_build, runs, before=change.source)
+        results["docker", "after an early ARG change"] = repeat(docker_build, runs, before=change.arg)
+        daemon_rss = dockerd.peak_rss_kib()
+    finally:
+        dockerd.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+    rows = []
+    for name in ("cold", "warm", "after a one-file change", "after an early ARG change"):
+        k, d = results["kiln", name], results["docker", name]
+        target = 3 if name == "warm" else 2
+        rows += [
+            (f"Dockerfile build {name}: kiln dockerBuild (kiln query; RSS: engine)", k.ms(), engine_rss[name]),
+            (f"Dockerfile build {name}: docker build (BuildKit; RSS: dockerd+containerd)", d.ms(), daemon_rss),
+            (f"ratio: docker build / kiln, {name} (target >= {target})", d.ms() / k.ms(), None),
+        ]
+    return rows
+
+
+def random_file(size):
+    """A file of `size` random bytes (incompressible, like built binaries),
+    made once under the cache dir."""
+    path = os.path.join(cache_dir(), "bench", f"random-{size}.bin")
+    if not os.path.exists(path) or os.path.getsize(path) != size:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        rng = random.Random(size)
+        with open(path + ".tmp", "wb") as f:
+            left = size
+            while left:
+                n = min(left, 1 << 20)
+                f.write(rng.randbytes(n))
+                left -= n
+        os.replace(path + ".tmp", path)
+    return path
+
+
+def bench_publish(kiln, env, runs, size=100 << 20):
+    """Publishing an image with a 100 MB layer to a new repository of the
+    loopback registry (every blob sent), kiln vs `skopeo copy` of the same
+    image from an OCI archive."""
+    registry = env["KILN_REGISTRY"]
+    work = tempfile.mkdtemp(prefix="kiln-bench-publish-")
+    data = os.path.join(work, "data")
+    os.makedirs(data)
+    shutil.copy(random_file(size), os.path.join(data, "payload.bin"))
+    state = os.path.join(work, "kiln-state")
+    kenv = with_state(env, state)
+    image = '{ host { directory(path: "%s") { id } } }' % data
+    data_id = json.loads(kiln_query(kiln, kenv, image).stdout)["data"]["host"]["directory"]["id"]
+    ctr = 'container { from(address: "busybox") { withDirectory(path: "/data", source: "%s") { %s } } }'
+
+    def publish():
+        address = f"{registry}/kiln-bench/publish-{uuid.uuid4().hex[:12]}:latest"
+        return kiln_query(kiln, kenv, "{ %s }" % (ctr % (data_id, f'publish(address: "{address}")')))
+
+    # The first publish makes the layer blobs (gzip): measured on its own.
+    first = repeat(publish, 1)
+    kiln_runs = repeat(publish, runs)
+    rss = engine_hwm_kib(kenv)
+
+    archive = os.path.join(work, "image.tar")
+    kiln_query(kiln, kenv, "{ %s }" % (ctr % (data_id, f'export(path: "{archive}")')))
+
+    def skopeo_copy():
+        address = f"{registry}/kiln-bench/skopeo-{uuid.uuid4().hex[:12]}:latest"
+        return run_measured(
+            ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci-archive:{archive}", f"docker://{address}"],
+            env=env,
+        )
+
+    skopeo = repeat(skopeo_copy, runs)
+    subprocess.run(["rm", "-rf", work], check=False)
+    return [
+        ("publish 100 MB image, first (layers compressed): kiln (RSS: engine)", first.ms(), rss),
+        ("publish 100 MB image to a new repository: kiln (RSS: engine)", kiln_runs.ms(), rss),
+        ("publish 100 MB image to a new repository: skopeo copy (from kiln's OCI archive)", skopeo.ms(), skopeo.rss()),
+        ("ratio: kiln / skopeo copy", kiln_runs.ms() / skopeo.ms(), None),
+    ]
