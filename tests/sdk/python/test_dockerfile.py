@@ -330,3 +330,43 @@ async def test_healthchecks_reach_the_image_config_and_are_inherited(dag, tmp_pa
     assert config["config"]["Healthcheck"] == {"Test": ["CMD", "true"], "Interval": 5_000_000_000}
     config, _ = await round_trip(dag, api.without_docker_healthcheck(), registry, "healthcheck-api")
     assert "Healthcheck" not in config["config"]
+
+
+def write_tar(path: Path, files: dict[str, str], mode: str) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(path, mode) as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+async def test_add_extracts_local_archives_by_their_content(dag, tmp_path):
+    root = context(
+        tmp_path,
+        """
+        FROM busybox
+        ADD app.tar.gz /opt/app/
+        ADD bundle.bin /opt/bundle
+        ADD plain.tar /opt/plain.tar
+        ADD notes.txt /opt/
+        """,
+        {"plain.tar": "not really a tar", "notes.txt": "notes"},
+    )
+    write_tar(root / "app.tar.gz", {"bin/run": "#!/bin/sh\necho run\n", "README": "app"}, "w:gz")
+    # A tar by content, whatever its name says.
+    write_tar(root / "bundle.bin", {"inside.txt": "inside"}, "w")
+    image = dag.host().directory(str(root)).docker_build()
+    assert await image.file("/opt/app/README").contents() == "app"
+    assert await image.file("/opt/app/bin/run").contents() == "#!/bin/sh\necho run\n"
+    assert await image.file("/opt/bundle/inside.txt").contents() == "inside"
+    assert await image.file("/opt/plain.tar").contents() == "not really a tar"
+    assert await image.file("/opt/notes.txt").contents() == "notes"
+    # An archive kiln cannot read is named, not copied as a file.
+    bz = context(tmp_path / "bz", "FROM busybox\nADD data.tar.bz2 /data/\n")
+    write_tar(bz / "data.tar.bz2", {"x": "x"}, "w:bz2")
+    with pytest.raises(dagger.QueryError, match=r"Dockerfile:2: ADD: .*bzip2-compressed archives are not extracted"):
+        await dag.host().directory(str(bz)).docker_build().sync()

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use kiln_store::Digest;
 use sha2::{Digest as _, Sha256};
 
-pub use compression::Compression;
+pub use compression::{Compression, tar_archive};
 pub use diff::{DiffStats, diff_to_layer};
 pub use extract::OPAQUE_XATTR;
 pub use limits::{ExtractLimits, Limit};

@@ -154,13 +154,7 @@ fn apply(
     limits: ExtractLimits,
 ) -> Result<SnapshotId, Cause> {
     let staged = store.stage(parent)?;
-    // Never more than the disk can take: a layer that does not fit fails
-    // naming its entry instead of filling the disk.
-    let available = kiln_store::free_space(store.root());
-    let limits = ExtractLimits {
-        max_total_bytes: [limits.max_total_bytes, available].into_iter().flatten().min(),
-        ..limits
-    };
+    let limits = bounded_limits(store, limits);
     let lowers = store.chain(parent)?;
     let blob = store.blobs().open_blob(&layer.digest)?;
     let started = std::time::Instant::now();
@@ -189,4 +183,15 @@ fn apply(
     };
     store.commit(vec![staged], Some((chain.as_bytes(), &record)))?;
     Ok(id)
+}
+
+/// `limits`, with the bytes a layer may write bounded by the free disk
+/// space too: a layer that does not fit fails naming its entry instead of
+/// filling the disk.
+pub(crate) fn bounded_limits(store: &Store, limits: ExtractLimits) -> ExtractLimits {
+    let available = kiln_store::free_space(store.root());
+    ExtractLimits {
+        max_total_bytes: [limits.max_total_bytes, available].into_iter().flatten().min(),
+        ..limits
+    }
 }

@@ -70,6 +70,7 @@ operations! {
     rm::Rm,
     diff::Diff,
     image_archive::ImageArchive,
+    unpack::Unpack,
 }
 
 pub use image_archive::{ARCHIVE_NAME, ImageSpec};

@@ -728,12 +728,24 @@ impl Build<'_> {
                 _ => return Err(self.source.unsupported(at, "this source")),
             };
             let src = st.expand(&src.value);
-            if add && (src.contains("://") || is_archive(&src)) {
-                return Err(self
-                    .source
-                    .unsupported(at, "ADD of a URL or of an archive (to extract)"));
+            if add && src.contains("://") {
+                return Err(self.source.unsupported(at, "ADD of a URL"));
             }
             for (path, is_dir) in self.matches(view, &base, &src).map_err(|e| self.source.error(at, e))? {
+                if add && !is_dir && self.is_archive(view, &path).map_err(|e| self.source.error(at, e))? {
+                    // A local tar archive is extracted into the destination.
+                    let op = ops::Unpack {
+                        src_path: path,
+                        dest_path: dest.clone(),
+                    };
+                    let inputs = vec![self.api.nodes.input(st.c.rootfs)?, self.api.nodes.input(tree)?];
+                    let node = self.api.nodes.add(op, inputs);
+                    st.c.rootfs = Some(TreeRef {
+                        node: node.digest(),
+                        output: 0,
+                    });
+                    continue;
+                }
                 let dest_path = match (is_dir, into_dir) {
                     (false, true) => join_path(&dest, path.rsplit('/').next().unwrap_or("")),
                     _ => dest.clone(),
@@ -756,6 +768,19 @@ impl Build<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the file `path` of the source tree is a tar archive (by its
+    /// content, as Docker decides), which ADD extracts.
+    fn is_archive(&self, view: &MergedView, path: &str) -> Result<bool, String> {
+        let rel = view.resolve(path, true).map_err(|e| e.to_string())?;
+        let Some(entry) = view.lookup(&rel).map_err(|e| e.to_string())? else {
+            return Ok(false);
+        };
+        let file = std::fs::File::open(&entry.real).map_err(|e| format!("{path}: {e}"))?;
+        kiln_oci::tar_archive(file)
+            .map(|found| found.is_some())
+            .map_err(|e| format!("{path}: {e}"))
     }
 
     /// The paths (in the source tree) that `src` names, and whether each is
@@ -868,14 +893,6 @@ fn leftover(options: &HashMap<&str, &str>, kind: &str) -> Result<(), String> {
         None => Ok(()),
         Some(k) => Err(format!("--mount=type={kind}: option {k} is not supported by kiln yet")),
     }
-}
-
-fn is_archive(src: &str) -> bool {
-    [
-        ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst",
-    ]
-    .iter()
-    .any(|ext| src.ends_with(ext))
 }
 
 #[cfg(test)]
