@@ -189,6 +189,9 @@ impl Registry {
                     read_timeout: Some(self.config.read_timeout()),
                     user_agent: concat!("kiln/", env!("CARGO_PKG_VERSION")),
                     platform_resolver: None,
+                    // A blob goes up in one streamed PUT (its size is
+                    // known), not one PATCH request per piece read.
+                    use_monolithic_push: true,
                     ..Default::default()
                 })
             })
