@@ -139,6 +139,9 @@ pub struct Container {
     /// Docker's health check (image config only).
     #[serde(default)]
     pub healthcheck: Option<kiln_oci::Healthcheck>,
+    /// Annotations of the image manifest it exports as, in order.
+    #[serde(default)]
+    pub annotations: Vec<(String, String)>,
 }
 
 impl Container {
@@ -163,6 +166,7 @@ impl Container {
             volumes: Vec::new(),
             stop_signal: None,
             healthcheck: None,
+            annotations: Vec::new(),
         }
     }
 }

@@ -65,6 +65,9 @@ pub struct RunConfig {
     /// Docker's health check (not part of OCI's config; Docker reads it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<Healthcheck>,
+    /// Annotations of the image's manifest, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub annotations: Vec<(String, String)>,
 }
 
 /// Docker's `HEALTHCHECK` as its image config holds it: the test
@@ -227,6 +230,10 @@ pub fn build_image(
         )
         .build()
         .map_err(invalid)?;
+    let mut manifest = manifest;
+    if !run.annotations.is_empty() {
+        manifest.set_annotations(Some(run.annotations.iter().cloned().collect()));
+    }
     let manifest = serde_json::to_vec(&manifest).map_err(invalid)?;
     let manifest_digest = Digest::of(&manifest);
     Ok(BuiltImage {

@@ -73,7 +73,8 @@ EXPORT_IMAGE = """{ container { from(address: "busybox") {
 @pytest.mark.skipif(not dockerd.available(), reason="Debian's docker.io is not installed (scripts/setup.sh installs it)")
 async def test_an_exported_image_loads_into_docker_and_runs(dag, tmp_path, kiln):
     """`docker load` of kiln's tarball, into a dockerd of the test's own;
-    then exportImage, where kiln loads the image itself."""
+    then exportImage, where kiln loads the image itself, and
+    Host.containerImage, where kiln takes it back."""
     path = tmp_path / "image.tar"
     await built(dag).export(str(path))
     with dockerd.Dockerd(str(tmp_path / "d")) as d:
@@ -95,6 +96,14 @@ async def test_an_exported_image_loads_into_docker_and_runs(dag, tmp_path, kiln)
         assert run.returncode == 0, run.stderr
         out = d.docker("run", "--rm", "--network", "none", "kiln-tests/exported:v1").stdout
         assert out == "exported\n"
+
+        # And back: Host.containerImage takes it from that Docker.
+        query = '{ host { containerImage(name: "kiln-tests/exported:v1") { withExec(args: []) { stdout } } } }'
+        run = subprocess.run(
+            [os.environ["KILN_BIN"], "query"], input=query, env=kiln.env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["data"]["host"]["containerImage"]["withExec"]["stdout"] == "exported\n"
 
 
 async def test_an_image_tarball_imports_back_and_runs(dag):
@@ -262,3 +271,24 @@ async def test_publish_progress_says_what_was_sent_mounted_or_there(kiln, tmp_pa
     sent3, mounted3, _ = map(int, said.search(third.stderr).groups())
     assert mounted3 >= 1 and sent3 <= 1, third.stderr  # at most the config is sent
     assert third.stdout.split("@")[1] == first.stdout.split("@")[1]
+
+
+async def test_annotations_reach_the_manifest(dag, tmp_path, registry):
+    ctr = (
+        dag.container()
+        .from_("busybox")
+        .with_annotation("org.opencontainers.image.source", "https://example.com/repo")
+        .with_annotation("org.example.build", "1")
+        .with_annotation("org.example.gone", "x")
+        .without_annotation("org.example.gone")
+    )
+    path = tmp_path / "annotated.tar"
+    await ctr.export(str(path))
+    manifest = skopeo("inspect", "--raw", f"oci-archive:{path}")
+    assert manifest["annotations"] == {
+        "org.opencontainers.image.source": "https://example.com/repo",
+        "org.example.build": "1",
+    }
+    address = f"{registry}/kiln-tests/annotated:{uuid.uuid4().hex[:12]}"
+    await ctr.publish(address)
+    assert skopeo("inspect", "--tls-verify=false", "--raw", f"docker://{address}")["annotations"]["org.example.build"] == "1"

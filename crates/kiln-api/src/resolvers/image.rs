@@ -1,7 +1,7 @@
 //! Images in and out: `Container.asTarball`, `Container.export` (one
 //! tarball that is both an OCI layout and a Docker archive, several
-//! platforms at once), `Container.exportImage` (that tarball loaded into
-//! the host's Docker) and `Container.import`.
+//! platforms at once), `Container.import`, `publish`, registry auth and
+//! annotations.
 
 use std::sync::Arc;
 
@@ -18,11 +18,29 @@ use crate::values::{Container, File, Object, TreeRef};
 pub fn register(r: &mut Registry) {
     r.add("Container", "asTarball", resolver!(as_tarball));
     r.add("Container", "export", resolver!(export));
-    r.add("Container", "exportImage", resolver!(export_image));
     r.add("Container", "import", resolver!(import));
     r.add("Container", "publish", resolver!(publish));
     r.add("Container", "withRegistryAuth", resolver!(with_registry_auth));
+    r.add("Container", "withAnnotation", resolver!(with_annotation));
+    r.add("Container", "withoutAnnotation", resolver!(without_annotation));
     r.add("Container", "withoutRegistryAuth", resolver!(without_registry_auth));
+}
+
+/// An annotation of the manifest the container exports or publishes as
+/// (one value per name: a new one replaces the old).
+async fn with_annotation(_: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let mut c = container(obj)?;
+    let name = args.string("name")?;
+    c.annotations.retain(|(n, _)| *n != name);
+    c.annotations.push((name, args.opt_string("value").unwrap_or_default()));
+    Ok(Output::Object(Object::Container(Box::new(c))))
+}
+
+async fn without_annotation(_: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let mut c = container(obj)?;
+    let name = args.string("name")?;
+    c.annotations.retain(|(n, _)| *n != name);
+    Ok(Output::Object(Object::Container(Box::new(c))))
 }
 
 /// Credentials for the registry of `address`, for this session's pulls and
@@ -61,6 +79,7 @@ fn run_config(c: &Container) -> RunConfig {
         volumes: c.volumes.clone(),
         stop_signal: c.stop_signal.clone(),
         healthcheck: c.healthcheck.clone(),
+        annotations: c.annotations.clone(),
     }
 }
 
@@ -140,7 +159,7 @@ fn images(api: &Api, c: Container, args: &Args) -> Result<Images, ApiError> {
 /// The image tarball of `c` and its `platformVariants`, as a file.
 /// The image tarball of `c` as the arguments ask for it, its images
 /// tagged `name` in its Docker manifest.
-fn tarball(api: &Api, c: Container, args: &Args, name: Option<String>) -> Result<File, ApiError> {
+pub(super) fn tarball(api: &Api, c: Container, args: &Args, name: Option<String>) -> Result<File, ApiError> {
     let images = images(api, c, args)?;
     let op = ImageArchive {
         images: images.specs,
@@ -174,43 +193,6 @@ async fn export(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
     Ok(Output::string(dest.display().to_string()))
 }
 
-/// The image, tagged `name`, loaded into the Docker of the client (`docker
-/// load` with the client's `DOCKER_HOST`, on the engine's host, which is
-/// the client's).
-async fn export_image(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
-    super::service::local_only(&api, "exportImage")?;
-    let name = args.string("name")?;
-    let file = tarball(&api, container(obj)?, &args, Some(name.clone()))?;
-    let view = api.view(file.tree).await?;
-    let rel = view.resolve(&file.path, true).map_err(ApiError::internal)?;
-    let entry = view
-        .lookup(&rel)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::internal("the image tarball is missing"))?;
-    let fail = |why: String| ApiError::invalid(format!("exportImage {name}: {why}"));
-    let mut load = tokio::process::Command::new("docker");
-    load.arg("load").arg("--input").arg(&entry.real);
-    if let Some(docker_host) = &api.session.options().docker_host {
-        load.env("DOCKER_HOST", docker_host);
-    }
-    let loaded = load.output().await.map_err(|e| {
-        fail(format!(
-            "cannot run `docker load` ({e}): exportImage needs the docker CLI and a Docker daemon on the engine's \
-                 host; export(path) writes the same image as a tarball"
-        ))
-    })?;
-    if !loaded.status.success() {
-        return Err(fail(format!(
-            "`docker load` failed ({}): {}",
-            loaded.status,
-            String::from_utf8_lossy(&loaded.stderr).trim()
-        )));
-    }
-    // `Void!`: GraphQL wants a value where Dagger sends none; the SDKs
-    // ignore what it is.
-    Ok(Output::string(String::new()))
-}
-
 async fn publish(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
     let address = args.string("address")?;
     let images = images(&api, container(obj)?, &args)?;
@@ -231,15 +213,11 @@ async fn import(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
     let c = container(obj)?;
     let source = api.arg_file(&args, "source")?;
     let tag = args.opt_string("tag");
-    let view = api.view(source.tree).await?;
-    let rel = view.resolve(&source.path, true).map_err(ApiError::internal)?;
-    let entry = view
-        .lookup(&rel)
-        .map_err(ApiError::internal)?
-        .filter(|e| e.meta.is_file())
-        .ok_or_else(|| ApiError::invalid(format!("import: {} is not a file", source.path)))?;
     // The file's own path in the store: its snapshot is pinned by the session.
-    let path = entry.real.display().to_string();
+    let path = stored_path(&api, &source)
+        .await?
+        .ok_or_else(|| ApiError::invalid(format!("import: {} is not a file", source.path)))?;
+    let path = path.display().to_string();
     let image = api.engine.load_image(&path, tag.as_deref(), Some(&c.platform)).await?;
     let node = api.nodes.add(
         ops::ImageImport {
@@ -255,4 +233,13 @@ async fn import(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiErr
         &image,
         None,
     )))))
+}
+
+/// Where the file `f` is in the store (solved first); `None` if it is not a
+/// regular file.
+pub(super) async fn stored_path(api: &Api, f: &File) -> Result<Option<std::path::PathBuf>, ApiError> {
+    let view = api.view(f.tree).await?;
+    let rel = view.resolve(&f.path, true).map_err(ApiError::internal)?;
+    let entry = view.lookup(&rel).map_err(ApiError::internal)?;
+    Ok(entry.filter(|e| e.meta.is_file()).map(|e| e.real))
 }

@@ -2,6 +2,7 @@
 
 mod container;
 mod directory;
+mod docker;
 mod dockerfile;
 mod file;
 mod healthcheck;
@@ -18,6 +19,7 @@ pub fn register(r: &mut Registry) {
     query::register(r);
     container::register(r);
     directory::register(r);
+    docker::register(r);
     dockerfile::register(r);
     file::register(r);
     healthcheck::register(r);
