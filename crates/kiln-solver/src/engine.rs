@@ -505,7 +505,8 @@ impl Session {
                 .await
                 .map_err(|e| SolveError::op(&op, e))?;
             ops::blocking(self.engine.store(), &op, move |store| {
-                ops::image_archive::record_blob_locations(store, &registry_host, &repository, &images)
+                let digests = images.iter().flat_map(|i| i.layers.iter().map(|l| l.digest));
+                ops::image_archive::record_blob_locations(store, &registry_host, &repository, digests)
             })
             .await?;
             Ok(pushed)

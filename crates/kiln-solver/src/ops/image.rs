@@ -124,6 +124,12 @@ pub(crate) async fn unpack(cx: &Context<'_>, image: ResolvedImage) -> Result<OpO
             let mut chain = KeyBuilder::new("kiln/layer/v1").finish();
             // Layers found in the cache stay while the image is unpacked.
             let mut pins = Vec::with_capacity(image.layers.len());
+            // Pulled (not imported from a file): the registry that served
+            // it holds its blobs, for publishes to mount.
+            if let Some(reference) = image.reference.as_ref().filter(|_| !image.source.starts_with('/')) {
+                let digests = image.layers.iter().map(|l| l.digest);
+                super::image_archive::record_blob_locations(store, &image.source, reference.repository(), digests)?;
+            }
             for layer in &image.layers {
                 chain = KeyBuilder::new("kiln/layer/v1")
                     .key(&chain)
@@ -182,6 +188,18 @@ fn apply(
         duration_ms: started.elapsed().as_millis() as u64,
     };
     store.commit(vec![staged], Some((chain.as_bytes(), &record)))?;
+    // The blob it came from is its layer blob in that compression: an
+    // export or publish of the image sends the registry's own bytes (same
+    // digests, so registries share and mount them).
+    let mut prefix = [0u8; 4];
+    let read = std::io::Read::read(&mut store.blobs().open_blob(&layer.digest)?, &mut prefix).unwrap_or(0);
+    let compression = kiln_oci::Compression::detect(&layer.media_type, &prefix[..read]);
+    let blob = kiln_oci::LayerBlob {
+        digest: layer.digest,
+        diff_id: layer.diff_id,
+        size: layer.size,
+    };
+    super::image_archive::record_layer_blob(store, id, compression, &blob, 0)?;
     Ok(id)
 }
 

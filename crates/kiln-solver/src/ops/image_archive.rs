@@ -101,7 +101,7 @@ fn blob_location_key(host: &str, digest: &Digest) -> [u8; 32] {
 }
 
 /// The blobs of `images` that a repository of `host` is known to hold (from
-/// earlier pushes), with that repository.
+/// earlier pushes and pulls), with that repository.
 pub fn blob_locations(store: &Store, host: &str, images: &[BuiltImage]) -> Result<HashMap<Digest, String>, Cause> {
     let mut found = HashMap::new();
     for digest in images.iter().flat_map(|i| i.layers.iter().map(|l| l.digest)) {
@@ -113,18 +113,52 @@ pub fn blob_locations(store: &Store, host: &str, images: &[BuiltImage]) -> Resul
     Ok(found)
 }
 
-/// Remembers that `repository` of `host` holds the layer blobs of `images`.
-pub fn record_blob_locations(store: &Store, host: &str, repository: &str, images: &[BuiltImage]) -> Result<(), Cause> {
-    for layer in images.iter().flat_map(|i| &i.layers) {
+/// Remembers that `repository` of `host` holds the blobs `digests`.
+pub fn record_blob_locations(
+    store: &Store,
+    host: &str,
+    repository: &str,
+    digests: impl IntoIterator<Item = Digest>,
+) -> Result<(), Cause> {
+    for digest in digests {
         let record = CacheRecord {
             outputs: Vec::new(),
             meta: serde_json::json!({ "repository": repository }),
-            description: format!("blob {} is in {host}/{repository}", layer.digest),
+            description: format!("blob {digest} is in {host}/{repository}"),
             created: now_secs(),
             duration_ms: 0,
         };
-        store.commit(Vec::new(), Some((&blob_location_key(host, &layer.digest), &record)))?;
+        store.commit(Vec::new(), Some((&blob_location_key(host, &digest), &record)))?;
     }
+    Ok(())
+}
+
+/// The cache key of the layer blob made of snapshot `id` with `compression`.
+fn layer_blob_key(id: SnapshotId, compression: Compression) -> [u8; 32] {
+    *KeyBuilder::new("kiln/layer-blob/v1")
+        .bytes(&id.0.to_le_bytes())
+        .bytes(serde_json::to_string(&compression).expect("serializes").as_bytes())
+        .finish()
+        .as_bytes()
+}
+
+/// Records `layer` as the blob of snapshot `id` with `compression` (made
+/// from it, or the pulled blob it was extracted from).
+pub(crate) fn record_layer_blob(
+    store: &Store,
+    id: SnapshotId,
+    compression: Compression,
+    layer: &LayerBlob,
+    duration_ms: u64,
+) -> Result<(), Cause> {
+    let record = CacheRecord {
+        outputs: Vec::new(),
+        meta: serde_json::json!({ "layer": layer }),
+        description: format!("layer blob of snapshot {id}"),
+        created: now_secs(),
+        duration_ms,
+    };
+    store.commit(Vec::new(), Some((&layer_blob_key(id, compression), &record)))?;
     Ok(())
 }
 
@@ -152,13 +186,8 @@ pub(crate) fn layer_blobs(
         if empty {
             continue;
         }
-        let key = *KeyBuilder::new("kiln/layer-blob/v1")
-            .bytes(&id.0.to_le_bytes())
-            .bytes(serde_json::to_string(&compression).expect("serializes").as_bytes())
-            .finish()
-            .as_bytes();
         let known = store
-            .cache_get(&key)?
+            .cache_get(&layer_blob_key(id, compression))?
             .and_then(|r| serde_json::from_value::<LayerBlob>(r.meta.get("layer")?.clone()).ok())
             .filter(|l| store.blobs().contains(&l.digest));
         if let Some(layer) = known {
@@ -174,14 +203,7 @@ pub(crate) fn layer_blobs(
             diff_id: stats.diff_id,
             size: stats.size,
         };
-        let record = CacheRecord {
-            outputs: Vec::new(),
-            meta: serde_json::json!({ "layer": layer }),
-            description: format!("layer blob of snapshot {id}"),
-            created: now_secs(),
-            duration_ms: started.elapsed().as_millis() as u64,
-        };
-        store.commit(Vec::new(), Some((&key, &record)))?;
+        record_layer_blob(store, id, compression, &layer, started.elapsed().as_millis() as u64)?;
         layers.push(layer);
     }
     Ok(layers)
