@@ -16,6 +16,7 @@ import uuid
 import dockerd as dockerd_lib
 from measure import (
     Series,
+    build_context,
     busybox_rootfs_blob,
     cache_dir,
     engine_hwm_kib,
@@ -44,21 +45,6 @@ CMD ["cat", "/app/version"]
 """
 
 
-def build_context(work):
-    """The build context: the Dockerfile and src/ with 200 small files (the
-    same bytes every time)."""
-    ctx = os.path.join(work, "context")
-    src = os.path.join(ctx, "src")
-    os.makedirs(src)
-    rng = random.Random(200)
-    for i in range(200):
-        with open(os.path.join(src, f"m{i:03d}.txt"), "w") as f:
-            f.write("".join(rng.choice("abcdefghij \n") for _ in range(rng.randint(200, 2000))))
-    with open(os.path.join(ctx, "Dockerfile"), "w") as f:
-        f.write(DOCKERFILE)
-    return ctx, os.path.join(src, "m100.txt")
-
-
 class Changes:
     """The edits between runs: one source file, or the early ARG."""
 
@@ -79,7 +65,7 @@ def bench_dockerfile(kiln, env, runs):
     if not dockerd_lib.available():
         raise SystemExit("the dockerfile benchmark needs Debian's docker.io (apt-get install docker.io)")
     work = tempfile.mkdtemp(prefix="kiln-bench-dockerfile-")
-    ctx, victim = build_context(work)
+    ctx, victim = build_context(work, DOCKERFILE)
     change = Changes(victim)
     state = os.path.join(work, "kiln-state")
     kenv = with_state(env, state)

@@ -3,6 +3,7 @@ series of runs, and kiln invocations."""
 
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -112,3 +113,19 @@ def engine_hwm_kib(env):
     except (OSError, KeyError, ValueError):
         pass
     return None
+
+
+def build_context(work, dockerfile):
+    """A build context under `work`: `dockerfile` and src/ with 200 small
+    files (the same bytes every time); its dir and the file benchmarks
+    change (src/m100.txt)."""
+    ctx = os.path.join(work, "context")
+    src = os.path.join(ctx, "src")
+    os.makedirs(src)
+    rng = random.Random(200)
+    for i in range(200):
+        with open(os.path.join(src, f"m{i:03d}.txt"), "w") as f:
+            f.write("".join(rng.choice("abcdefghij \n") for _ in range(rng.randint(200, 2000))))
+    with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+        f.write(dockerfile)
+    return ctx, os.path.join(src, "m100.txt")

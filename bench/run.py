@@ -73,6 +73,7 @@ import images  # noqa: E402
 from measure import (  # noqa: E402
     Measured,
     Series,
+    build_context,
     busybox_rootfs_blob,
     cache_dir,
     engine_hwm_kib,
@@ -486,26 +487,16 @@ def pipeline_query(src_id):
 
 
 def ensure_pipeline_context(work):
-    """A build context: Dockerfile and src/ with 200 small files (the same
-    bytes every time)."""
-    ctx = os.path.join(work, "context")
-    src = os.path.join(ctx, "src")
-    os.makedirs(src)
-    rng = random.Random(200)
-    for i in range(200):
-        with open(os.path.join(src, f"m{i:03d}.txt"), "w") as f:
-            f.write("".join(rng.choice("abcdefghij \n") for _ in range(rng.randint(200, 2000))))
-    with open(os.path.join(ctx, "Dockerfile"), "w") as f:
-        f.write(dockerfile())
-    return ctx, src
+    """A build context: Dockerfile and src/ with 200 small files."""
+    return build_context(work, dockerfile())
 
 
 def bench_pipeline(kiln, env, runs):
     if not dockerd_lib.available():
         sys.exit("the pipeline benchmark needs Debian's docker.io (apt-get install --no-install-recommends docker.io)")
     work = tempfile.mkdtemp(prefix="kiln-bench-pipeline-")
-    ctx, src = ensure_pipeline_context(work)
-    victim = os.path.join(src, "m100.txt")
+    ctx, victim = ensure_pipeline_context(work)
+    src = os.path.dirname(victim)
     original = open(victim).read()
     counter = [0]
 
