@@ -25,7 +25,10 @@ pub use credentials::Credentials;
 pub use error::{Error, Failure, Result};
 pub use image::{LayerDesc, ResolvedImage};
 pub use import::{import_archive, import_oci_layout};
-pub use layer::{ApplyStats, Compression, DiffStats, ExtractLimits, Limit, apply_layer, diff_to_layer, tar_archive};
+pub use layer::{
+    ApplyStats, ArchiveCompression, Compression, DiffStats, ExtractLimits, Limit, apply_layer, archive_reader,
+    diff_to_layer, tar_archive,
+};
 pub use platform::Platform;
 pub use pull::{Registry, RegistryNotice};
 pub use push::Pushed;

@@ -4,6 +4,7 @@
 //! host (see [`apply_layer`]); and the reverse, an overlayfs upper
 //! directory back into a layer ([`diff_to_layer`]).
 
+mod archives;
 mod compression;
 mod diff;
 mod dirs;
@@ -20,7 +21,8 @@ use std::path::{Path, PathBuf};
 use kiln_store::Digest;
 use sha2::{Digest as _, Sha256};
 
-pub use compression::{Compression, tar_archive};
+pub use archives::{ArchiveCompression, archive_reader, tar_archive};
+pub use compression::Compression;
 pub use diff::{DiffStats, diff_to_layer};
 pub use extract::OPAQUE_XATTR;
 pub use limits::{ExtractLimits, Limit};

@@ -1,5 +1,5 @@
 //! Extracting a tar archive of one tree into another (the Dockerfile's
-//! `ADD` of a local archive).
+//! `ADD` of a local archive: plain, gzip, zstd, bzip2 or xz).
 
 use std::fs;
 
@@ -13,7 +13,7 @@ use super::{Context, Definition, OpOutput, Operation, Prepared};
 use crate::SolveError;
 use crate::error::Context as _;
 
-/// Extracts the tar archive (plain, gzip or zstd) at `src_path` of input 1
+/// Extracts the tar archive (plain or compressed) at `src_path` of input 1
 /// into the directory `dest_path` of input 0, as an image layer is
 /// extracted: with its limits, and nothing written outside `dest_path`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,9 +56,10 @@ impl Operation for Unpack {
             fs::create_dir_all(&dest).context(|| op.dest_path.clone())?;
             let lowers: Vec<_> = store.chain(tree)?.iter().map(|layer| layer.join(&rel)).collect();
             let file = fs::File::open(&archive.real).context(|| op.src_path.clone())?;
+            let (_, tar) = kiln_oci::archive_reader(file).context(|| op.src_path.clone())?;
             kiln_oci::apply_layer(
-                std::io::BufReader::new(file),
-                "",
+                tar,
+                "application/x-tar",
                 &dest,
                 &lowers,
                 bounded_limits(store, limits),
