@@ -209,6 +209,7 @@ impl Engine {
             pins: Arc::default(),
             secrets: Arc::default(),
             report: Report::new(options),
+            fetches: Arc::default(),
         }
     }
 
@@ -360,6 +361,8 @@ pub struct Session {
     registry_auth: Arc<WithRegistryAuth>,
     /// What this session is told.
     report: Arc<Report>,
+    /// The URLs it fetched (`Query.http`).
+    fetches: Arc<crate::http::Fetches>,
 }
 
 impl Session {
@@ -531,6 +534,26 @@ impl Session {
         let duration = started.elapsed();
         self.report.emit(&subject, EventKind::Done { duration }, None);
         Ok(format!("{reference}@{}", pushed.digest))
+    }
+
+    /// The content of `url` in the blob store (see [`crate::http`]): fetched
+    /// once per session, revalidated against what it gave last, not asked
+    /// at all when `checksum`'s blob is here.
+    pub async fn fetch_http(
+        &self,
+        url: &str,
+        authorization: Option<&str>,
+        checksum: Option<Digest>,
+    ) -> Result<crate::http::Fetched, SolveError> {
+        // The registry settings' timeouts (the same network, the same patience).
+        let registry = self.engine.resources.registry.config();
+        let request = crate::http::Request {
+            url,
+            authorization,
+            checksum,
+            timeouts: (registry.connect_timeout(), registry.read_timeout()),
+        };
+        self.fetches.fetch(self.engine.store(), &self.report, &request).await
     }
 
     /// Solves `inputs` (in parallel): the tree each selects.

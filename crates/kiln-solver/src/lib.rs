@@ -15,6 +15,7 @@ mod events;
 pub mod explain;
 mod graph;
 pub mod host_access;
+mod http;
 mod once_map;
 pub mod ops;
 mod report;
@@ -29,6 +30,7 @@ pub use error::{Cause, GraphError, SolveError};
 pub use events::{Event, EventKind, Events, Stream};
 pub use graph::{Input, Node};
 pub use host_access::{Export, ExportError, HostAccess, HostPathKind, LocalHost};
+pub use http::{Fetched, display_url};
 /// Whether containers of an architecture (GOARCH name) run here without emulation.
 pub use kiln_exec::emulation::is_native as arch_is_native;
 pub use ops::resolve_owner;

@@ -7,6 +7,7 @@ mod dockerfile;
 mod file;
 mod healthcheck;
 mod host;
+mod http;
 mod image;
 mod query;
 pub mod secret;
@@ -23,6 +24,7 @@ pub fn register(r: &mut Registry) {
     dockerfile::register(r);
     file::register(r);
     healthcheck::register(r);
+    http::register(r);
     host::register(r);
     image::register(r);
     secret::register(r);

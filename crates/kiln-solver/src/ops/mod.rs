@@ -71,6 +71,7 @@ operations! {
     diff::Diff,
     image_archive::ImageArchive,
     unpack::Unpack,
+    http_file::HttpFile,
 }
 
 pub use image_archive::{ARCHIVE_NAME, ImageSpec};

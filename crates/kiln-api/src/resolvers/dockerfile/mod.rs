@@ -385,11 +385,7 @@ impl Build<'_> {
                     mode: 0o755,
                     owner: None,
                 };
-                let node = self.api.nodes.add(op, vec![self.api.nodes.input(st.c.rootfs)?]);
-                st.c.rootfs = Some(TreeRef {
-                    node: node.digest(),
-                    output: 0,
-                });
+                self.over_rootfs(st, op, None)?;
                 st.c.workdir = path;
             }
             Instruction::User(u) => st.c.user = st.expand(&u.arguments.value),
@@ -652,7 +648,7 @@ impl Build<'_> {
         dest: &str,
         add: bool,
     ) -> Result<(), ApiError> {
-        let (mut owner, mut mode, mut from) = (None, None, None);
+        let (mut owner, mut mode, mut from, mut checksum) = (None, None, None, None);
         for flag in options {
             let value = flag.value.as_ref().map(|v| st.expand(&v.value)).unwrap_or_default();
             match &*flag.name.value {
@@ -665,6 +661,12 @@ impl Build<'_> {
                     )
                 }
                 "link" => {}
+                "checksum" if add => {
+                    checksum = Some(value.parse().map_err(|_| {
+                        self.source
+                            .error(at, format!("--checksum={value}: not a sha256 digest"))
+                    })?)
+                }
                 other => {
                     let which = if add { "ADD" } else { "COPY" };
                     return Err(self.source.unsupported(at, &format!("{which} --{other}")));
@@ -718,18 +720,47 @@ impl Build<'_> {
                         mode: mode.unwrap_or(0o644),
                         owner: owner.clone(),
                     };
-                    let node = self.api.nodes.add(op, vec![self.api.nodes.input(st.c.rootfs)?]);
-                    st.c.rootfs = Some(TreeRef {
-                        node: node.digest(),
-                        output: 0,
-                    });
+                    self.over_rootfs(st, op, None)?;
                     continue;
                 }
                 _ => return Err(self.source.unsupported(at, "this source")),
             };
             let src = st.expand(&src.value);
             if add && src.contains("://") {
-                return Err(self.source.unsupported(at, "ADD of a URL"));
+                // A URL: fetched now (once per content), then copied in.
+                let name = super::http::default_name(&src);
+                let fetched = self
+                    .api
+                    .session
+                    .fetch_http(&src, None, checksum)
+                    .await
+                    .map_err(|e| self.source.error(at, e))?;
+                let file = ops::HttpFile {
+                    url: kiln_solver::display_url(&src),
+                    digest: fetched.digest.to_string(),
+                    name: name.clone(),
+                    permissions: 0o600,
+                };
+                let fetched_tree = self.api.nodes.add(file, vec![]);
+                let op = ops::Copy {
+                    src_path: format!("/{name}"),
+                    dest_path: if into_dir {
+                        join_path(&dest, &name)
+                    } else {
+                        dest.clone()
+                    },
+                    contents_only: true,
+                    include: Vec::new(),
+                    exclude: Vec::new(),
+                    owner: owner.clone(),
+                    mode,
+                };
+                let source = TreeRef {
+                    node: fetched_tree.digest(),
+                    output: 0,
+                };
+                self.over_rootfs(st, op, Some(Some(source)))?;
+                continue;
             }
             for (path, is_dir) in self.matches(view, &base, &src).map_err(|e| self.source.error(at, e))? {
                 if add && !is_dir && self.is_archive(view, &path).map_err(|e| self.source.error(at, e))? {
@@ -738,12 +769,7 @@ impl Build<'_> {
                         src_path: path,
                         dest_path: dest.clone(),
                     };
-                    let inputs = vec![self.api.nodes.input(st.c.rootfs)?, self.api.nodes.input(tree)?];
-                    let node = self.api.nodes.add(op, inputs);
-                    st.c.rootfs = Some(TreeRef {
-                        node: node.digest(),
-                        output: 0,
-                    });
+                    self.over_rootfs(st, op, Some(tree))?;
                     continue;
                 }
                 let dest_path = match (is_dir, into_dir) {
@@ -759,14 +785,29 @@ impl Build<'_> {
                     owner: owner.clone(),
                     mode,
                 };
-                let inputs = vec![self.api.nodes.input(st.c.rootfs)?, self.api.nodes.input(tree)?];
-                let node = self.api.nodes.add(op, inputs);
-                st.c.rootfs = Some(TreeRef {
-                    node: node.digest(),
-                    output: 0,
-                });
+                self.over_rootfs(st, op, Some(tree))?;
             }
         }
+        Ok(())
+    }
+
+    /// Adds `op` over the stage's root filesystem (input 0) and, when given,
+    /// the tree `source` (input 1); its output becomes the root filesystem.
+    fn over_rootfs(
+        &self,
+        st: &mut Stage,
+        op: impl kiln_solver::ops::Operation,
+        source: Option<Option<TreeRef>>,
+    ) -> Result<(), ApiError> {
+        let mut inputs = vec![self.api.nodes.input(st.c.rootfs)?];
+        if let Some(tree) = source {
+            inputs.push(self.api.nodes.input(tree)?);
+        }
+        let node = self.api.nodes.add(op, inputs);
+        st.c.rootfs = Some(TreeRef {
+            node: node.digest(),
+            output: 0,
+        });
         Ok(())
     }
 
