@@ -29,6 +29,8 @@ pub struct PathFilter {
     fingerprint: [u8; 32],
     /// The patterns as given (to pass the filter on to another machine).
     patterns: (Vec<String>, Vec<String>),
+    /// Whether a host walk also leaves out what `.gitignore` files ignore.
+    gitignore: bool,
 }
 
 impl Default for PathFilter {
@@ -40,6 +42,7 @@ impl Default for PathFilter {
             has_negation: false,
             fingerprint: fingerprint(&[], &[]),
             patterns: Default::default(),
+            gitignore: false,
         }
     }
 }
@@ -104,6 +107,24 @@ impl PathFilter {
         (&self.patterns.0, &self.patterns.1)
     }
 
+    /// The same filter, which in a host walk also leaves out what the
+    /// `.gitignore` files of the tree (and of its parents up to the git
+    /// repository's root) ignore.
+    pub fn with_gitignore(mut self, gitignore: bool) -> Self {
+        if gitignore != self.gitignore {
+            self.gitignore = gitignore;
+            let mut h = blake3::Hasher::new();
+            h.update(&self.fingerprint).update(b"gitignore");
+            self.fingerprint = *h.finalize().as_bytes();
+        }
+        self
+    }
+
+    /// Whether a host walk honours `.gitignore` files.
+    pub fn gitignore(&self) -> bool {
+        self.gitignore
+    }
+
     /// Compiles the patterns. Empty `include` means everything.
     pub fn new(include: &[String], exclude: &[String]) -> Result<Self, FilterError> {
         let patterns = (include.to_vec(), exclude.to_vec());
@@ -129,6 +150,7 @@ impl PathFilter {
             exclude,
             has_negation,
             fingerprint,
+            gitignore: false,
         })
     }
 

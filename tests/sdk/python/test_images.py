@@ -250,7 +250,8 @@ anyio.run(main)
 
 
 async def test_publish_progress_says_what_was_sent_mounted_or_there(kiln, tmp_path, registry):
-    address = f"{registry}/kiln-tests/progress:{uuid.uuid4().hex[:12]}"
+    # Repositories of their own: nothing is there before.
+    address = f"{registry}/kiln-tests/progress-{uuid.uuid4().hex[:12]}:v1"
     script = tmp_path / "publish.py"
     script.write_text(PUBLISH)
     first = kiln.run_python(script, address, address)
@@ -270,7 +271,7 @@ async def test_publish_progress_says_what_was_sent_mounted_or_there(kiln, tmp_pa
     assert again.summary() == (0, 2, 0)
     # The same image into another repository: its layers are mounted from
     # the first one, not sent again.
-    other = f"{registry}/kiln-tests/progress-other:{uuid.uuid4().hex[:12]}"
+    other = f"{registry}/kiln-tests/progress-other-{uuid.uuid4().hex[:12]}:v1"
     third = kiln.run_python(script, other, address)
     sent3, mounted3, _ = map(int, said.search(third.stderr).groups())
     assert mounted3 >= 1 and sent3 <= 1, third.stderr  # at most the config is sent

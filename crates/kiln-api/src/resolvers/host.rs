@@ -20,11 +20,6 @@ pub fn register(r: &mut Registry) {
 
 async fn directory(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
     let path = api.host_path(&args.string("path")?);
-    if args.bool("gitignore") {
-        return Err(ApiError::NotImplemented(
-            "the gitignore argument of Host.directory".into(),
-        ));
-    }
     let why = match api.session.host().kind(&path) {
         HostPathKind::Directory => None,
         HostPathKind::Missing => Some("no such directory"),
@@ -38,6 +33,7 @@ async fn directory(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiEr
             path: path.display().to_string(),
             include: args.strings("include"),
             exclude: args.strings("exclude"),
+            gitignore: args.bool("gitignore"),
         },
         vec![],
     );
@@ -71,6 +67,7 @@ async fn file(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> 
             path: parent.display().to_string(),
             include: vec![globset::escape(&name)],
             exclude: vec![],
+            gitignore: false,
         },
         vec![],
     );

@@ -24,6 +24,10 @@ pub struct HostDir {
     pub include: Vec<String>,
     /// Glob patterns of paths to drop.
     pub exclude: Vec<String>,
+    /// Also drop what the tree's `.gitignore` files (and those above it in
+    /// its git repository) ignore.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gitignore: bool,
 }
 
 impl Definition for HostDir {
@@ -45,7 +49,9 @@ impl Operation for HostDir {
     }
 
     async fn cache_map(&self, cx: &Context<'_>) -> Result<CacheMap, SolveError> {
-        let filter = PathFilter::new(&self.include, &self.exclude).map_err(|e| cx.error(e))?;
+        let filter = PathFilter::new(&self.include, &self.exclude)
+            .map_err(|e| cx.error(e))?
+            .with_gitignore(self.gitignore);
         let (root, host) = (PathBuf::from(&self.path), cx.host().clone());
         let tree = cx
             .blocking(move |store| Ok(host.scan_dir(store, &root, &filter)?))

@@ -98,6 +98,7 @@ pub fn host_dir(path: &Path, include: &[&str]) -> Arc<Node> {
             path: path.to_str().unwrap().into(),
             include: include.iter().map(|s| s.to_string()).collect(),
             exclude: vec![],
+            gitignore: false,
         },
         vec![],
     )

@@ -387,6 +387,55 @@ mod tests {
     }
 
     #[test]
+    fn gitignore_files_leave_out_what_they_ignore_nested_and_from_above() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path();
+        let write = |p: &str, text: &str| {
+            let path = repo.join(p);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, text).unwrap();
+        };
+        write(".git/HEAD", "ref: refs/heads/main\n");
+        write(".gitignore", "dist/\n");
+        write("app/.gitignore", "*.log\nbuild/\n!keep.log\n");
+        write("app/src/main.rs", "fn main() {}");
+        write("app/src/debug.log", "noise");
+        write("app/keep.log", "kept");
+        write("app/build/out.bin", "built");
+        write("app/dist/bundle.js", "bundled");
+        write("app/sub/.gitignore", "secret.txt\n!*.log\n");
+        write("app/sub/secret.txt", "s3cr3t");
+        write("app/sub/trace.log", "re-included below");
+        let names =
+            |tree: &HostTree| -> Vec<String> { tree.entries.iter().map(|e| e.rel.display().to_string()).collect() };
+        let filter = PathFilter::new(&[], &[]).unwrap().with_gitignore(true);
+        let app = scan(&repo.join("app"), &filter).unwrap();
+        assert_eq!(
+            names(&app),
+            [
+                ".gitignore",
+                "keep.log",
+                "src",
+                "src/main.rs",
+                "sub",
+                "sub/.gitignore",
+                "sub/trace.log"
+            ],
+            "the repository's dist/ rule applies from above"
+        );
+        let whole = scan(repo, &filter).unwrap();
+        assert!(
+            !names(&whole).iter().any(|n| n.starts_with(".git/") || n == ".git"),
+            "{:?}",
+            names(&whole)
+        );
+        // Without the flag everything is there, and the two are cached apart.
+        let plain = PathFilter::new(&[], &[]).unwrap();
+        assert!(names(&scan(&repo.join("app"), &plain).unwrap()).contains(&"build/out.bin".to_string()));
+        assert_ne!(plain.fingerprint(), filter.fingerprint());
+    }
+
+    #[test]
     fn the_digest_format_is_stable() {
         // Cache keys of host directories derive from this digest: changing
         // its format silently invalidates every cached upload.

@@ -106,9 +106,12 @@ fn answer(host: &LocalHost, request: HostRequest) -> HostReply {
                 .map_err(|e| e.to_string()),
         ),
         HostRequest::Kind { path } => HostReply::Kind(host.kind(&path)),
-        HostRequest::ScanDir { root, include, exclude } => {
-            HostReply::ScanDir(scan(&root, &include, &exclude).map_err(failed))
-        }
+        HostRequest::ScanDir {
+            root,
+            include,
+            exclude,
+            gitignore,
+        } => HostReply::ScanDir(scan(&root, &include, &exclude, gitignore).map_err(failed)),
         HostRequest::ReadFiles { root, pieces } => {
             let mut data = Vec::new();
             let result = read_pieces(&root, &pieces, &mut data).map_err(failed);
@@ -126,8 +129,8 @@ fn answer(host: &LocalHost, request: HostRequest) -> HostReply {
 /// Scans a directory of this host for an engine elsewhere, with this
 /// user's stat cache (`~/.cache/kiln/host-stat`): only new or changed files
 /// are read.
-fn scan(root: &Path, include: &[String], exclude: &[String]) -> anyhow::Result<Vec<ScannedEntry>> {
-    let filter = PathFilter::new(include, exclude)?;
+fn scan(root: &Path, include: &[String], exclude: &[String], gitignore: bool) -> anyhow::Result<Vec<ScannedEntry>> {
+    let filter = PathFilter::new(include, exclude)?.with_gitignore(gitignore);
     let cache = dirs::cache_dir().map(|d| d.join("kiln/host-stat"));
     if let Some(dir) = &cache {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

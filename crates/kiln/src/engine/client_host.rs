@@ -435,6 +435,7 @@ impl HostAccess for ClientHost {
             root: root.to_path_buf(),
             include: include.to_vec(),
             exclude: exclude.to_vec(),
+            gitignore: filter.gitignore(),
         };
         let entries = match self.ask(request).map_err(failed)? {
             HostReply::ScanDir(Ok(entries)) => entries,

@@ -130,6 +130,9 @@ pub enum HostRequest {
         root: PathBuf,
         include: Vec<String>,
         exclude: Vec<String>,
+        /// Whether `.gitignore` files apply too.
+        #[serde(default)]
+        gitignore: bool,
     },
     /// The contents of files of a host directory, whole or in pieces
     /// (answered with the pieces one after another as the payload).
