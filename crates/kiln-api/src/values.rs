@@ -208,6 +208,28 @@ pub struct Service {
     pub hostname: Option<String>,
 }
 
+/// A git remote (`Query.git`), with its credentials as secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitRepo {
+    /// The URL as git takes it.
+    pub url: String,
+    /// User name for the token.
+    pub username: String,
+    /// A token for HTTP Basic auth.
+    pub token: Option<Secret>,
+    /// A whole `Authorization` header.
+    pub header: Option<Secret>,
+}
+
+/// A ref of a git remote, as asked for (resolved when used).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitRef {
+    /// The remote.
+    pub repo: GitRepo,
+    /// `HEAD`, a branch, tag or full ref name, or a commit hash.
+    pub name: String,
+}
+
 /// Every kind of object the API returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Object {
@@ -246,6 +268,10 @@ pub enum Object {
     Service(Box<Service>),
     /// A port a service exposes.
     Port(ExposedPort),
+    /// A git remote.
+    GitRepository(Box<GitRepo>),
+    /// A ref of a git remote.
+    GitRef(Box<GitRef>),
 }
 
 impl Object {
@@ -263,6 +289,8 @@ impl Object {
             Object::Secret(_) => "Secret",
             Object::Service(_) => "Service",
             Object::Port(_) => "Port",
+            Object::GitRepository(_) => "GitRepository",
+            Object::GitRef(_) => "GitRef",
         }
     }
 

@@ -210,6 +210,7 @@ impl Engine {
             secrets: Arc::default(),
             report: Report::new(options),
             fetches: Arc::default(),
+            git_refs: Arc::default(),
         }
     }
 
@@ -363,7 +364,12 @@ pub struct Session {
     report: Arc<Report>,
     /// The URLs it fetched (`Query.http`).
     fetches: Arc<crate::http::Fetches>,
+    /// The refs of the git remotes it asked about, as they were then.
+    git_refs: Arc<tokio::sync::Mutex<HashMap<crate::git::Remote, GitRefs>>>,
 }
+
+/// A remote's refs: `(commit, full ref name)`.
+pub type GitRefs = Arc<Vec<(String, String)>>;
 
 impl Session {
     /// The engine.
@@ -554,6 +560,32 @@ impl Session {
             timeouts: (registry.connect_timeout(), registry.read_timeout()),
         };
         self.fetches.fetch(self.engine.store(), &self.report, &request).await
+    }
+
+    /// The refs of a git remote, listed once per session: a moving branch
+    /// is seen as it was when first asked.
+    pub async fn git_refs(&self, remote: &crate::git::Remote) -> Result<GitRefs, SolveError> {
+        let op = format!("git {}", crate::git::display_url(&remote.url));
+        for secret in remote.auth.secrets() {
+            if self.secret(secret).is_none() {
+                return Err(SolveError::op(
+                    &op,
+                    format!("secret {:?} is not set in this session", secret.name),
+                ));
+            }
+        }
+        let mut known = self.git_refs.lock().await;
+        if let Some(refs) = known.get(remote) {
+            return Ok(refs.clone());
+        }
+        let (listed, secrets) = (remote.clone(), self.engine.resources.secrets.clone());
+        let refs = tokio::task::spawn_blocking(move || crate::git::ls_remote(&listed, &[], &secrets))
+            .await
+            .map_err(|e| SolveError::op(&op, e.to_string()))?
+            .map_err(|e| SolveError::op(&op, e))?;
+        let refs = Arc::new(refs);
+        known.insert(remote.clone(), refs.clone());
+        Ok(refs)
     }
 
     /// Solves `inputs` (in parallel): the tree each selects.

@@ -13,6 +13,7 @@ mod engine;
 mod error;
 mod events;
 pub mod explain;
+pub mod git;
 mod graph;
 pub mod host_access;
 mod http;

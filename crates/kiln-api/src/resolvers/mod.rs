@@ -5,6 +5,7 @@ mod directory;
 mod docker;
 mod dockerfile;
 mod file;
+mod git;
 mod healthcheck;
 mod host;
 mod http;
@@ -23,6 +24,7 @@ pub fn register(r: &mut Registry) {
     docker::register(r);
     dockerfile::register(r);
     file::register(r);
+    git::register(r);
     healthcheck::register(r);
     http::register(r);
     host::register(r);

@@ -72,6 +72,7 @@ operations! {
     image_archive::ImageArchive,
     unpack::Unpack,
     http_file::HttpFile,
+    git_checkout::GitCheckout,
 }
 
 pub use image_archive::{ARCHIVE_NAME, ImageSpec};

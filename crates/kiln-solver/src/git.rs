@@ -1,0 +1,307 @@
+//! Git remotes through the `git` binary: listing refs (`ls-remote`) and
+//! fetching one commit into a directory. Credentials reach git through its
+//! environment (`GIT_CONFIG_*`: an `http.extraHeader`), never its argv, a
+//! stored config or a cache key.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use base64::Engine as _;
+use kiln_graph::SecretRef;
+use serde::{Deserialize, Serialize};
+
+use crate::secrets::Secrets;
+
+/// How to authenticate to a remote over HTTP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GitAuth {
+    /// User name for `token` (Basic auth; `x-access-token` when empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username: String,
+    /// A token (password) for Basic auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<SecretRef>,
+    /// A whole `Authorization` header value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<SecretRef>,
+}
+
+impl GitAuth {
+    /// The secrets it refers to.
+    pub fn secrets(&self) -> impl Iterator<Item = &SecretRef> {
+        self.token.iter().chain(&self.header)
+    }
+
+    /// The `Authorization` header's value, if any.
+    fn header_value(&self, secrets: &Secrets) -> Result<Option<String>, String> {
+        let value = |r: &SecretRef| {
+            secrets
+                .get(r)
+                .ok_or_else(|| format!("secret {:?} is not known to this engine session", r.name))
+        };
+        if let Some(header) = &self.header {
+            return Ok(Some(value(header)?.to_string()));
+        }
+        let Some(token) = &self.token else { return Ok(None) };
+        let user = if self.username.is_empty() {
+            "x-access-token"
+        } else {
+            &self.username
+        };
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", value(token)?));
+        Ok(Some(format!("Basic {basic}")))
+    }
+}
+
+/// A remote and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Remote {
+    /// The URL git is given (normalized; see [`normalize_url`]).
+    pub url: String,
+    /// HTTP credentials.
+    #[serde(default)]
+    pub auth: GitAuth,
+}
+
+/// A URL as git takes it: Dagger's `github.com/owner/repo` (no scheme)
+/// becomes `https://github.com/owner/repo`; `scheme://...` and scp-like
+/// `user@host:path` stay as they are.
+pub fn normalize_url(url: &str) -> String {
+    let scp_like = !url.contains("://") && url.split_once(':').is_some_and(|(host, _)| host.contains('@'));
+    if url.contains("://") || scp_like || url.starts_with('/') {
+        url.to_string()
+    } else {
+        format!("https://{url}")
+    }
+}
+
+/// `git` with the remote's credentials in its environment and nothing of
+/// the user's or system's git config that could prompt or redirect.
+fn git(remote: &Remote, secrets: &Secrets) -> Result<Command, String> {
+    let mut cmd = Command::new("git");
+    cmd.env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_ASKPASS", "/bin/false")
+        .stdin(Stdio::null());
+    match remote.auth.header_value(secrets)? {
+        Some(header) => cmd
+            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+            .env("GIT_CONFIG_VALUE_0", format!("Authorization: {header}")),
+        None => cmd.env("GIT_CONFIG_COUNT", "0"),
+    };
+    Ok(cmd)
+}
+
+/// Runs `cmd`; its stdout, or an error with git's stderr (secrets masked).
+fn output(mut cmd: Command, what: &str, secrets: &Secrets) -> Result<String, String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("{what}: cannot run git ({e}): install git (apt-get install git)"))?;
+    if !out.status.success() {
+        let stderr = secrets.scrub(String::from_utf8_lossy(&out.stderr).trim());
+        return Err(format!("{what}: git failed ({}): {stderr}", out.status));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The remote's refs (`(commit, full ref name)`), those that `patterns`
+/// select when given (git's ls-remote patterns: matched against the end of
+/// ref names).
+pub fn ls_remote(remote: &Remote, patterns: &[String], secrets: &Secrets) -> Result<Vec<(String, String)>, String> {
+    let mut cmd = git(remote, secrets)?;
+    cmd.args(["ls-remote", "--symref", "--", &remote.url]).args(patterns);
+    let listed = output(
+        cmd,
+        &format!("listing the refs of {}", display_url(&remote.url)),
+        secrets,
+    )?;
+    Ok(listed
+        .lines()
+        .filter(|l| !l.starts_with("ref: "))
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(sha, name)| (sha.to_string(), name.to_string()))
+        .collect())
+}
+
+/// What a ref name asks for, resolved against the remote's refs: the
+/// commit and the full ref name. `name` may be `HEAD`, a full ref name, a
+/// branch or tag name, or a commit (full hash, taken as it is).
+pub fn resolve(refs: &[(String, String)], name: &str) -> Option<(String, String)> {
+    if name.len() == 40 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Some((name.to_ascii_lowercase(), name.to_ascii_lowercase()));
+    }
+    let candidates = [
+        name.to_string(),
+        format!("refs/{name}"),
+        format!("refs/tags/{name}"),
+        format!("refs/heads/{name}"),
+    ];
+    candidates.iter().find_map(|want| {
+        // A peeled tag (`^{}`) names the commit an annotated tag points to.
+        let peeled = format!("{want}^{{}}");
+        refs.iter()
+            .find(|(_, n)| *n == peeled)
+            .or_else(|| refs.iter().find(|(_, n)| n == want))
+            .map(|(sha, _)| (sha.clone(), want.clone()))
+    })
+}
+
+/// Fetches `commit` (reached through `fetch_ref`, a ref name or the commit
+/// itself) into the empty directory `dest` and checks it out there, its
+/// history `depth` commits deep (0: all of it); `.git` is removed unless
+/// `keep_git_dir`. Nothing of the credentials or the URL's user info stays.
+pub fn checkout(
+    remote: &Remote,
+    commit: &str,
+    fetch_ref: &str,
+    depth: u32,
+    keep_git_dir: bool,
+    dest: &Path,
+    secrets: &Secrets,
+) -> Result<(), String> {
+    let shown = display_url(&remote.url);
+    let run = |args: &[&str], what: &str| -> Result<String, String> {
+        let mut cmd = git(remote, secrets)?;
+        cmd.arg("-C").arg(dest).args(args);
+        output(cmd, &format!("{what} {shown}"), secrets)
+    };
+    run(&["init", "--quiet"], "initializing a checkout of")?;
+    let depth_arg = format!("--depth={depth}");
+    let mut fetch = vec!["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"];
+    if depth > 0 {
+        fetch.push(&depth_arg);
+    }
+    fetch.extend(["--", &remote.url]);
+    let refspec = format!("{fetch_ref}:refs/kiln/fetched");
+    let mut by_ref = fetch.clone();
+    by_ref.push(&refspec);
+    run(&by_ref, "fetching")?;
+    let fetched = run(
+        &["rev-parse", "refs/kiln/fetched^{commit}"],
+        "reading what was fetched from",
+    )?;
+    if fetched.trim() != commit {
+        // The ref moved since it was resolved: fetch the commit itself.
+        let by_commit = format!("{commit}:refs/kiln/fetched");
+        let mut again = fetch.clone();
+        again.push(&by_commit);
+        run(&again, "fetching")?;
+    }
+    run(&["checkout", "--quiet", "--detach", commit], "checking out")?;
+    run(&["update-ref", "-d", "refs/kiln/fetched"], "cleaning the checkout of")?;
+    if keep_git_dir {
+        std::fs::remove_file(dest.join(".git/FETCH_HEAD")).ok();
+    } else {
+        std::fs::remove_dir_all(dest.join(".git")).map_err(|e| format!("removing .git of {shown}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The URL without user info (which may hold a credential), for keys,
+/// progress and errors.
+pub fn display_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((userinfo, host)) if !userinfo.contains('/') => format!("{scheme}://{host}"),
+            _ => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// The highest semantic version among tag names, as Dagger picks it: tags
+/// `vMAJOR[.MINOR[.PATCH]][-PRERELEASE][+BUILD]`, a pre-release ranking
+/// below its release and above lower versions.
+pub fn latest_version<'a>(tags: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    type Rank<'t> = ([u64; 3], bool, Vec<Result<u64, &'t str>>);
+    fn rank(tag: &str) -> Option<Rank<'_>> {
+        let bare = tag.strip_prefix('v')?;
+        let bare = bare.split_once('+').map_or(bare, |(v, _)| v);
+        let (core, pre) = match bare.split_once('-') {
+            Some((core, pre)) => (core, Some(pre)),
+            None => (bare, None),
+        };
+        let parts: Vec<u64> = core.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+        if parts.is_empty() || parts.len() > 3 {
+            return None;
+        }
+        let mut numbers = [0; 3];
+        numbers[..parts.len()].copy_from_slice(&parts);
+        // Pre-release identifiers: numeric ones compare as numbers, and
+        // below alphanumeric ones (Ok < Err).
+        let ids = pre.map_or_else(Vec::new, |p| p.split('.').map(|i| i.parse().map_err(|_| i)).collect());
+        Some((numbers, pre.is_none(), ids))
+    }
+    tags.into_iter()
+        .filter_map(|t| Some((rank(t)?, t)))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, t)| t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_normalized_as_dagger_takes_them() {
+        assert_eq!(
+            normalize_url("github.com/dagger/dagger"),
+            "https://github.com/dagger/dagger"
+        );
+        assert_eq!(
+            normalize_url("git@github.com:dagger/dagger.git"),
+            "git@github.com:dagger/dagger.git"
+        );
+        assert_eq!(normalize_url("git://127.0.0.1:9418/repo"), "git://127.0.0.1:9418/repo");
+        assert_eq!(display_url("https://user:tok@host/r.git"), "https://host/r.git");
+        assert_eq!(display_url("ssh://git@host/r.git"), "ssh://host/r.git");
+    }
+
+    #[test]
+    fn refs_resolve_as_git_would() {
+        let refs: Vec<(String, String)> = [
+            ("a".repeat(40), "HEAD"),
+            ("a".repeat(40), "refs/heads/main"),
+            ("b".repeat(40), "refs/tags/v1.0.0"),
+            ("c".repeat(40), "refs/tags/v1.0.0^{}"),
+        ]
+        .iter()
+        .map(|(s, n)| (s.clone(), n.to_string()))
+        .collect();
+        assert_eq!(resolve(&refs, "HEAD").unwrap().0, "a".repeat(40));
+        assert_eq!(
+            resolve(&refs, "main").unwrap(),
+            ("a".repeat(40), "refs/heads/main".into())
+        );
+        // An annotated tag resolves to the commit it points to.
+        assert_eq!(
+            resolve(&refs, "v1.0.0").unwrap(),
+            ("c".repeat(40), "refs/tags/v1.0.0".into())
+        );
+        assert_eq!(resolve(&refs, &"D".repeat(40)).unwrap().0, "d".repeat(40));
+        assert_eq!(resolve(&refs, "nope"), None);
+    }
+
+    #[test]
+    fn the_latest_version_is_the_highest_release() {
+        let tags = [
+            "v1.2.0",
+            "v1.10.0",
+            "v1.10.1-rc1",
+            "latest",
+            "v0.9.9",
+            "v9.9.9.9",
+            "1.9.0",
+        ];
+        assert_eq!(latest_version(tags), Some("v1.10.1-rc1"));
+        assert_eq!(
+            latest_version(["v1.10.1-rc1", "v1.10.1", "v1.10.1-rc2"]),
+            Some("v1.10.1")
+        );
+        assert_eq!(latest_version(["v2.0.0-rc.2", "v2.0.0-rc.10"]), Some("v2.0.0-rc.10"));
+        assert_eq!(latest_version(["v2", "v1.9"]), Some("v2"));
+        assert_eq!(latest_version(["nightly", "1.0.0"]), None);
+    }
+}

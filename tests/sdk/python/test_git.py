@@ -1,0 +1,215 @@
+"""Query.git against servers the test runs on loopback: `git daemon`, and
+smart HTTP through `git http-backend` behind a small server that wants
+Basic auth. Branch moves are picked up by a new session, an unchanged
+commit is a cache hit in a new process, tags and patterns work, and no
+credential stays in a checkout."""
+
+import base64
+import os
+import socket
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import dagger
+import pytest
+
+from conftest import write_script
+
+pytestmark = pytest.mark.anyio
+
+ENV = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, env=ENV, check=True, capture_output=True, text=True).stdout
+
+
+def commit(work: Path, name: str, text: str, message: str) -> str:
+    (work / name).write_text(text)
+    git("add", name, cwd=work)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message, cwd=work)
+    return git("rev-parse", "HEAD", cwd=work).strip()
+
+
+class Repo:
+    """A bare repository `repo.git` under `root`, pushed to from `work`."""
+
+    def __init__(self, root: Path):
+        self.root, self.work = root, root / "work"
+        self.bare = root / "repo.git"
+        git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=root)
+        self.work.mkdir()
+        git("init", "-q", "-b", "main", cwd=self.work)
+        self.first = commit(self.work, "README", "first\n", "first")
+        git("tag", "v1.0.0", cwd=self.work)
+        git("-c", "user.name=t", "-c", "user.email=t@t", "tag", "-a", "v1.2.0", "-m", "annotated", cwd=self.work)
+        git("branch", "feature", cwd=self.work)
+        self.second = commit(self.work, "README", "second\n", "second")
+        git("tag", "v1.10.0-rc1", cwd=self.work)
+        self.push()
+
+    def push(self, *extra: str):
+        git("push", "-q", *extra, str(self.bare), "--all", cwd=self.work)
+        git("push", "-q", *extra, str(self.bare), "--tags", cwd=self.work)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    repo = Repo(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={tmp_path}", "--listen=127.0.0.1",
+         f"--port={port}", str(tmp_path)],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 10
+    while subprocess.run(["git", "ls-remote", f"git://127.0.0.1:{port}/repo.git"], env=ENV,
+                         capture_output=True).returncode != 0:
+        assert proc.poll() is None and time.time() < deadline, "git daemon did not start"
+        time.sleep(0.1)
+    repo.url = f"git://127.0.0.1:{port}/repo.git"
+    yield repo
+    proc.terminate()
+    proc.wait()
+
+
+class GitHttp(BaseHTTPRequestHandler):
+    """Smart HTTP: `git http-backend` as a CGI, behind Basic auth."""
+
+    root: Path
+    credentials = base64.b64encode(b"alice:s3cr3t-t0k3n").decode()
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.backend()
+
+    def do_POST(self):
+        self.backend()
+
+    def backend(self):
+        if self.headers.get("Authorization") != f"Basic {self.credentials}":
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.end_headers()
+            return
+        path, _, query = self.path.partition("?")
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        env = {
+            **ENV, "GIT_PROJECT_ROOT": str(self.root), "GIT_HTTP_EXPORT_ALL": "1", "REQUEST_METHOD": self.command,
+            "PATH_INFO": path, "QUERY_STRING": query, "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(body)), "REMOTE_USER": "alice", "REMOTE_ADDR": "127.0.0.1",
+        }
+        out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True).stdout
+        head, _, payload = out.partition(b"\r\n\r\n")
+        status, headers = 200, []
+        for line in head.decode().split("\r\n"):
+            name, _, value = line.partition(": ")
+            if name.lower() == "status":
+                status = int(value.split()[0])
+            elif name:
+                headers.append((name, value))
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+@pytest.fixture
+def smart_http(tmp_path):
+    repo = Repo(tmp_path)
+    handler = type("Handler", (GitHttp,), {"root": tmp_path})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    repo.url = f"http://127.0.0.1:{server.server_address[1]}/repo.git"
+    yield repo
+    server.shutdown()
+
+
+async def test_refs_resolve_and_trees_check_out(dag, daemon):
+    repo = dag.git(daemon.url)
+    assert await repo.head().commit() == daemon.second
+    assert await repo.branch("feature").commit() == daemon.first
+    assert await repo.tag("v1.0.0").commit() == daemon.first
+    # An annotated tag stands for the commit it points to.
+    assert await repo.tag("v1.2.0").commit() == daemon.first
+    assert await repo.branch("main").ref() == "refs/heads/main"
+    assert await repo.head().tree().file("README").contents() == "second\n"
+    assert await repo.commit(daemon.first).tree().file("README").contents() == "first\n"
+    assert await repo.tags() == ["v1.0.0", "v1.10.0-rc1", "v1.2.0"]
+    assert await repo.tags(patterns=["v1.1*"]) == ["v1.10.0-rc1"]
+    assert await repo.branches() == ["feature", "main"]
+    assert await repo.latest_version().ref() == "refs/tags/v1.10.0-rc1"  # semver order, as Dagger
+    # .git is kept unless discarded, its history as deep as asked.
+    kept = repo.head().tree()
+    assert await kept.entries() == [".git/", "README"]
+    assert await repo.head().tree(discard_git_dir=True).entries() == ["README"]
+    log = dag.container().from_("busybox").with_directory("/src", kept).with_exec(["ls", "/src/.git"]).stdout()
+    assert "HEAD" in await log
+    with pytest.raises(dagger.QueryError, match=r'no ref "refs/heads/nope" there'):
+        await repo.branch("nope").tree().entries()
+
+
+TREE = """
+import sys
+
+import anyio
+import dagger
+
+
+async def main():
+    async with dagger.connection():
+        ref = dagger.dag.git(sys.argv[1]).branch("main")
+        print(await ref.commit())
+        print(await ref.tree(discard_git_dir=True).file("README").contents(), end="")
+
+
+anyio.run(main)
+"""
+
+
+async def test_a_moved_branch_is_seen_by_a_new_session_and_a_commit_is_cached(kiln, tmp_path, daemon):
+    script = write_script(tmp_path / "tree.py", TREE)
+    first = kiln.run_python(script, daemon.url)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == f"{daemon.second}\nsecond\n"
+    assert first.summary()[0] >= 1
+    again = kiln.run_python(script, daemon.url)
+    assert again.stdout == first.stdout
+    assert again.summary()[0] == 0, again.stderr  # the commit's tree: cached
+    third = commit(daemon.work, "README", "third\n", "third")
+    daemon.push()
+    moved = kiln.run_python(script, daemon.url)
+    assert moved.stdout == f"{third}\nthird\n", moved.stderr
+    # A force-push back is re-resolved too.
+    git("reset", "-q", "--hard", daemon.second, cwd=daemon.work)
+    daemon.push("--force")
+    back = kiln.run_python(script, daemon.url)
+    assert back.stdout == first.stdout
+    assert back.summary()[0] == 0, back.stderr
+
+
+async def test_smart_http_with_a_token_from_a_secret(dag, smart_http):
+    with pytest.raises(dagger.QueryError, match=r"git failed"):
+        await dag.git(smart_http.url).head().commit()
+    token = dag.set_secret("git-token", "s3cr3t-t0k3n")
+    repo = dag.git(smart_http.url, http_auth_username="alice", http_auth_token=token)
+    assert await repo.head().commit() == smart_http.second
+    tree = repo.head().tree()
+    assert await tree.file("README").contents() == "second\n"
+    # The credential is nowhere in the checkout.
+    ctr = dag.container().from_("busybox").with_directory("/src", tree)
+    found = await ctr.with_exec(["sh", "-c", "grep -rl s3cr3t /src/.git || true"]).stdout()
+    assert found == ""
