@@ -85,13 +85,24 @@ fn git(remote: &Remote, secrets: &Secrets) -> Result<Command, String> {
         .env("GIT_ASKPASS", "/bin/false")
         .stdin(Stdio::null());
     match remote.auth.header_value(secrets)? {
+        // Only for the remote's own host: a submodule elsewhere never sees it.
         Some(header) => cmd
             .env("GIT_CONFIG_COUNT", "1")
-            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+            .env("GIT_CONFIG_KEY_0", format!("http.{}.extraHeader", origin(&remote.url)))
             .env("GIT_CONFIG_VALUE_0", format!("Authorization: {header}")),
         None => cmd.env("GIT_CONFIG_COUNT", "0"),
     };
     Ok(cmd)
+}
+
+/// `scheme://host[:port]/` of a URL (the prefix git's `http.<url>.*`
+/// settings match).
+fn origin(url: &str) -> String {
+    let shown = display_url(url);
+    match shown.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}/", rest.split('/').next().unwrap_or("")),
+        None => shown,
+    }
 }
 
 /// Runs `cmd`; its stdout, or an error with git's stderr (secrets masked).
@@ -148,19 +159,32 @@ pub fn resolve(refs: &[(String, String)], name: &str) -> Option<(String, String)
     })
 }
 
-/// Fetches `commit` (reached through `fetch_ref`, a ref name or the commit
-/// itself) into the empty directory `dest` and checks it out there, its
-/// history `depth` commits deep (0: all of it); `.git` is removed unless
-/// `keep_git_dir`. Nothing of the credentials or the URL's user info stays.
-pub fn checkout(
-    remote: &Remote,
-    commit: &str,
-    fetch_ref: &str,
-    depth: u32,
-    keep_git_dir: bool,
-    dest: &Path,
-    secrets: &Secrets,
-) -> Result<(), String> {
+/// What to check out and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Checkout<'a> {
+    /// The commit (full hash).
+    pub commit: &'a str,
+    /// A ref name that reaches it (or the commit itself).
+    pub fetch_ref: &'a str,
+    /// History depth (0: all of it).
+    pub depth: u32,
+    /// Keep `.git`.
+    pub keep_git_dir: bool,
+    /// Fetch the remote's tags too.
+    pub include_tags: bool,
+}
+
+/// Fetches a commit into the empty directory `dest` and checks it out
+/// there with its submodules (recursively, as deep); `.git` is removed
+/// unless kept. Nothing of the credentials or the URL's user info stays.
+pub fn checkout(remote: &Remote, what: Checkout<'_>, dest: &Path, secrets: &Secrets) -> Result<(), String> {
+    let Checkout {
+        commit,
+        fetch_ref,
+        depth,
+        keep_git_dir,
+        include_tags,
+    } = what;
     let shown = display_url(&remote.url);
     let run = |args: &[&str], what: &str| -> Result<String, String> {
         let mut cmd = git(remote, secrets)?;
@@ -169,7 +193,8 @@ pub fn checkout(
     };
     run(&["init", "--quiet"], "initializing a checkout of")?;
     let depth_arg = format!("--depth={depth}");
-    let mut fetch = vec!["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"];
+    let mut fetch = vec!["fetch", "--quiet", "--no-write-fetch-head"];
+    fetch.push(if include_tags { "--tags" } else { "--no-tags" });
     if depth > 0 {
         fetch.push(&depth_arg);
     }
@@ -191,6 +216,15 @@ pub fn checkout(
     }
     run(&["checkout", "--quiet", "--detach", commit], "checking out")?;
     run(&["update-ref", "-d", "refs/kiln/fetched"], "cleaning the checkout of")?;
+    if dest.join(".gitmodules").is_file() {
+        // Relative submodule URLs resolve against the superproject's.
+        run(&["config", "remote.origin.url", &shown], "configuring the checkout of")?;
+        let mut update = vec!["submodule", "--quiet", "update", "--init", "--recursive"];
+        if depth > 0 {
+            update.push(&depth_arg);
+        }
+        run(&update, "checking out the submodules of")?;
+    }
     if keep_git_dir {
         std::fs::remove_file(dest.join(".git/FETCH_HEAD")).ok();
     } else {

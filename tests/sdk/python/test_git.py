@@ -213,3 +213,25 @@ async def test_smart_http_with_a_token_from_a_secret(dag, smart_http):
     ctr = dag.container().from_("busybox").with_directory("/src", tree)
     found = await ctr.with_exec(["sh", "-c", "grep -rl s3cr3t /src/.git || true"]).stdout()
     assert found == ""
+
+
+async def test_submodules_and_tags_come_along(dag, daemon):
+    # A second repository, served by the same daemon, as a submodule.
+    lib = daemon.root / "lib-work"
+    lib.mkdir()
+    git("init", "-q", "-b", "main", cwd=lib)
+    commit(lib, "lib.txt", "library\n", "lib")
+    git("init", "-q", "--bare", "-b", "main", str(daemon.root / "lib.git"), cwd=daemon.root)
+    git("push", "-q", str(daemon.root / "lib.git"), "main", cwd=lib)
+    git("-c", "protocol.allow=always", "submodule", "add", "-q", "../lib.git", "vendor/lib", cwd=daemon.work)
+    git("config", "-f", ".gitmodules", "submodule.vendor/lib.url", "../lib.git", cwd=daemon.work)
+    with_sub = commit(daemon.work, "USES", "vendor/lib\n", "add a submodule")
+    daemon.push()
+    tree = dag.git(daemon.url).commit(with_sub).tree()
+    assert await tree.file("vendor/lib/lib.txt").contents() == "library\n"
+    # Tags only when asked for.
+    plain = dag.container().from_("busybox").with_directory("/src", tree)
+    tagged = dag.container().from_("busybox").with_directory("/src", dag.git(daemon.url).head().tree(include_tags=True))
+    tag_list = ["sh", "-c", "ls /src/.git/refs/tags 2>/dev/null; cat /src/.git/packed-refs 2>/dev/null | grep -c tags/ || true"]
+    assert "v1.0.0" in await tagged.with_exec(tag_list).stdout()
+    assert "v1.0.0" not in await plain.with_exec(tag_list).stdout()

@@ -207,6 +207,7 @@ async fn tree(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError
         commit,
         depth: u32::try_from(depth.max(0)).unwrap_or(u32::MAX),
         keep_git_dir: !args.bool("discardGitDir"),
+        include_tags: args.bool("includeTags"),
     };
     let node = api.nodes.add(op, vec![]);
     Ok(Output::Object(Object::Directory(Directory {

@@ -25,6 +25,9 @@ pub struct GitCheckout {
     pub depth: u32,
     /// Whether `.git` stays in the tree.
     pub keep_git_dir: bool,
+    /// Whether the remote's tags are fetched too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_tags: bool,
 }
 
 impl Definition for GitCheckout {
@@ -64,9 +67,14 @@ impl Operation for GitCheckout {
     async fn run(&self, cx: &Context<'_>, _: &[Option<SnapshotId>], _: Prepared) -> Result<OpOutput, SolveError> {
         let (op, secrets) = (self.clone(), cx.secrets().clone());
         edit_layer(cx, None, move |_, _, diff| {
-            let fetch_ref = if op.fetch_ref.is_empty() { &op.commit } else { &op.fetch_ref };
-            git::checkout(&op.remote, &op.commit, fetch_ref, op.depth, op.keep_git_dir, diff, &secrets)
-                .map_err(Cause::Invalid)
+            let what = git::Checkout {
+                commit: &op.commit,
+                fetch_ref: if op.fetch_ref.is_empty() { &op.commit } else { &op.fetch_ref },
+                depth: op.depth,
+                keep_git_dir: op.keep_git_dir,
+                include_tags: op.include_tags,
+            };
+            git::checkout(&op.remote, what, diff, &secrets).map_err(Cause::Invalid)
         })
         .await
     }
