@@ -50,6 +50,8 @@ pub struct EngineConfig {
     pub layer_limits: ExtractLimits,
     /// The containers' network (`None`: each container has only loopback).
     pub network: Option<kiln_exec::net::NetConfig>,
+    /// Git URL prefixes fetched from elsewhere (prefix, replacement).
+    pub git_mirrors: Vec<(String, String)>,
 }
 
 /// The evaluation engine of one state directory: what every session
@@ -106,6 +108,7 @@ impl Engine {
                 layer_limits: config.layer_limits,
                 network,
                 services: Services::default(),
+                git_mirrors: config.git_mirrors,
             },
             inflight: OnceMap::in_flight(lost_job),
             audiences: Audiences::default(),
@@ -578,7 +581,8 @@ impl Session {
         if let Some(refs) = known.get(remote) {
             return Ok(refs.clone());
         }
-        let (listed, secrets) = (remote.clone(), self.engine.resources.secrets.clone());
+        let listed = remote.mirrored(&self.engine.resources.git_mirrors);
+        let secrets = self.engine.resources.secrets.clone();
         let refs = tokio::task::spawn_blocking(move || crate::git::ls_remote(&listed, &[], &secrets))
             .await
             .map_err(|e| SolveError::op(&op, e.to_string()))?

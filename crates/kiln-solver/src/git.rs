@@ -63,6 +63,21 @@ pub struct Remote {
     pub auth: GitAuth,
 }
 
+impl Remote {
+    /// The same remote, fetched from the mirror of the first of `mirrors`
+    /// (URL prefix, replacement) whose prefix its URL starts with.
+    pub fn mirrored(&self, mirrors: &[(String, String)]) -> Remote {
+        let url = mirrors
+            .iter()
+            .find_map(|(prefix, to)| Some(format!("{to}{}", self.url.strip_prefix(prefix.as_str())?)))
+            .unwrap_or_else(|| self.url.clone());
+        Remote {
+            url,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
 /// A URL as git takes it: Dagger's `github.com/owner/repo` (no scheme)
 /// becomes `https://github.com/owner/repo`; `scheme://...` and scp-like
 /// `user@host:path` stay as they are.

@@ -54,6 +54,18 @@ pub struct Config {
     pub engine: EngineSettings,
     /// The containers' network.
     pub network: NetworkSettings,
+    /// Git sources.
+    pub git: GitSettings,
+}
+
+/// The `[git]` table.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitSettings {
+    /// URL prefixes fetched from elsewhere: `"https://github.com/" =
+    /// "git://mirror.internal/"` (the first that matches; caches and keys
+    /// keep the URL as the pipeline wrote it).
+    pub mirrors: std::collections::BTreeMap<String, String>,
 }
 
 /// The `[network]` table.

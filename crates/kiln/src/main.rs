@@ -237,6 +237,7 @@ fn open_engine(cli: &Cli) -> anyhow::Result<Arc<Engine>> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         layer_limits: config.limits.extract_limits(),
         network: config.network.config()?,
+        git_mirrors: config.git.mirrors.into_iter().collect(),
     })
     .with_context(|| format!("starting the engine on {}", state_dir.display()))?;
     cache_cmd::apply_budget(&engine, &config.gc);

@@ -65,7 +65,7 @@ impl Operation for GitCheckout {
     }
 
     async fn run(&self, cx: &Context<'_>, _: &[Option<SnapshotId>], _: Prepared) -> Result<OpOutput, SolveError> {
-        let (op, secrets) = (self.clone(), cx.secrets().clone());
+        let (op, secrets, remote) = (self.clone(), cx.secrets().clone(), cx.git_remote(&self.remote));
         edit_layer(cx, None, move |_, _, diff| {
             let what = git::Checkout {
                 commit: &op.commit,
@@ -74,7 +74,7 @@ impl Operation for GitCheckout {
                 keep_git_dir: op.keep_git_dir,
                 include_tags: op.include_tags,
             };
-            git::checkout(&op.remote, what, diff, &secrets).map_err(Cause::Invalid)
+            git::checkout(&remote, what, diff, &secrets).map_err(Cause::Invalid)
         })
         .await
     }

@@ -279,6 +279,8 @@ pub(crate) struct Resources {
     pub layer_limits: ExtractLimits,
     pub network: Option<Arc<kiln_exec::net::Network>>,
     pub services: Services,
+    /// Git URL prefixes fetched from elsewhere (prefix, replacement).
+    pub git_mirrors: Vec<(String, String)>,
 }
 
 /// What an operation may use: the engine's resources, the client's host,
@@ -341,6 +343,11 @@ impl<'a> Context<'a> {
     /// The cache volumes.
     pub(crate) fn volumes(&self) -> &Arc<VolumeLeases> {
         &self.resources.volumes
+    }
+
+    /// Where git fetches `remote` from (its mirror, if one is configured).
+    pub fn git_remote(&self, remote: &crate::git::Remote) -> crate::git::Remote {
+        remote.mirrored(&self.resources.git_mirrors)
     }
 
     /// Bounds on what one image layer may write.
