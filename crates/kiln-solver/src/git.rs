@@ -192,7 +192,9 @@ pub struct Checkout<'a> {
 /// Fetches a commit into the empty directory `dest` and checks it out
 /// there with its submodules (recursively, as deep); `.git` is removed
 /// unless kept. Nothing of the credentials or the URL's user info stays.
-pub fn checkout(remote: &Remote, what: Checkout<'_>, dest: &Path, secrets: &Secrets) -> Result<(), String> {
+/// Returns a line for progress: what was fetched, how big, how fast.
+pub fn checkout(remote: &Remote, what: Checkout<'_>, dest: &Path, secrets: &Secrets) -> Result<String, String> {
+    let started = std::time::Instant::now();
     let Checkout {
         commit,
         fetch_ref,
@@ -240,12 +242,34 @@ pub fn checkout(remote: &Remote, what: Checkout<'_>, dest: &Path, secrets: &Secr
         }
         run(&update, "checking out the submodules of")?;
     }
+    let fetched = tree_bytes(&dest.join(".git"));
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    let short = commit.get(..12).unwrap_or(commit);
+    let said = format!(
+        "fetched {short}: {} in {secs:.1}s ({}/s)",
+        kiln_store::format_size(fetched),
+        kiln_store::format_size((fetched as f64 / secs) as u64)
+    );
     if keep_git_dir {
         std::fs::remove_file(dest.join(".git/FETCH_HEAD")).ok();
     } else {
         std::fs::remove_dir_all(dest.join(".git")).map_err(|e| format!("removing .git of {shown}: {e}"))?;
     }
-    Ok(())
+    Ok(said)
+}
+
+/// The bytes of the files under `dir` (what a fetch brought: git's objects
+/// and packs), not following symlinks.
+fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// The URL without user info (which may hold a credential), for keys,

@@ -6,6 +6,7 @@ credential stays in a checkout."""
 
 import base64
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -186,6 +187,9 @@ async def test_a_moved_branch_is_seen_by_a_new_session_and_a_commit_is_cached(ki
     assert first.returncode == 0, first.stderr
     assert first.stdout == f"{daemon.second}\nsecond\n"
     assert first.summary()[0] >= 1
+    # Progress tells what the fetch brought and how fast.
+    assert re.search(rf"NOTICE git {daemon.url} {daemon.second[:12]}: fetched {daemon.second[:12]}: \d+(\.\d+)? [KM]?i?B in ",
+                     first.stderr), first.stderr
     again = kiln.run_python(script, daemon.url)
     assert again.stdout == first.stdout
     assert again.summary()[0] == 0, again.stderr  # the commit's tree: cached

@@ -66,6 +66,7 @@ impl Operation for GitCheckout {
 
     async fn run(&self, cx: &Context<'_>, _: &[Option<SnapshotId>], _: Prepared) -> Result<OpOutput, SolveError> {
         let (op, secrets, remote) = (self.clone(), cx.secrets().clone(), cx.git_remote(&self.remote));
+        let notify = cx.notifier();
         edit_layer(cx, None, move |_, _, diff| {
             let what = git::Checkout {
                 commit: &op.commit,
@@ -74,7 +75,8 @@ impl Operation for GitCheckout {
                 keep_git_dir: op.keep_git_dir,
                 include_tags: op.include_tags,
             };
-            git::checkout(&remote, what, diff, &secrets).map_err(Cause::Invalid)
+            notify(git::checkout(&remote, what, diff, &secrets).map_err(Cause::Invalid)?);
+            Ok(())
         })
         .await
     }
