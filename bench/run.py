@@ -45,6 +45,9 @@ Benchmarks (--only NAME[,NAME] to run some):
                  new repository of the loopback registry by kiln (first, when
                  its layers are compressed, then with the layers made), vs
                  `skopeo copy` of kiln's OCI archive of the same image.
+  git            a generated repository (2000 files, 20 commits) served by
+                 `git daemon`: kiln's git(url).head.tree cold and warm, vs
+                 `git clone --depth=1` and `git ls-remote`.
   host-tree      a host tree of 100k files / 1 GB (generated once, the same
                  bytes every time, under the cache dir): first upload vs
                  `tar -cf - | cat >/dev/null`, unchanged re-upload vs
@@ -69,6 +72,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import dockerd as dockerd_lib  # noqa: E402
+import gitsrc  # noqa: E402
 import images  # noqa: E402
 from measure import (  # noqa: E402
     Measured,
@@ -86,7 +90,7 @@ from measure import (  # noqa: E402
 )
 
 BENCHMARKS = [
-    "exec-overhead", "cached-ops", "clients", "service", "pipeline", "dockerfile", "publish", "host-tree",
+    "exec-overhead", "cached-ops", "clients", "service", "pipeline", "dockerfile", "publish", "git", "host-tree",
     "remote-upload",
 ]
 
@@ -633,6 +637,8 @@ def main():
         rows += images.bench_dockerfile(kiln, env, args.runs)
     if "publish" in only:
         rows += images.bench_publish(kiln, env, args.runs)
+    if "git" in only:
+        rows += gitsrc.bench_git(kiln, env, args.runs)
     if "host-tree" in only:
         rows += bench_host_tree(kiln, env, args.runs, args.files, args.tree_bytes)
     if "remote-upload" in only:
