@@ -45,6 +45,8 @@ PACKAGES=(
   qemu-user-static
   # a dockerd that tests start to `docker load` kiln's exported tarballs
   docker.io
+  # git over ssh: an sshd and ssh-agent that the git tests start
+  openssh-server openssh-client
   # building the workspace (C parts of zstd-sys etc.) and git sources
   gcc libc6-dev make pkg-config git
 )
@@ -69,11 +71,13 @@ if [[ $apt_wanted == 1 ]]; then
     say "Debian packages present"
   fi
   # The packaged services are not used: tests start their own registry on a
-  # free loopback port and their own dockerd on a private socket. If
+  # free loopback port, their own dockerd on a private socket and their own
+  # sshd on a loopback port. If
   # installing a package just started its service, stop and disable it again.
-  for svc in docker-registry docker containerd; do
+  for svc in docker-registry docker containerd ssh; do
     pkg=$svc
     [[ $svc == docker ]] && pkg=docker.io
+    [[ $svc == ssh ]] && pkg=openssh-server
     [[ " ${missing[*]:-} " == *" $pkg "* ]] || continue
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
       systemctl disable --now "$svc" >/dev/null 2>&1 || true

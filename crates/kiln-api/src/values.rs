@@ -219,6 +219,12 @@ pub struct GitRepo {
     pub token: Option<Secret>,
     /// A whole `Authorization` header.
     pub header: Option<Secret>,
+    /// `known_hosts` lines for an ssh remote.
+    #[serde(default)]
+    pub ssh_known_hosts: String,
+    /// The client's SSH agent socket, for an ssh remote.
+    #[serde(default)]
+    pub ssh_agent_socket: Option<String>,
 }
 
 /// A ref of a git remote, as asked for (resolved when used).
@@ -272,6 +278,11 @@ pub enum Object {
     GitRepository(Box<GitRepo>),
     /// A ref of a git remote.
     GitRef(Box<GitRef>),
+    /// A unix socket of the client's host (`Host.unixSocket`).
+    Socket {
+        /// Its path.
+        path: String,
+    },
 }
 
 impl Object {
@@ -291,6 +302,7 @@ impl Object {
             Object::Port(_) => "Port",
             Object::GitRepository(_) => "GitRepository",
             Object::GitRef(_) => "GitRef",
+            Object::Socket { .. } => "Socket",
         }
     }
 

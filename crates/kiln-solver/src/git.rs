@@ -3,7 +3,7 @@
 //! environment (`GIT_CONFIG_*`: an `http.extraHeader`), never its argv, a
 //! stored config or a cache key.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use base64::Engine as _;
@@ -61,6 +61,21 @@ pub struct Remote {
     /// HTTP credentials.
     #[serde(default)]
     pub auth: GitAuth,
+    /// For ssh remotes.
+    #[serde(default)]
+    pub ssh: SshOptions,
+}
+
+/// How to reach an ssh remote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SshOptions {
+    /// `known_hosts` lines the server's key must be in (empty: the key is
+    /// not checked, as in Dagger).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub known_hosts: String,
+    /// The client's SSH agent socket (keys never leave the agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_socket: Option<PathBuf>,
 }
 
 impl Remote {
@@ -71,10 +86,7 @@ impl Remote {
             .iter()
             .find_map(|(prefix, to)| Some(format!("{to}{}", self.url.strip_prefix(prefix.as_str())?)))
             .unwrap_or_else(|| self.url.clone());
-        Remote {
-            url,
-            auth: self.auth.clone(),
-        }
+        Remote { url, ..self.clone() }
     }
 }
 
@@ -90,10 +102,49 @@ pub fn normalize_url(url: &str) -> String {
     }
 }
 
+/// A file removed when dropped (the known hosts of one git command).
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A `git` command for `remote`, and what must live while it runs.
+struct Git {
+    cmd: Command,
+    _known_hosts: Option<TempFile>,
+}
+
 /// `git` with the remote's credentials in its environment and nothing of
-/// the user's or system's git config that could prompt or redirect.
-fn git(remote: &Remote, secrets: &Secrets) -> Result<Command, String> {
-    let mut cmd = Command::new("git");
+/// the user's or system's git config that could prompt or redirect; for
+/// ssh, the agent's socket and the known hosts.
+fn git(remote: &Remote, secrets: &Secrets) -> Result<Git, String> {
+    let mut git = Git {
+        cmd: Command::new("git"),
+        _known_hosts: None,
+    };
+    let mut ssh = "ssh -o BatchMode=yes".to_string();
+    if remote.ssh.known_hosts.is_empty() {
+        ssh.push_str(" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null");
+    } else {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+        let path = std::env::temp_dir().join(format!("kiln-known-hosts-{}", hex::encode(nonce)));
+        std::fs::write(&path, format!("{}\n", remote.ssh.known_hosts.trim())).map_err(|e| e.to_string())?;
+        ssh.push_str(&format!(
+            " -o StrictHostKeyChecking=yes -o UserKnownHostsFile={}",
+            path.display()
+        ));
+        git._known_hosts = Some(TempFile(path));
+    }
+    git.cmd.env("GIT_SSH_COMMAND", ssh);
+    match &remote.ssh.agent_socket {
+        Some(socket) => git.cmd.env("SSH_AUTH_SOCK", socket),
+        None => git.cmd.env_remove("SSH_AUTH_SOCK"),
+    };
+    let cmd = &mut git.cmd;
     cmd.env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
@@ -107,7 +158,7 @@ fn git(remote: &Remote, secrets: &Secrets) -> Result<Command, String> {
             .env("GIT_CONFIG_VALUE_0", format!("Authorization: {header}")),
         None => cmd.env("GIT_CONFIG_COUNT", "0"),
     };
-    Ok(cmd)
+    Ok(git)
 }
 
 /// `scheme://host[:port]/` of a URL (the prefix git's `http.<url>.*`
@@ -120,9 +171,10 @@ fn origin(url: &str) -> String {
     }
 }
 
-/// Runs `cmd`; its stdout, or an error with git's stderr (secrets masked).
-fn output(mut cmd: Command, what: &str, secrets: &Secrets) -> Result<String, String> {
-    let out = cmd
+/// Runs `git`; its stdout, or an error with git's stderr (secrets masked).
+fn output(mut git: Git, what: &str, secrets: &Secrets) -> Result<String, String> {
+    let out = git
+        .cmd
         .output()
         .map_err(|e| format!("{what}: cannot run git ({e}): install git (apt-get install git)"))?;
     if !out.status.success() {
@@ -137,7 +189,9 @@ fn output(mut cmd: Command, what: &str, secrets: &Secrets) -> Result<String, Str
 /// ref names).
 pub fn ls_remote(remote: &Remote, patterns: &[String], secrets: &Secrets) -> Result<Vec<(String, String)>, String> {
     let mut cmd = git(remote, secrets)?;
-    cmd.args(["ls-remote", "--symref", "--", &remote.url]).args(patterns);
+    cmd.cmd
+        .args(["ls-remote", "--symref", "--", &remote.url])
+        .args(patterns);
     let listed = output(
         cmd,
         &format!("listing the refs of {}", display_url(&remote.url)),
@@ -205,7 +259,7 @@ pub fn checkout(remote: &Remote, what: Checkout<'_>, dest: &Path, secrets: &Secr
     let shown = display_url(&remote.url);
     let run = |args: &[&str], what: &str| -> Result<String, String> {
         let mut cmd = git(remote, secrets)?;
-        cmd.arg("-C").arg(dest).args(args);
+        cmd.cmd.arg("-C").arg(dest).args(args);
         output(cmd, &format!("{what} {shown}"), secrets)
     };
     run(&["init", "--quiet"], "initializing a checkout of")?;

@@ -239,3 +239,55 @@ async def test_submodules_and_tags_come_along(dag, daemon):
     tag_list = ["sh", "-c", "ls /src/.git/refs/tags 2>/dev/null; cat /src/.git/packed-refs 2>/dev/null | grep -c tags/ || true"]
     assert "v1.0.0" in await tagged.with_exec(tag_list).stdout()
     assert "v1.0.0" not in await plain.with_exec(tag_list).stdout()
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """Debian's sshd on a loopback port (root: it serves the test's
+    repository to root), a client key held by an ssh-agent of the test's
+    own, and the server's known_hosts line."""
+    repo = Repo(tmp_path)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for name in ("host", "client", "other"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+    port = free_port()
+    config = keys / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\nAuthorizedKeysFile {keys / 'authorized_keys'}\n"
+        f"PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        f"UsePAM no\nStrictModes no\nPidFile {keys / 'sshd.pid'}\n"
+    )
+    os.makedirs("/run/sshd", exist_ok=True)
+    server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+    agent_socket = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(agent_socket)], stdout=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while not agent_socket.exists() or socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+        assert time.time() < deadline, "sshd or ssh-agent did not start"
+        time.sleep(0.1)
+    subprocess.run(["ssh-add", "-q", str(keys / "client")], env={**ENV, "SSH_AUTH_SOCK": str(agent_socket)},
+                   check=True, capture_output=True)
+    repo.url = f"ssh://root@127.0.0.1:{port}{repo.bare}"
+    repo.agent_socket = str(agent_socket)
+    pub = lambda name: " ".join((keys / f"{name}.pub").read_text().split()[:2])  # noqa: E731
+    repo.known_hosts = f"[127.0.0.1]:{port} {pub('host')}"
+    repo.wrong_known_hosts = f"[127.0.0.1]:{port} {pub('other')}"
+    yield repo
+    for proc in (server, agent):
+        proc.terminate()
+        proc.wait()
+
+
+async def test_ssh_with_the_clients_agent_and_known_hosts_root(dag, sshd):
+    agent = dag.host().unix_socket(sshd.agent_socket)
+    repo = dag.git(sshd.url, ssh_auth_socket=agent, ssh_known_hosts=sshd.known_hosts)
+    assert await repo.head().commit() == sshd.second
+    assert await repo.branch("feature").tree(discard_git_dir=True).file("README").contents() == "first\n"
+    # Without the agent there is no key to log in with.
+    with pytest.raises(dagger.QueryError, match=r"Permission denied"):
+        await dag.git(sshd.url, ssh_known_hosts=sshd.known_hosts).head().commit()
+    # A server whose key is not the known one is refused.
+    with pytest.raises(dagger.QueryError, match=r"Host key verification failed"):
+        await dag.git(sshd.url, ssh_auth_socket=agent, ssh_known_hosts=sshd.wrong_known_hosts).head().commit()

@@ -31,6 +31,25 @@ pub fn register(r: &mut Registry) {
     r.add("GitRef", "commit", resolver!(ref_commit));
     r.add("GitRef", "ref", resolver!(ref_name));
     r.add("GitRef", "tree", resolver!(tree));
+    r.add("Host", "unixSocket", resolver!(unix_socket));
+    r.add("Socket", "id", resolver!(id));
+}
+
+/// A unix socket of the client's host (an SSH agent's, for git): its path,
+/// which an engine on that host reaches as it is.
+async fn unix_socket(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
+    super::service::local_only(&api, "Host.unixSocket")?;
+    let path = api.host_path(&args.string("path")?);
+    use std::os::unix::fs::FileTypeExt;
+    if !std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+        return Err(ApiError::invalid(format!(
+            "host unix socket {}: not a socket",
+            path.display()
+        )));
+    }
+    Ok(Output::Object(Object::Socket {
+        path: path.display().to_string(),
+    }))
 }
 
 async fn id(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
@@ -38,13 +57,23 @@ async fn id(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
 }
 
 async fn git_repository(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> {
-    for unsupported in ["sshAuthSocket", "experimentalServiceHost"] {
-        if args.opt_string(unsupported).is_some() {
-            return Err(ApiError::NotImplemented(format!(
-                "git({unsupported}:) is not supported by kiln yet"
-            )));
-        }
+    if args.opt_string("experimentalServiceHost").is_some() {
+        return Err(ApiError::NotImplemented(
+            "git(experimentalServiceHost:) is not supported by kiln yet".into(),
+        ));
     }
+    let ssh_agent_socket = match args.opt_string("sshAuthSocket") {
+        Some(_) => match api.arg_object(&args, "sshAuthSocket")? {
+            Object::Socket { path } => Some(path),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "sshAuthSocket must be a Socket ID, got a {}",
+                    other.type_name()
+                )));
+            }
+        },
+        None => None,
+    };
     let secret = |name: &str| match args.opt_string(name) {
         Some(_) => api.arg_secret(&args, name).map(Some),
         None => Ok(None),
@@ -54,6 +83,8 @@ async fn git_repository(api: Arc<Api>, _: Object, args: Args) -> Result<Output, 
         username: args.opt_string("httpAuthUsername").unwrap_or_default(),
         token: secret("httpAuthToken")?,
         header: secret("httpAuthHeader")?,
+        ssh_known_hosts: args.opt_string("sshKnownHosts").unwrap_or_default(),
+        ssh_agent_socket,
     };
     Ok(Output::Object(Object::GitRepository(Box::new(repo))))
 }
@@ -87,6 +118,10 @@ fn remote(api: &Api, repo: &GitRepo) -> Result<Remote, ApiError> {
             username: repo.username.clone(),
             token: secret(&repo.token)?,
             header: secret(&repo.header)?,
+        },
+        ssh: git::SshOptions {
+            known_hosts: repo.ssh_known_hosts.clone(),
+            agent_socket: repo.ssh_agent_socket.as_ref().map(Into::into),
         },
     })
 }

@@ -42,6 +42,7 @@ impl GitCheckout {
             remote: Remote {
                 url: git::display_url(&self.remote.url),
                 auth: Default::default(),
+                ssh: Default::default(),
             },
             fetch_ref: String::new(),
             ..self.clone()
