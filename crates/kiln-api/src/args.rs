@@ -76,6 +76,14 @@ impl Args {
         matches!(self.get(name), Some(Value::Boolean(true)))
     }
 
+    /// A boolean, if given.
+    pub fn opt_bool(&self, name: &str) -> Option<bool> {
+        match self.get(name)? {
+            Value::Boolean(b) => Some(*b),
+            _ => None,
+        }
+    }
+
     /// An integer.
     pub fn int(&self, name: &str) -> Option<i64> {
         match self.get(name)? {

@@ -225,6 +225,9 @@ pub struct GitRepo {
     /// The client's SSH agent socket, for an ssh remote.
     #[serde(default)]
     pub ssh_agent_socket: Option<String>,
+    /// `keepGitDir: false` (deprecated in Dagger): trees drop `.git`.
+    #[serde(default)]
+    pub discard_git_dir: bool,
 }
 
 /// A ref of a git remote, as asked for (resolved when used).

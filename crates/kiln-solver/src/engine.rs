@@ -368,7 +368,7 @@ pub struct Session {
     /// The URLs it fetched (`Query.http`).
     fetches: Arc<crate::http::Fetches>,
     /// The refs of the git remotes it asked about, as they were then.
-    git_refs: Arc<tokio::sync::Mutex<HashMap<crate::git::Remote, GitRefs>>>,
+    git_refs: Arc<crate::per_key::PerKey<crate::git::Remote, GitRefs>>,
 }
 
 /// A remote's refs: `(commit, full ref name)`.
@@ -577,19 +577,17 @@ impl Session {
                 ));
             }
         }
-        let mut known = self.git_refs.lock().await;
-        if let Some(refs) = known.get(remote) {
-            return Ok(refs.clone());
-        }
         let listed = remote.mirrored(&self.engine.resources.git_mirrors);
         let secrets = self.engine.resources.secrets.clone();
-        let refs = tokio::task::spawn_blocking(move || crate::git::ls_remote(&listed, &[], &secrets))
+        self.git_refs
+            .get_or_try(remote.clone(), || async move {
+                let refs = tokio::task::spawn_blocking(move || crate::git::ls_remote(&listed, &[], &secrets))
+                    .await
+                    .map_err(|e| SolveError::op(&op, e.to_string()))?
+                    .map_err(|e| SolveError::op(&op, e))?;
+                Ok(Arc::new(refs))
+            })
             .await
-            .map_err(|e| SolveError::op(&op, e.to_string()))?
-            .map_err(|e| SolveError::op(&op, e))?;
-        let refs = Arc::new(refs);
-        known.insert(remote.clone(), refs.clone());
-        Ok(refs)
     }
 
     /// Solves `inputs` (in parallel): the tree each selects.

@@ -4,7 +4,6 @@
 //! with a checksum whose blob is here, nothing is asked at all. A session
 //! fetches a URL once, however often it asks.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,10 +13,10 @@ use kiln_graph::KeyBuilder;
 use kiln_store::{CacheRecord, Digest, Store, now_secs};
 use reqwest::{StatusCode, header};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
 use crate::SolveError;
 use crate::events::{EventKind, Subject};
+use crate::per_key::PerKey;
 use crate::report::Report;
 
 /// Attempts per fetch (transient failures: connection errors, timeouts,
@@ -54,9 +53,10 @@ pub struct Request<'a> {
     pub timeouts: (Duration, Duration),
 }
 
-/// The URLs a session fetched, so that it fetches each once.
+/// The URLs a session fetched, so that it fetches each once (different
+/// URLs at the same time).
 #[derive(Default)]
-pub(crate) struct Fetches(Mutex<HashMap<Vec<u8>, Fetched>>);
+pub(crate) struct Fetches(PerKey<Vec<u8>, Fetched>);
 
 impl Fetches {
     /// `request`'s content: from this session's earlier fetch, the blob
@@ -71,35 +71,44 @@ impl Fetches {
         let op = format!("http {shown}");
         let fail = |why: String| SolveError::op(&op, why);
         let key = state_key(request.url, request.authorization);
-        let mut fetches = self.0.lock().await;
-        if let Some(done) = fetches.get(key.as_slice()) {
-            return check(*done, request.checksum).map_err(fail);
-        }
-        if let Some(digest) = request.checksum.filter(|d| store.blobs().contains(d)) {
-            let size = std::fs::metadata(store.blobs().path(&digest))
-                .map(|m| m.len())
-                .unwrap_or(0);
-            let done = Fetched { digest, size };
-            fetches.insert(key, done);
-            return Ok(done);
-        }
-        let subject = Subject::uncounted(KeyBuilder::new("kiln/http-fetch").bytes(&key).finish(), op.clone());
-        report.emit(&subject, EventKind::Started, None);
-        let started = Instant::now();
-        let result = download(store, request, &key).await;
-        let (done, message) = match result.and_then(|(done, message)| Ok((check(done, request.checksum)?, message))) {
-            Ok(found) => found,
-            Err(why) => {
-                report.emit(&subject, EventKind::Failed { message: why.clone() }, None);
-                return Err(fail(why));
-            }
-        };
-        report.emit(&subject, EventKind::Notice { message }, None);
-        let duration = started.elapsed();
-        report.emit(&subject, EventKind::Done { duration }, None);
-        fetches.insert(key, done);
-        Ok(done)
+        let done = self
+            .0
+            .get_or_try(key.clone(), || fetch_once(store, report, request, &key, &op))
+            .await?;
+        check(done, request.checksum).map_err(fail)
     }
+}
+
+/// [`Fetches::fetch`] for a URL this session has not fetched yet.
+async fn fetch_once(
+    store: &Arc<Store>,
+    report: &Report,
+    request: &Request<'_>,
+    key: &[u8],
+    op: &str,
+) -> Result<Fetched, SolveError> {
+    let fail = |why: String| SolveError::op(op, why);
+    if let Some(digest) = request.checksum.filter(|d| store.blobs().contains(d)) {
+        let size = std::fs::metadata(store.blobs().path(&digest))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        return Ok(Fetched { digest, size });
+    }
+    let subject = Subject::uncounted(KeyBuilder::new("kiln/http-fetch").bytes(key).finish(), op.to_string());
+    report.emit(&subject, EventKind::Started, None);
+    let started = Instant::now();
+    let result = download(store, request, key).await;
+    let (done, message) = match result.and_then(|(done, message)| Ok((check(done, request.checksum)?, message))) {
+        Ok(found) => found,
+        Err(why) => {
+            report.emit(&subject, EventKind::Failed { message: why.clone() }, None);
+            return Err(fail(why));
+        }
+    };
+    report.emit(&subject, EventKind::Notice { message }, None);
+    let duration = started.elapsed();
+    report.emit(&subject, EventKind::Done { duration }, None);
+    Ok(done)
 }
 
 /// Fails when the content is not what the checksum says.

@@ -19,6 +19,7 @@ pub mod host_access;
 mod http;
 mod once_map;
 pub mod ops;
+mod per_key;
 mod report;
 mod result;
 mod running;

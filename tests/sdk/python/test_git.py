@@ -157,6 +157,8 @@ async def test_refs_resolve_and_trees_check_out(dag, daemon):
     kept = repo.head().tree()
     assert await kept.entries() == [".git/", "README"]
     assert await repo.head().tree(discard_git_dir=True).entries() == ["README"]
+    # Dagger's deprecated keepGitDir=false does the same.
+    assert await dag.git(daemon.url, keep_git_dir=False).head().tree().entries() == ["README"]
     log = dag.container().from_("busybox").with_directory("/src", kept).with_exec(["ls", "/src/.git"]).stdout()
     assert "HEAD" in await log
     with pytest.raises(dagger.QueryError, match=r'no ref "refs/heads/nope" there'):

@@ -85,6 +85,7 @@ async fn git_repository(api: Arc<Api>, _: Object, args: Args) -> Result<Output, 
         header: secret("httpAuthHeader")?,
         ssh_known_hosts: args.opt_string("sshKnownHosts").unwrap_or_default(),
         ssh_agent_socket,
+        discard_git_dir: args.opt_bool("keepGitDir") == Some(false),
     };
     Ok(Output::Object(Object::GitRepository(Box::new(repo))))
 }
@@ -241,7 +242,7 @@ async fn tree(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError
         fetch_ref: if name == commit { String::new() } else { name },
         commit,
         depth: u32::try_from(depth.max(0)).unwrap_or(u32::MAX),
-        keep_git_dir: !args.bool("discardGitDir"),
+        keep_git_dir: !(args.bool("discardGitDir") || r.repo.discard_git_dir),
         include_tags: args.bool("includeTags"),
     };
     let node = api.nodes.add(op, vec![]);
