@@ -590,6 +590,23 @@ impl Session {
             .await
     }
 
+    /// The best common ancestor of two commits, each with its remote and
+    /// a ref that reaches it (see [`crate::git::merge_base`]).
+    pub async fn git_merge_base(
+        &self,
+        a: (crate::git::Remote, String, String),
+        b: (crate::git::Remote, String, String),
+    ) -> Result<String, SolveError> {
+        let op = format!("git {} commonAncestor", crate::git::display_url(&a.0.url));
+        let mirrors = &self.engine.resources.git_mirrors;
+        let (ra, rb) = (a.0.mirrored(mirrors), b.0.mirrored(mirrors));
+        let secrets = self.engine.resources.secrets.clone();
+        tokio::task::spawn_blocking(move || crate::git::merge_base((&ra, &a.1, &a.2), (&rb, &b.1, &b.2), &secrets))
+            .await
+            .map_err(|e| SolveError::op(&op, e.to_string()))?
+            .map_err(|e| SolveError::op(&op, e))
+    }
+
     /// Solves `inputs` (in parallel): the tree each selects.
     async fn solve_trees(&self, inputs: &[Input]) -> Result<Vec<Option<SnapshotId>>, SolveError> {
         let solved = try_join_all(inputs.iter().map(|i| self.solve(&i.node))).await?;

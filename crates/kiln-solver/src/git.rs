@@ -312,6 +312,58 @@ pub fn checkout(remote: &Remote, what: Checkout<'_>, dest: &Path, secrets: &Secr
     Ok(said)
 }
 
+/// The best common ancestor (`git merge-base`) of two commits, each given
+/// with its remote and a ref that reaches it; their histories are fetched
+/// whole into a scratch repository, removed after.
+pub fn merge_base(a: (&Remote, &str, &str), b: (&Remote, &str, &str), secrets: &Secrets) -> Result<String, String> {
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+    let scratch = TempDir(std::env::temp_dir().join(format!("kiln-merge-base-{}", hex::encode(nonce))));
+    std::fs::create_dir_all(&scratch.0).map_err(|e| e.to_string())?;
+    let run = |remote: &Remote, args: &[&str], what: &str| -> Result<String, String> {
+        let mut cmd = git(remote, secrets)?;
+        cmd.cmd.arg("-C").arg(&scratch.0).args(args);
+        output(cmd, &format!("{what} {}", display_url(&remote.url)), secrets)
+    };
+    run(a.0, &["init", "--quiet"], "finding a common ancestor in")?;
+    for (i, (remote, commit, fetch_ref)) in [a, b].into_iter().enumerate() {
+        let refspec = format!("{fetch_ref}:refs/kiln/side{i}");
+        let fetch = [
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--",
+            &remote.url,
+            &refspec,
+        ];
+        run(remote, &fetch, "fetching the history of")?;
+        let fetched = run(
+            remote,
+            &["rev-parse", &format!("refs/kiln/side{i}^{{commit}}")],
+            "reading",
+        )?;
+        if fetched.trim() != commit {
+            return Err(format!(
+                "{fetch_ref} of {} moved while it was read: run again",
+                display_url(&remote.url)
+            ));
+        }
+    }
+    let base = run(a.0, &["merge-base", a.1, b.1], "finding a common ancestor in")
+        .map_err(|_| format!("{} and {} have no common ancestor", a.1, b.1))?;
+    Ok(base.trim().to_string())
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The bytes of the files under `dir` (what a fetch brought: git's objects
 /// and packs), not following symlinks.
 fn tree_bytes(dir: &Path) -> u64 {

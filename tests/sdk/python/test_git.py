@@ -153,6 +153,7 @@ async def test_refs_resolve_and_trees_check_out(dag, daemon):
     assert await repo.tags(patterns=["v1.1*"]) == ["v1.10.0-rc1"]
     assert await repo.branches() == ["feature", "main"]
     assert await repo.latest_version().ref() == "refs/tags/v1.10.0-rc1"  # semver order, as Dagger
+    assert await repo.branch("main").common_ancestor(repo.branch("feature")).commit() == daemon.first
     # .git is kept unless discarded, its history as deep as asked.
     kept = repo.head().tree()
     assert await kept.entries() == [".git/", "README"]

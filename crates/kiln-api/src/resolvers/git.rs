@@ -31,6 +31,7 @@ pub fn register(r: &mut Registry) {
     r.add("GitRef", "commit", resolver!(ref_commit));
     r.add("GitRef", "ref", resolver!(ref_name));
     r.add("GitRef", "tree", resolver!(tree));
+    r.add("GitRef", "commonAncestor", resolver!(common_ancestor));
     r.add("Host", "unixSocket", resolver!(unix_socket));
     r.add("Socket", "id", resolver!(id));
 }
@@ -231,6 +232,28 @@ async fn ref_commit(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiEr
 
 async fn ref_name(api: Arc<Api>, obj: Object, _: Args) -> Result<Output, ApiError> {
     Ok(Output::string(resolved(&api, &git_ref(obj)?).await?.1))
+}
+
+/// The best common ancestor of this ref's commit and another's.
+async fn common_ancestor(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
+    let mine = git_ref(obj)?;
+    let other = match api.arg_object(&args, "other")? {
+        Object::GitRef(r) => *r,
+        other => {
+            return Err(ApiError::invalid(format!(
+                "other must be a GitRef ID, got a {}",
+                other.type_name()
+            )));
+        }
+    };
+    let (a, b) = (resolved(&api, &mine).await?, resolved(&api, &other).await?);
+    let (ra, rb) = (remote(&api, &mine.repo)?, remote(&api, &other.repo)?);
+    let base = api.session.git_merge_base((ra, a.0, a.1), (rb, b.0, b.1)).await?;
+    let r = GitRef {
+        repo: mine.repo,
+        name: base,
+    };
+    Ok(Output::Object(Object::GitRef(Box::new(r))))
 }
 
 async fn tree(api: Arc<Api>, obj: Object, args: Args) -> Result<Output, ApiError> {
