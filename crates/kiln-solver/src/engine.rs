@@ -495,12 +495,10 @@ impl Session {
             id.key(&i.node.digest());
         });
         let subject = Subject::uncounted(id.finish(), op.clone());
-        self.report.emit(&subject, EventKind::Started, None);
-        let started = Instant::now();
         let (report, noticed) = (self.report.clone(), subject.clone());
         let host = reference.registry().to_string();
         let (registry_host, repository) = (host.clone(), reference.repository().to_string());
-        let pushed: Result<kiln_oci::Pushed, SolveError> = async {
+        let publish = async {
             let (images, elsewhere) = ops::blocking(self.engine.store(), &op, move |store| {
                 let images = ops::image_archive::build_images(store, &specs, &tops, compression, media_types)?;
                 let elsewhere = ops::image_archive::blob_locations(store, &host, &images)?;
@@ -521,27 +519,16 @@ impl Session {
                 ops::image_archive::record_blob_locations(store, &registry_host, &repository, digests)
             })
             .await?;
-            Ok(pushed)
-        }
-        .await;
-        let pushed = match pushed {
-            Ok(pushed) => pushed,
-            Err(e) => {
-                let message = e.to_string();
-                self.report.emit(&subject, EventKind::Failed { message }, None);
-                return Err(e);
-            }
+            let message = format!(
+                "sent {} blob(s), {}; mounted {} from other repositories; {} already there",
+                pushed.blobs_sent,
+                kiln_store::format_size(pushed.bytes_sent),
+                pushed.blobs_mounted,
+                pushed.blobs_present
+            );
+            Ok::<_, SolveError>((pushed, message))
         };
-        let message = format!(
-            "sent {} blob(s), {}; mounted {} from other repositories; {} already there",
-            pushed.blobs_sent,
-            kiln_store::format_size(pushed.bytes_sent),
-            pushed.blobs_mounted,
-            pushed.blobs_present
-        );
-        self.report.emit(&subject, EventKind::Notice { message }, None);
-        let duration = started.elapsed();
-        self.report.emit(&subject, EventKind::Done { duration }, None);
+        let pushed = self.report.step(&subject, publish).await?;
         Ok(format!("{reference}@{}", pushed.digest))
     }
 
@@ -569,14 +556,7 @@ impl Session {
     /// is seen as it was when first asked.
     pub async fn git_refs(&self, remote: &crate::git::Remote) -> Result<GitRefs, SolveError> {
         let op = format!("git {}", crate::git::display_url(&remote.url));
-        for secret in remote.auth.secrets() {
-            if self.secret(secret).is_none() {
-                return Err(SolveError::op(
-                    &op,
-                    format!("secret {:?} is not set in this session", secret.name),
-                ));
-            }
-        }
+        self.check_secrets_of(&op, remote.auth.secrets().collect())?;
         let listed = remote.mirrored(&self.engine.resources.git_mirrors);
         let secrets = self.engine.resources.secrets.clone();
         self.git_refs

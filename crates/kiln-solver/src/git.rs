@@ -3,6 +3,7 @@
 //! environment (`GIT_CONFIG_*`: an `http.extraHeader`), never its argv, a
 //! stored config or a cache key.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -102,19 +103,11 @@ pub fn normalize_url(url: &str) -> String {
     }
 }
 
-/// A file removed when dropped (the known hosts of one git command).
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// A `git` command for `remote`, and what must live while it runs.
+/// A `git` command for `remote`, and what must live while it runs (the
+/// known hosts file, removed when dropped).
 struct Git {
     cmd: Command,
-    _known_hosts: Option<TempFile>,
+    _known_hosts: Option<tempfile::NamedTempFile>,
 }
 
 /// `git` with the remote's credentials in its environment and nothing of
@@ -129,15 +122,16 @@ fn git(remote: &Remote, secrets: &Secrets) -> Result<Git, String> {
     if remote.ssh.known_hosts.is_empty() {
         ssh.push_str(" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null");
     } else {
-        let mut nonce = [0u8; 8];
-        getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
-        let path = std::env::temp_dir().join(format!("kiln-known-hosts-{}", hex::encode(nonce)));
-        std::fs::write(&path, format!("{}\n", remote.ssh.known_hosts.trim())).map_err(|e| e.to_string())?;
+        let mut file = tempfile::Builder::new()
+            .prefix("kiln-known-hosts-")
+            .tempfile()
+            .map_err(|e| format!("writing known hosts: {e}"))?;
+        writeln!(file, "{}", remote.ssh.known_hosts.trim()).map_err(|e| format!("writing known hosts: {e}"))?;
         ssh.push_str(&format!(
             " -o StrictHostKeyChecking=yes -o UserKnownHostsFile={}",
-            path.display()
+            file.path().display()
         ));
-        git._known_hosts = Some(TempFile(path));
+        git._known_hosts = Some(file);
     }
     git.cmd.env("GIT_SSH_COMMAND", ssh);
     match &remote.ssh.agent_socket {
@@ -169,6 +163,14 @@ fn origin(url: &str) -> String {
         Some((scheme, rest)) => format!("{scheme}://{}/", rest.split('/').next().unwrap_or("")),
         None => shown,
     }
+}
+
+/// Runs `git -C dir ARGS` for `remote`; its stdout, or an error saying
+/// `what` (followed by the remote) with git's stderr.
+fn run_in(remote: &Remote, dir: &Path, args: &[&str], what: &str, secrets: &Secrets) -> Result<String, String> {
+    let mut cmd = git(remote, secrets)?;
+    cmd.cmd.arg("-C").arg(dir).args(args);
+    output(cmd, &format!("{what} {}", display_url(&remote.url)), secrets)
 }
 
 /// Runs `git`; its stdout, or an error with git's stderr (secrets masked).
@@ -257,11 +259,7 @@ pub fn checkout(remote: &Remote, what: Checkout<'_>, dest: &Path, secrets: &Secr
         include_tags,
     } = what;
     let shown = display_url(&remote.url);
-    let run = |args: &[&str], what: &str| -> Result<String, String> {
-        let mut cmd = git(remote, secrets)?;
-        cmd.cmd.arg("-C").arg(dest).args(args);
-        output(cmd, &format!("{what} {shown}"), secrets)
-    };
+    let run = |args: &[&str], what: &str| run_in(remote, dest, args, what, secrets);
     run(&["init", "--quiet"], "initializing a checkout of")?;
     let depth_arg = format!("--depth={depth}");
     let mut fetch = vec!["fetch", "--quiet", "--no-write-fetch-head"];
@@ -296,13 +294,13 @@ pub fn checkout(remote: &Remote, what: Checkout<'_>, dest: &Path, secrets: &Secr
         }
         run(&update, "checking out the submodules of")?;
     }
-    let fetched = tree_bytes(&dest.join(".git"));
+    let bytes = tree_bytes(&dest.join(".git"));
     let secs = started.elapsed().as_secs_f64().max(1e-3);
     let short = commit.get(..12).unwrap_or(commit);
     let said = format!(
         "fetched {short}: {} in {secs:.1}s ({}/s)",
-        kiln_store::format_size(fetched),
-        kiln_store::format_size((fetched as f64 / secs) as u64)
+        kiln_store::format_size(bytes),
+        kiln_store::format_size((bytes as f64 / secs) as u64)
     );
     if keep_git_dir {
         std::fs::remove_file(dest.join(".git/FETCH_HEAD")).ok();
@@ -316,15 +314,11 @@ pub fn checkout(remote: &Remote, what: Checkout<'_>, dest: &Path, secrets: &Secr
 /// with its remote and a ref that reaches it; their histories are fetched
 /// whole into a scratch repository, removed after.
 pub fn merge_base(a: (&Remote, &str, &str), b: (&Remote, &str, &str), secrets: &Secrets) -> Result<String, String> {
-    let mut nonce = [0u8; 8];
-    getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
-    let scratch = TempDir(std::env::temp_dir().join(format!("kiln-merge-base-{}", hex::encode(nonce))));
-    std::fs::create_dir_all(&scratch.0).map_err(|e| e.to_string())?;
-    let run = |remote: &Remote, args: &[&str], what: &str| -> Result<String, String> {
-        let mut cmd = git(remote, secrets)?;
-        cmd.cmd.arg("-C").arg(&scratch.0).args(args);
-        output(cmd, &format!("{what} {}", display_url(&remote.url)), secrets)
-    };
+    let scratch = tempfile::Builder::new()
+        .prefix("kiln-merge-base-")
+        .tempdir()
+        .map_err(|e| format!("a scratch repository: {e}"))?;
+    let run = |remote: &Remote, args: &[&str], what: &str| run_in(remote, scratch.path(), args, what, secrets);
     run(a.0, &["init", "--quiet"], "finding a common ancestor in")?;
     for (i, (remote, commit, fetch_ref)) in [a, b].into_iter().enumerate() {
         let refspec = format!("{fetch_ref}:refs/kiln/side{i}");
@@ -353,15 +347,6 @@ pub fn merge_base(a: (&Remote, &str, &str), b: (&Remote, &str, &str), secrets: &
     let base = run(a.0, &["merge-base", a.1, b.1], "finding a common ancestor in")
         .map_err(|_| format!("{} and {} have no common ancestor", a.1, b.1))?;
     Ok(base.trim().to_string())
-}
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The bytes of the files under `dir` (what a fetch brought: git's objects

@@ -15,7 +15,7 @@ use reqwest::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 
 use crate::SolveError;
-use crate::events::{EventKind, Subject};
+use crate::events::Subject;
 use crate::per_key::PerKey;
 use crate::report::Report;
 
@@ -87,7 +87,6 @@ async fn fetch_once(
     key: &[u8],
     op: &str,
 ) -> Result<Fetched, SolveError> {
-    let fail = |why: String| SolveError::op(op, why);
     if let Some(digest) = request.checksum.filter(|d| store.blobs().contains(d)) {
         let size = std::fs::metadata(store.blobs().path(&digest))
             .map(|m| m.len())
@@ -95,20 +94,14 @@ async fn fetch_once(
         return Ok(Fetched { digest, size });
     }
     let subject = Subject::uncounted(KeyBuilder::new("kiln/http-fetch").bytes(key).finish(), op.to_string());
-    report.emit(&subject, EventKind::Started, None);
-    let started = Instant::now();
-    let result = download(store, request, key).await;
-    let (done, message) = match result.and_then(|(done, message)| Ok((check(done, request.checksum)?, message))) {
-        Ok(found) => found,
-        Err(why) => {
-            report.emit(&subject, EventKind::Failed { message: why.clone() }, None);
-            return Err(fail(why));
-        }
+    let download = async {
+        let (done, message) = download(store, request, key).await?;
+        Ok::<_, String>((check(done, request.checksum)?, message))
     };
-    report.emit(&subject, EventKind::Notice { message }, None);
-    let duration = started.elapsed();
-    report.emit(&subject, EventKind::Done { duration }, None);
-    Ok(done)
+    report
+        .step(&subject, download)
+        .await
+        .map_err(|why| SolveError::op(op, why))
 }
 
 /// Fails when the content is not what the checksum says.

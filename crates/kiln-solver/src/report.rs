@@ -122,6 +122,31 @@ impl Report {
             .collect()
     }
 
+    /// Runs `work` as a progress step of its own about `subject` (a publish,
+    /// a download): started, then failed with the error, or a notice with
+    /// the line `work` gives and done with its duration.
+    pub(crate) async fn step<T, E: std::fmt::Display>(
+        &self,
+        subject: &Subject,
+        work: impl std::future::Future<Output = Result<(T, String), E>>,
+    ) -> Result<T, E> {
+        self.emit(subject, EventKind::Started, None);
+        let started = std::time::Instant::now();
+        match work.await {
+            Ok((value, message)) => {
+                self.emit(subject, EventKind::Notice { message }, None);
+                let duration = started.elapsed();
+                self.emit(subject, EventKind::Done { duration }, None);
+                Ok(value)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                self.emit(subject, EventKind::Failed { message }, None);
+                Err(e)
+            }
+        }
+    }
+
     /// Emits an event and counts what it tells.
     pub(crate) fn emit(&self, subject: &Subject, kind: EventKind, exec: Option<ExecMeta>) {
         let c = &self.counters;

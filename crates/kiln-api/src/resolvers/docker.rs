@@ -69,18 +69,21 @@ async fn container_image(api: Arc<Api>, _: Object, args: Args) -> Result<Output,
     super::service::local_only(&api, "containerImage")?;
     let name = args.string("name")?;
     let what = format!("containerImage {name}");
-    let dir = api.engine.store().root().join("tmp");
-    let mut nonce = [0u8; 8];
-    getrandom::fill(&mut nonce).map_err(|e| ApiError::internal(e.to_string()))?;
-    let saved = dir.join(format!("docker-save-{}.tar", hex::encode(nonce)));
-    let _remove = RemoveOnDrop(saved.clone());
-    docker(
-        &api,
-        &what,
-        &["save".as_ref(), "--output".as_ref(), saved.as_os_str(), name.as_ref()],
-    )
-    .await?;
-    let path = saved.display().to_string();
+    // In the store's tmp (the engine empties it on start); removed when
+    // dropped, whatever happens.
+    let saved = tempfile::Builder::new()
+        .prefix("docker-save-")
+        .suffix(".tar")
+        .tempfile_in(api.engine.store().root().join("tmp"))
+        .map_err(|e| ApiError::internal(format!("{what}: {e}")))?;
+    let args = [
+        "save".as_ref(),
+        "--output".as_ref(),
+        saved.path().as_os_str(),
+        name.as_ref(),
+    ];
+    docker(&api, &what, &args).await?;
+    let path = saved.path().display().to_string();
     let platform = kiln_oci::Platform::host().to_string();
     let image = api.engine.load_image(&path, None, Some(&platform)).await?;
     let node = api.nodes.add(
@@ -95,13 +98,4 @@ async fn container_image(api: Arc<Api>, _: Object, args: Args) -> Result<Output,
     api.session.solve(&node).await?;
     let c = image_container(node.digest(), &image, Some(name));
     Ok(Output::Object(Object::Container(Box::new(c))))
-}
-
-/// A file removed when dropped (the saved image, whatever happens).
-struct RemoveOnDrop(std::path::PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }

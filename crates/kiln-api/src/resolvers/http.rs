@@ -49,24 +49,37 @@ async fn http(api: Arc<Api>, _: Object, args: Args) -> Result<Output, ApiError> 
             "http: name {name:?} must be a file name, not a path"
         )));
     }
-    let fetched = api
-        .session
-        .fetch_http(&url, authorization.as_deref().map(String::as_str), checksum)
-        .await?;
+    let permissions = args.int("permissions").map_or(0o600, |p| p as u32);
+    let authorization = authorization.as_deref().map(String::as_str);
+    let file = url_file(&api, &url, authorization, checksum, name, permissions).await?;
+    Ok(Output::Object(Object::File(file)))
+}
+
+/// The content of `url` (fetched now, once per content) as the file
+/// `/name` of a tree of its own.
+pub(super) async fn url_file(
+    api: &Api,
+    url: &str,
+    authorization: Option<&str>,
+    checksum: Option<kiln_store::Digest>,
+    name: String,
+    permissions: u32,
+) -> Result<File, kiln_solver::SolveError> {
+    let fetched = api.session.fetch_http(url, authorization, checksum).await?;
     let op = ops::HttpFile {
-        url: kiln_solver::display_url(&url),
+        url: kiln_solver::display_url(url),
         digest: fetched.digest.to_string(),
-        permissions: args.int("permissions").map_or(0o600, |p| p as u32),
+        permissions,
         name: name.clone(),
     };
     let node = api.nodes.add(op, vec![]);
-    Ok(Output::Object(Object::File(File {
+    Ok(File {
         tree: Some(TreeRef {
             node: node.digest(),
             output: 0,
         }),
         path: format!("/{name}"),
-    })))
+    })
 }
 
 /// The last part of the URL's path, or `index` (as Dagger names it).

@@ -729,21 +729,11 @@ impl Build<'_> {
             if add && src.contains("://") {
                 // A URL: fetched now (once per content), then copied in.
                 let name = super::http::default_name(&src);
-                let fetched = self
-                    .api
-                    .session
-                    .fetch_http(&src, None, checksum)
+                let fetched = super::http::url_file(self.api, &src, None, checksum, name.clone(), 0o600)
                     .await
                     .map_err(|e| self.source.error(at, e))?;
-                let file = ops::HttpFile {
-                    url: kiln_solver::display_url(&src),
-                    digest: fetched.digest.to_string(),
-                    name: name.clone(),
-                    permissions: 0o600,
-                };
-                let fetched_tree = self.api.nodes.add(file, vec![]);
                 let op = ops::Copy {
-                    src_path: format!("/{name}"),
+                    src_path: fetched.path,
                     dest_path: if into_dir {
                         join_path(&dest, &name)
                     } else {
@@ -755,11 +745,7 @@ impl Build<'_> {
                     owner: owner.clone(),
                     mode,
                 };
-                let source = TreeRef {
-                    node: fetched_tree.digest(),
-                    output: 0,
-                };
-                self.over_rootfs(st, op, Some(Some(source)))?;
+                self.over_rootfs(st, op, Some(fetched.tree))?;
                 continue;
             }
             for (path, is_dir) in self.matches(view, &base, &src).map_err(|e| self.source.error(at, e))? {
